@@ -1,0 +1,88 @@
+"""The two data contracts: a ``Case`` (one subject) and a ``Sample`` (one 2D image).
+
+Splits and label budgets are drawn per ``Case`` so that no subject ever leaks
+between training and test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Case:
+    """One subject: an echo video, an MRI volume, a patient.
+
+    Attributes:
+        case_id: unique identifier inside its data set.
+        frames: ``(T, H, W)`` or ``(T, C, H, W)`` array of every frame or slice
+            (all usable for pretraining). ``uint8`` (0..255) or ``float32``.
+        masks: labelled frames, ``{frame_index: (H, W) int64 label map}``.
+        spacing: pixel size in mm as ``(row, column)``.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (assigned later).
+        meta: free-form per-case metadata (EF, phase names, source file, ...).
+    """
+
+    case_id: str
+    frames: np.ndarray
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    spacing: tuple[float, float] = (1.0, 1.0)
+    split: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim not in (3, 4):
+            raise ValueError(
+                f"case {self.case_id!r}: frames must be (T, H, W) or (T, C, H, W), "
+                f"got shape {tuple(self.frames.shape)}"
+            )
+        h, w = self.frames.shape[-2:]
+        for idx, mask in self.masks.items():
+            if not 0 <= idx < self.frames.shape[0]:
+                raise ValueError(
+                    f"case {self.case_id!r}: labelled frame {idx} is outside the "
+                    f"{self.frames.shape[0]} frames"
+                )
+            if mask.shape != (h, w):
+                raise ValueError(
+                    f"case {self.case_id!r}: mask of frame {idx} has shape {mask.shape}, "
+                    f"image has {(h, w)}"
+                )
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"case {self.case_id!r}: split must be one of {SPLITS}, got {self.split!r}")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def labelled_indices(self) -> list[int]:
+        return sorted(self.masks)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return tuple(self.frames.shape[-2:])  # type: ignore[return-value]
+
+
+@dataclass
+class Sample:
+    """One 2D image as the model sees it.
+
+    Attributes:
+        image: float32 ``(C, H, W)``.
+        mask: int64 ``(H, W)`` label map, or ``None`` when unlabelled.
+        case_id: the subject it comes from.
+        index: frame or slice index inside the case.
+        spacing: pixel size in mm ``(row, column)``.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    case_id: str
+    index: int
+    spacing: tuple[float, float]

@@ -1,0 +1,90 @@
+"""Checkpoints: one ``.pt`` file, written atomically, read with ``weights_only=True``.
+
+Format ``sslseg/1``::
+
+    {"format": "sslseg/1", "arch": "unet", "model_kwargs": {...},
+     "state_dict": {...}, "config": {...}, "version": "0.1.0",
+     "preprocess": {"mean": ..., "std": ..., "image_size": ...}, "stage": "pretrain"|"finetune", ...}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+
+FORMAT = "sslseg/1"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    arch: str,
+    model_kwargs: dict,
+    config: dict | None = None,
+    **extra: Any,
+) -> None:
+    """Write an ``sslseg/1`` checkpoint that rebuilds its model with no user code."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save(
+        {
+            "format": FORMAT,
+            "arch": arch,
+            "model_kwargs": dict(model_kwargs),
+            "state_dict": state,
+            "config": config or {},
+            "version": __version__,
+            **extra,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        ValueError: the file is missing, unreadable, or not an ``sslseg/1`` checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an {FORMAT} checkpoint (no 'format': '{FORMAT}' entry)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    """Rebuild the model stored in a checkpoint and load its weights (strict)."""
+    from ..models.build import build_model
+
+    kwargs = dict(ckpt["model_kwargs"])
+    model = build_model(ckpt["arch"], **kwargs)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model

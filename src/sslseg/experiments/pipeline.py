@@ -1,0 +1,277 @@
+"""The stages as functions of a resolved :class:`RunConfig`: pretrain, fine-tune, evaluate.
+
+Each writes a run directory: ``config.yaml`` (fully resolved), ``checkpoint.pt``,
+``metrics.csv``, ``log.txt`` (and ``last.pt`` while running, for resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..augment.views import SegAugment, ViewAugment
+from ..data.batches import FramePool, LabelledSet, Normalizer
+from ..data.registry import load_dataset
+from ..data.sample import Case
+from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for, write_json
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..engine.loop import LoopConfig, fit, make_fabric
+from ..engine.seed import seed_everything
+from ..evaluate.inference import evaluate_cases, per_case
+from ..finetune.losses import segmentation_loss
+from ..finetune.task import SupervisedTask
+from ..finetune.transfer import transfer_weights
+from ..models.build import build_model
+from ..pretrain.build import build_method
+from .config import RunConfig, dump_yaml, to_dict
+
+log = logging.getLogger("sslseg")
+
+
+def load_cases(cfg: RunConfig, out_dir: str | Path | None = None, splits_path: str | Path | None = None) -> list[Case]:
+    """Read the data set and apply the per-case split (drawn once, saved, reused)."""
+    cases = load_dataset(cfg.data.spec, **cfg.data.options)
+    path = Path(splits_path) if splits_path else (Path(out_dir) / "splits.json" if out_dir else None)
+    if path is not None:
+        splits_for(cases, path, seed=cfg.data.split_seed,
+                   val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction)
+    else:
+        from ..data.splits import apply_splits, assign_splits
+
+        apply_splits(cases, assign_splits(cases, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed))
+    return cases
+
+
+def by_split(cases: list[Case], split: str) -> list[Case]:
+    return [c for c in cases if c.split == split]
+
+
+def num_classes_of(cases: list[Case]) -> int:
+    top = 0
+    for c in cases:
+        for m in c.masks.values():
+            top = max(top, int(m.max()))
+    return max(2, top + 1)
+
+
+def in_channels_of(cases: list[Case]) -> int:
+    f = cases[0].frames
+    return 1 if f.ndim == 3 else int(f.shape[1])
+
+
+def _loop_cfg(cfg: RunConfig, stage, steps: int, **kw) -> LoopConfig:
+    return LoopConfig(
+        steps=steps, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
+        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)), **kw,
+    )
+
+
+def _steps(stage, n_items: int) -> int:
+    if stage.epochs:
+        return int(stage.epochs) * max(1, math.ceil(n_items / stage.batch_size))
+    return int(stage.steps)
+
+
+def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None = None) -> Path:
+    """Self-supervised pretraining on every frame of the training cases (never val/test)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    cases = cases if cases is not None else load_cases(cfg, out)
+    train = by_split(cases, "train")
+    if not train:
+        raise ValueError("the training split is empty; nothing to pretrain on")
+    normalizer = Normalizer.fit(train, seed=cfg.seed)
+    pool = FramePool(train, cfg.data.image_size, normalizer)
+    model_kwargs = {"in_channels": in_channels_of(train), "num_classes": num_classes_of(cases), **cfg.model.options}
+    model = build_model(cfg.model.arch, **model_kwargs)
+    method = build_method(cfg.pretrain.method, model, **cfg.pretrain.options)
+    steps = _steps(cfg.pretrain, len(pool))
+    dump_yaml(cfg, out / "config.yaml")
+    rng = np.random.default_rng(cfg.seed)
+    log.info("pretraining %s/%s on %d frames of %d training cases", cfg.pretrain.method, cfg.model.arch, len(pool), len(train))
+    fit(
+        method,
+        lambda step: pool.batch(cfg.pretrain.batch_size, rng),
+        _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10)),
+        out_dir=out,
+        desc=f"pretrain {cfg.pretrain.method}",
+        after_step=getattr(method, "after_step", None),
+    )
+    ckpt = out / "checkpoint.pt"
+    save_checkpoint(
+        ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="pretrain",
+        splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
+        method=cfg.pretrain.method, trained_parts=list(getattr(method, "trains", ("encoder",))),
+        preprocess={"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size},
+    )
+    return ckpt
+
+
+def check_same_split(cases: list[Case], splits: dict[str, str], source: str) -> None:
+    """Apply a checkpoint's split; refuse when a case would change sides."""
+    moved = [c.case_id for c in cases if c.case_id in splits and c.split is not None and c.split != splits[c.case_id]]
+    if moved:
+        raise ValueError(
+            f"{source} was pretrained with a different train/val/test split ({len(moved)} case(s) differ, "
+            f"e.g. {moved[0]!r}); reuse the pretraining run's splits.json so no test case leaks"
+        )
+    for c in cases:
+        if c.case_id in splits:
+            c.split = splits[c.case_id]
+
+
+def select_labelled(cases: list[Case], labels: str, seed: int, path: Path | None) -> list[str]:
+    """The labelled training cases for a budget; read from ``path`` when saved, else drawn and saved."""
+    if path is not None and path.is_file():
+        return list(read_json(path)["case_ids"])
+    train_ids = [c.case_id for c in by_split(cases, "train") if c.masks]
+    k = resolve_budget(labels, len(train_ids))
+    ids = labelled_subset(train_ids, k, seed)
+    if path is not None:
+        write_json(path, {"budget": str(labels), "seed": seed, "num_cases": k, "case_ids": ids})
+    return ids
+
+
+def run_finetune(
+    cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None = None, labelled_ids: list[str] | None = None
+) -> Path:
+    """Fine-tune from ``cfg.finetune.init`` (a checkpoint or ``random``) on a label budget."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    cases = cases if cases is not None else load_cases(cfg, out)
+    ft = cfg.finetune
+    init_ckpt = load_checkpoint(ft.init) if ft.init != "random" else None
+    if init_ckpt is not None and init_ckpt.get("splits"):
+        # fine-tune on the pretraining run's split, so that no test case was ever seen in pretraining
+        check_same_split(cases, init_ckpt["splits"], ft.init)
+    if labelled_ids is None:
+        labelled_ids = select_labelled(cases, ft.labels, cfg.seed, out / "labelled.json")
+    else:
+        write_json(out / "labelled.json", {"budget": str(ft.labels), "seed": cfg.seed,
+                                           "num_cases": len(labelled_ids), "case_ids": sorted(labelled_ids)})
+    ids = set(labelled_ids)
+    train = by_split(cases, "train")
+    chosen = [c for c in train if c.case_id in ids]
+    val = [c for c in by_split(cases, "val") if c.masks]
+
+    if init_ckpt is not None:
+        if init_ckpt["arch"] != cfg.model.arch:
+            raise ValueError(f"{ft.init}: made for arch {init_ckpt['arch']!r}, but --arch is {cfg.model.arch!r}")
+    if init_ckpt is not None and "preprocess" in init_ckpt:
+        # the pretrained encoder saw inputs normalised with these statistics
+        normalizer = Normalizer.from_dict(init_ckpt["preprocess"]["normalizer"])
+    else:
+        normalizer = Normalizer.fit(train, seed=cfg.seed)
+
+    model_kwargs = {"in_channels": in_channels_of(cases), "num_classes": num_classes_of(cases), **cfg.model.options}
+    if init_ckpt is not None:
+        # the architecture options must match the pretrained network's
+        for k in ("base_channels", "depth", "norm"):
+            if k in init_ckpt["model_kwargs"]:
+                model_kwargs[k] = init_ckpt["model_kwargs"][k]
+    model = build_model(cfg.model.arch, **model_kwargs)
+    report = None
+    if init_ckpt is not None:
+        parts = tuple(p for p in init_ckpt.get("trained_parts", ["encoder"]) if p != "head")
+        report = transfer_weights(model, init_ckpt["state_dict"], parts)
+        log.info("transfer from %s: %s", ft.init, report.summary())
+
+    data = LabelledSet(chosen, cfg.data.image_size, normalizer)
+    val_set = LabelledSet(val, cfg.data.image_size, normalizer) if val else None
+    task = SupervisedTask(model, segmentation_loss(ft.loss), SegAugment(strength=ft.augment) if ft.augment > 0 else None)
+
+    params = None
+    if init_ckpt is not None and ft.encoder_lr_ratio != 1.0:
+        enc = [p for p in model.encoder.parameters()]
+        enc_ids = {id(p) for p in enc}
+        rest = [p for p in task.parameters() if id(p) not in enc_ids]
+        params = [{"params": enc, "lr": ft.lr * ft.encoder_lr_ratio}, {"params": rest}]
+
+    num_classes = model_kwargs["num_classes"]
+
+    def validate(_task) -> dict[str, float]:
+        return {"dice": _mean_dice(model, val_set, num_classes)}
+
+    steps = _steps(ft, len(data))
+    dump_yaml(cfg, out / "config.yaml")
+    rng = np.random.default_rng(cfg.seed)
+    log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))
+    result = fit(
+        task,
+        lambda step: data.batch(ft.batch_size, rng),
+        _loop_cfg(cfg, ft, steps, val_every=ft.val_every if val_set is not None else 0, save_every=max(50, steps // 5)),
+        params=params,
+        out_dir=out,
+        desc=f"finetune {Path(str(ft.init)).parent.name if init_ckpt else 'random'}",
+        validate=validate if val_set is not None else None,
+        monitor="dice" if val_set is not None else None,
+    )
+    ckpt = out / "checkpoint.pt"
+    save_checkpoint(
+        ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="finetune",
+        preprocess={"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size},
+        splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
+        labelled_cases=sorted(ids), best_val=result.best or {},
+        transfer=report.summary() if report else "random initialisation",
+    )
+    return ckpt
+
+
+@torch.inference_mode()
+def _mean_dice(model, data: LabelledSet, num_classes: int, batch: int = 32) -> float:
+    """Mean foreground Dice on a resized labelled set (for checkpoint selection only)."""
+    model.eval()
+    dices = []
+    dev = next(model.parameters()).device
+    for s in range(0, len(data), batch):
+        pred = model(data.images[s : s + batch].to(dev)).argmax(1).cpu()
+        gt = data.masks[s : s + batch]
+        for k in range(1, num_classes):
+            p, g = pred == k, gt == k
+            inter = (p & g).sum((1, 2)).float()
+            denom = (p.sum((1, 2)) + g.sum((1, 2))).float()
+            ok = g.sum((1, 2)) > 0
+            dices.extend((2 * inter[ok] / denom[ok].clamp(min=1)).tolist())
+    return float(np.mean(dices)) if dices else float("nan")
+
+
+def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path) -> list[dict]:
+    """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.get("stage") != "finetune":
+        raise ValueError(f"{ckpt_path}: a {ckpt.get('stage', 'unknown')} checkpoint has no segmentation head trained; fine-tune it first")
+    model = model_from_checkpoint(ckpt)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    pre = ckpt["preprocess"]
+    test = [c for c in cases if c.split == split and c.masks]
+    if not test:
+        raise ValueError(f"the {split!r} split has no labelled case to evaluate")
+    rows = evaluate_cases(model, test, Normalizer.from_dict(pre["normalizer"]), pre["image_size"],
+                          ckpt["model_kwargs"]["num_classes"], device)
+    write_csv(out / "per_frame.csv", rows)
+    cases_rows = per_case(rows)
+    write_csv(out / "per_case.csv", cases_rows)
+    return cases_rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)

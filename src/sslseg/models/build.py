@@ -1,0 +1,42 @@
+"""Model registry: ``build_model(name, in_channels=, num_classes=, **kwargs)``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .heads import SegmentationHead
+from .segmentation import SegmentationModel
+from .unet import UNetDecoder, UNetEncoder
+
+
+def build_unet(
+    in_channels: int = 1,
+    num_classes: int = 2,
+    base_channels: int = 32,
+    depth: int = 4,
+    norm: str = "batch",
+) -> SegmentationModel:
+    """UNet with a reachable encoder; see :mod:`sslseg.models.unet`."""
+    encoder = UNetEncoder(in_channels, base_channels, depth, norm)
+    decoder = UNetDecoder(encoder.out_channels, norm)
+    head = SegmentationHead(decoder.out_channels[-1], num_classes)
+    return SegmentationModel(encoder, decoder, head)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"unet": build_unet}
+
+
+def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs) -> SegmentationModel:
+    """Build a segmentation model by registry name.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones) or unknown keyword.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    try:
+        return MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"architecture {name!r}: {err}") from None
