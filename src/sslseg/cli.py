@@ -173,10 +173,12 @@ def cmd_evaluate(args) -> int:
         if c.case_id in unknown:
             c.split = "test"  # never seen in training: safe to evaluate on
     rows = run_evaluate(args.model, cases, args.split, args.out)
-    d = [r["dice"] for r in rows]
-    h = [r["hd95"] for r in rows]
+    d = np.array([r["dice"] for r in rows], dtype=float)
+    h = np.array([r["hd95"] for r in rows], dtype=float)
+    hd = f"{np.nanmean(h):.2f} mm" if np.isfinite(h).any() else "undefined (empty predictions)"
     print(f"{len(rows)} {args.split} cases: Dice {np.nanmean(d):.4f} (sd {np.nanstd(d):.4f}), "
-          f"HD95 {np.nanmean(h):.2f} mm; per case: {Path(args.out) / 'per_case.csv'}")
+          f"HD95 {hd}; undefined HD95: {int(sum(r['hd95_undefined'] for r in rows))} frame(s); "
+          f"per case: {Path(args.out) / 'per_case.csv'}")
     return 0
 
 

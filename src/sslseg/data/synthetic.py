@@ -143,14 +143,19 @@ def _bilinear_weights(fi: np.ndarray, fj: np.ndarray, shape: tuple[int, int]):
     i0, j0 = fi.astype(np.int32), fj.astype(np.int32)
     wi, wj = (fi - i0).astype(np.float32), (fj - j0).astype(np.float32)
     k = i0 * n1 + j0
-    return (k, k + 1, k + n1, k + n1 + 1), ((1 - wi) * (1 - wj), (1 - wi) * wj, wi * (1 - wj), wi * wj)
+    return (k, k + 1, k + n1, k + n1 + 1), (
+        (1 - wi) * (1 - wj),
+        (1 - wi) * wj,
+        wi * (1 - wj),
+        wi * wj,
+    )
 
 
 def _gather(field: np.ndarray, idx, wts) -> np.ndarray:
     """Bilinear sample of the trailing two axes of ``field`` with precomputed weights."""
     flat = field.reshape(field.shape[:-2] + (-1,))
     out = None
-    for k, w in zip(idx, wts):
+    for k, w in zip(idx, wts, strict=True):
         term = np.take(flat, k, axis=-1) * w
         out = term if out is None else out + term
     return out
@@ -172,10 +177,16 @@ def _cycle(phase: np.ndarray, systole: float) -> tuple[np.ndarray, np.ndarray]:
     """
     p = np.mod(phase, 1.0)
     sys = p < systole
-    c = np.where(sys, 0.5 * (1 - np.cos(np.pi * p / systole)),
-                 0.5 * (1 + np.cos(np.pi * (p - systole) / (1 - systole))))
-    dc = np.where(sys, 0.5 * np.pi / systole * np.sin(np.pi * p / systole),
-                  -0.5 * np.pi / (1 - systole) * np.sin(np.pi * (p - systole) / (1 - systole)))
+    c = np.where(
+        sys,
+        0.5 * (1 - np.cos(np.pi * p / systole)),
+        0.5 * (1 + np.cos(np.pi * (p - systole) / (1 - systole))),
+    )
+    dc = np.where(
+        sys,
+        0.5 * np.pi / systole * np.sin(np.pi * p / systole),
+        -0.5 * np.pi / (1 - systole) * np.sin(np.pi * (p - systole) / (1 - systole)),
+    )
     return c, dc
 
 
@@ -186,31 +197,33 @@ def _draw_params(rng: np.random.Generator, num_frames: int, size: int) -> dict:
     P: dict = {}
     # --- probe / field of view -------------------------------------------------
     P["depth_cm"] = _u(rng, 12.0, 18.0)
-    P["D"] = 10.0 * P["depth_cm"]                       # mm
+    P["D"] = 10.0 * P["depth_cm"]  # mm
     P["half_angle"] = math.radians(_u(rng, 30.0, 44.0))
-    P["dy"] = P["D"] / size                              # mm per row
-    P["dx"] = P["dy"] * _u(rng, 0.92, 1.2)               # mm per column (anisotropic resize)
+    P["dy"] = P["D"] / size  # mm per row
+    P["dx"] = P["dy"] * _u(rng, 0.92, 1.2)  # mm per column (anisotropic resize)
 
     # --- heart size, shape and pose ----------------------------------------------
-    s = _u(rng, 0.82, 1.12) * (P["D"] / 150.0) ** 0.35   # deeper scans tend to be larger hearts
-    P["L0"] = s * _u(rng, 78.0, 100.0)                    # apex -> annulus (ED)
-    P["B0"] = P["L0"] / (2.0 * _u(rng, 1.55, 2.3))       # half width; aspect L / 2B
-    P["kappa"] = _u(rng, 0.55, 0.8)                      # annulus cut of the ellipse
-    n_strong = rng.random() < 0.5                        # "occasional" clearly non-elliptic LV
+    s = _u(rng, 0.82, 1.12) * (P["D"] / 150.0) ** 0.35  # deeper scans tend to be larger hearts
+    P["L0"] = s * _u(rng, 78.0, 100.0)  # apex -> annulus (ED)
+    P["B0"] = P["L0"] / (2.0 * _u(rng, 1.55, 2.3))  # half width; aspect L / 2B
+    P["kappa"] = _u(rng, 0.55, 0.8)  # annulus cut of the ellipse
+    n_strong = rng.random() < 0.5  # "occasional" clearly non-elliptic LV
     amp = 0.07 if n_strong else 0.03
-    P["harm"] = [(k, _u(rng, 0.0, amp) / math.sqrt(k - 1), _u(rng, 0, 2 * math.pi)) for k in (2, 3, 4)]
-    P["t0"] = _u(rng, 6.5, 11.5)                         # LV wall thickness
-    P["apex_x"] = _u(rng, -4.0, 6.0)                     # sonographers put the apex mid-sector
+    P["harm"] = [
+        (k, _u(rng, 0.0, amp) / math.sqrt(k - 1), _u(rng, 0, 2 * math.pi)) for k in (2, 3, 4)
+    ]
+    P["t0"] = _u(rng, 6.5, 11.5)  # LV wall thickness
+    P["apex_x"] = _u(rng, -4.0, 6.0)  # sonographers put the apex mid-sector
     P["apex_y"] = _u(rng, 20.0, 40.0) * (P["D"] / 150.0) ** 0.5
     P["tilt"] = math.radians(_u(rng, -6.0, 22.0))
     # RV
-    P["rv_b"] = _u(rng, 0.5, 0.85)                       # RV half width / LV half width
-    P["rv_apex"] = _u(rng, 0.12, 0.32)                   # RV apex offset / L
-    P["rv_base"] = _u(rng, 0.9, 1.0)                     # tricuspid level / L
-    P["rv_ov"] = _u(rng, 0.15, 0.45)                     # how much RV wraps the septum
+    P["rv_b"] = _u(rng, 0.5, 0.85)  # RV half width / LV half width
+    P["rv_apex"] = _u(rng, 0.12, 0.32)  # RV apex offset / L
+    P["rv_base"] = _u(rng, 0.9, 1.0)  # tricuspid level / L
+    P["rv_ov"] = _u(rng, 0.15, 0.45)  # how much RV wraps the septum
     P["t_rv"] = _u(rng, 2.5, 4.5)
     # atria
-    P["la_a"] = _u(rng, 0.3, 0.5)                        # LA semi-axis (along u) / L
+    P["la_a"] = _u(rng, 0.3, 0.5)  # LA semi-axis (along u) / L
     P["la_b"] = _u(rng, 0.9, 1.3)
     P["la_v"] = _u(rng, -0.1, 0.3)
     P["ra_a"] = _u(rng, 0.28, 0.48)
@@ -231,12 +244,12 @@ def _draw_params(rng: np.random.Generator, num_frames: int, size: int) -> dict:
     P["beats"] = _u(rng, 1.0, 2.0)
     P["phase0"] = _u(rng, 0.0, 1.0)
     P["systole"] = _u(rng, 0.3, 0.42)
-    f = rng.beta(2.0, 1.4)                               # contractility: 0 = failing, 1 = vigorous
-    P["ls"] = 0.04 + 0.14 * f * _u(rng, 0.8, 1.2)        # long-axis shortening
-    P["rs"] = 0.07 + 0.28 * f * _u(rng, 0.8, 1.2)        # short-axis shortening
-    P["thick"] = 0.15 + 0.45 * f                         # systolic wall thickening
+    f = rng.beta(2.0, 1.4)  # contractility: 0 = failing, 1 = vigorous
+    P["ls"] = 0.04 + 0.14 * f * _u(rng, 0.8, 1.2)  # long-axis shortening
+    P["rs"] = 0.07 + 0.28 * f * _u(rng, 0.8, 1.2)  # short-axis shortening
+    P["thick"] = 0.15 + 0.45 * f  # systolic wall thickening
     P["rv_s"] = _u(rng, 0.1, 0.3)
-    P["rock"] = _u(rng, 0.0, 3.0)                        # whole-heart rocking, mm
+    P["rock"] = _u(rng, 0.0, 3.0)  # whole-heart rocking, mm
     P["rock_dir"] = _u(rng, 0.0, 2 * math.pi)
     P["rock_lag"] = _u(rng, -0.15, 0.15)
 
@@ -250,11 +263,11 @@ def _draw_params(rng: np.random.Generator, num_frames: int, size: int) -> dict:
     P["bg_len"] = _u(rng, 15.0, 50.0)
     P["e_valve"] = db(-2.0, 6.0)
     P["e_pm"] = db(-10.0, -1.0)
-    P["e_trab"] = db(-22.0, -10.0)
-    P["trab_w"] = _u(rng, 1.0, 3.5)                      # mm
-    P["ang_s"] = _u(rng, 0.35, 0.9)                      # strength of angle dependence
+    P["e_trab"] = db(-26.0, -14.0)
+    P["trab_w"] = _u(rng, 0.8, 2.5)  # mm
+    P["ang_s"] = _u(rng, 0.35, 0.9)  # strength of angle dependence
     P["ang_p"] = _u(rng, 0.7, 2.0)
-    P["tex_db"] = _u(rng, 2.0, 5.0)                      # tissue texture (dB std)
+    P["tex_db"] = _u(rng, 2.0, 5.0)  # tissue texture (dB std)
     # dropouts
     P["d_lat"] = _u(rng, 0.5, 0.98) if rng.random() < 0.75 else 0.0
     P["d_lat_u"] = _u(rng, 0.1, 0.7)
@@ -268,24 +281,29 @@ def _draw_params(rng: np.random.Generator, num_frames: int, size: int) -> dict:
     # clutter / haze (stationary w.r.t. the probe) and side lobes
     P["haze_db"] = _u(rng, -30.0, -10.0)
     P["haze_len"] = _u(rng, 12.0, 45.0)
-    P["haze_nf"] = _u(rng, 4.0, 14.0)                    # near-field (chest wall) depth
+    P["haze_nf"] = _u(rng, 4.0, 14.0)  # near-field (chest wall) depth
     P["rev_db"] = _u(rng, -24.0, -10.0) if rng.random() < 0.5 else -99.0
     P["rev_r"] = _u(rng, 15.0, 45.0)
     P["rev_w"] = _u(rng, 1.5, 5.0)
     P["sl_db"] = _u(rng, -28.0, -14.0)
-    P["sl_sigma"] = _u(rng, 3.0, 9.0)                    # beam lines
+    P["sl_sigma"] = _u(rng, 3.0, 9.0)  # beam lines
     # speckle
-    P["psf_r"] = _u(rng, 0.5, 1.1)                       # in polar samples (axial)
-    P["psf_t"] = _u(rng, 0.7, 1.8)                       # in beam lines (lateral)
-    P["coh_t"] = _u(rng, 0.55, 0.92)                     # tissue speckle frame-to-frame coherence
-    P["coh_b"] = _u(rng, 0.0, 0.35)                      # blood decorrelates fast
+    P["psf_r"] = _u(rng, 0.5, 1.1)  # in polar samples (axial)
+    P["psf_t"] = _u(rng, 0.7, 1.8)  # in beam lines (lateral)
+    P["coh_t"] = _u(rng, 0.55, 0.92)  # tissue speckle frame-to-frame coherence
+    P["coh_b"] = _u(rng, 0.0, 0.35)  # blood decorrelates fast
     # system: attenuation/TGC, lateral gain, shadows, noise, log compression
-    P["tgc_slope"] = _u(rng, -1.1, 0.6)                  # residual dB/cm after TGC
-    P["tgc_knots"] = rng.uniform(-5.0, 5.0, size=5)      # TGC "sliders", dB
-    P["lat_gain"] = rng.uniform(-3.5, 3.5, size=3)       # dB at left/centre/right
+    P["tgc_slope"] = _u(rng, -1.1, 0.6)  # residual dB/cm after TGC
+    P["tgc_knots"] = rng.uniform(-5.0, 5.0, size=5)  # TGC "sliders", dB
+    P["lat_gain"] = rng.uniform(-3.5, 3.5, size=3)  # dB at left/centre/right
     n_sh = int(rng.choice([0, 1, 1, 2, 2, 3]))
     P["shadows"] = [
-        (_u(rng, -1.0, 1.0), math.radians(_u(rng, 1.5, 6.0)), _u(rng, -24.0, -7.0), _u(rng, 0.1, 0.7))
+        (
+            _u(rng, -1.0, 1.0),
+            math.radians(_u(rng, 1.5, 6.0)),
+            _u(rng, -24.0, -7.0),
+            _u(rng, 0.1, 0.7),
+        )
         for _ in range(n_sh)
     ]
     P["noise_db"] = _u(rng, -52.0, -36.0)
@@ -410,8 +428,17 @@ def _render_echogenicity(u, v, beam_x, beam_y, tex, P, S, hinge):
     rp0 = np.hypot((u - A) / (A + g0), v / (B + g0))
     rp1 = np.hypot((u - A) / (A + g1), v / (B + g1))
     peri = (rp1 < lim) & (rp0 >= lim) & (u < L + 4.0) & (v > -(B + t) * 0.6)
-    peri_rv = (np.hypot(xre * (Arv + P["t_rv"]) / (Arv + P["t_rv"] + 3.0),
-                        ere * (Brv + P["t_rv"]) / (Brv + P["t_rv"] + 3.0)) < 1.0) & ~rv_epi & (u < Lrv)
+    peri_rv = (
+        (
+            np.hypot(
+                xre * (Arv + P["t_rv"]) / (Arv + P["t_rv"] + 3.0),
+                ere * (Brv + P["t_rv"]) / (Brv + P["t_rv"] + 3.0),
+            )
+            < 1.0
+        )
+        & ~rv_epi
+        & (u < Lrv)
+    )
     heart = lv_epi | rv_epi | la_epi | ra_wall | ra_cav
 
     # --- compose ------------------------------------------------------------------
@@ -419,9 +446,11 @@ def _render_echogenicity(u, v, beam_x, beam_y, tex, P, S, hinge):
     E = np.where(heart, 0.0, E)
     myo_gain = P["e_myo"] * tex["myo"]
     # dropout of the lateral wall, apex and mid/basal septum
-    lat = 1.0 - P["d_lat"] * np.exp(-(((u / P["L0"]) - P["d_lat_u"]) / P["d_lat_w"]) ** 2) * (v > 0)
-    apx = 1.0 - P["d_apex"] * np.exp(-((u + t) / (0.18 * P["L0"])) ** 2)
-    sep = 1.0 - P["d_sep"] * np.exp(-(((u / P["L0"]) - P["d_sep_u"]) / 0.15) ** 2) * (v < 0)
+    lat = 1.0 - P["d_lat"] * np.exp(-((((u / P["L0"]) - P["d_lat_u"]) / P["d_lat_w"]) ** 2)) * (
+        v > 0
+    )
+    apx = 1.0 - P["d_apex"] * np.exp(-(((u + t) / (0.18 * P["L0"])) ** 2))
+    sep = 1.0 - P["d_sep"] * np.exp(-((((u / P["L0"]) - P["d_sep_u"]) / 0.15) ** 2)) * (v < 0)
     E = np.where(lv_myo, myo_gain * lv_ang * lat * apx * sep, E)
     E = np.where(rv_wall, 0.8 * myo_gain * rv_ang * apx, E)
     ias = 1.0 - P["d_ias"] * (v < v_la)
@@ -431,9 +460,12 @@ def _render_echogenicity(u, v, beam_x, beam_y, tex, P, S, hinge):
     blood = lv_cav | rv_cav | la_cav | ra_cav
     E = np.where(blood, P["e_blood"], E)
 
-    # trabecular layer lining the LV endocardium (inside the cavity, part of the mask)
+    # trabecular layer lining the ventricular endocardium (blurs the border; for the LV it
+    # lies inside the cavity and hence inside the mask)
     d_in = np.clip(lim - rho, 0.0, None) * B
-    E = E + lv_cav * P["e_trab"] * tex["myo"] * np.exp(-d_in / P["trab_w"])
+    E = E + lv_cav * P["e_trab"] * tex["myo"] * np.exp(-((d_in / P["trab_w"]) ** 2))
+    d_rv = np.clip(1.0 - np.hypot(xr, er), 0.0, None) * Brv
+    E = E + rv_cav * P["e_trab"] * tex["myo"] * np.exp(-((d_rv / P["trab_w"]) ** 2))
 
     # papillary muscle(s) and chorda
     hs, hl = hinge
@@ -442,7 +474,7 @@ def _render_echogenicity(u, v, beam_x, beam_y, tex, P, S, hinge):
     for pu, side in [(P["pm_u"], 1.0)] + ([(P["pm2_u"], -1.0)] if P["pm2"] else []):
         uc = pu * L
         xi_c = (uc - A) / A
-        wall = B * np.sqrt(np.clip(1.0 - xi_c ** 2, 0.05, 1.0))
+        wall = B * np.sqrt(np.clip(1.0 - xi_c**2, 0.05, 1.0))
         a_pm, b_pm = 0.11 * L * P["pm_size"], 0.22 * B * P["pm_size"]
         vc = side * (wall - 0.35 * b_pm)
         pm = pm | ((((u - uc) / a_pm) ** 2 + ((v - vc) / b_pm) ** 2) < 1.0)
@@ -453,7 +485,7 @@ def _render_echogenicity(u, v, beam_x, beam_y, tex, P, S, hinge):
     op = S["open"]
     ang_o = op * (math.pi / 2 * 1.05)  # 0 = closed (pointing across), ~90 deg = open (to apex)
     val = np.zeros_like(u)
-    for (hv, length, sgn) in ((hs, 0.62, 1.0), (hl, 0.46, -1.0)):
+    for hv, length, sgn in ((hs, 0.62, 1.0), (hl, 0.46, -1.0)):
         width = (hl - hs) * B
         pv = hv * B
         # closed direction: across the annulus bowing a little into the atrium
@@ -462,12 +494,14 @@ def _render_echogenicity(u, v, beam_x, beam_y, tex, P, S, hinge):
         nrm = np.hypot(dir_u, dir_v)
         qu, qv = L + length * width * dir_u / nrm, pv + length * width * dir_v / nrm
         d = _seg_dist(u, v, L, pv, qu, qv)
-        val = np.maximum(val, np.exp(-(d / 1.1) ** 2))
+        val = np.maximum(val, np.exp(-((d / 1.1) ** 2)))
         # annulus hinge: bright fibrous ring
-        val = np.maximum(val, 1.3 * np.exp(-(((u - L) ** 2 + (v - pv) ** 2) / 2.5 ** 2)))
-        if sgn < 0 and tips:  # chorda from the lateral papillary muscle to the posterior leaflet tip
+        val = np.maximum(val, 1.3 * np.exp(-(((u - L) ** 2 + (v - pv) ** 2) / 2.5**2)))
+        if (
+            sgn < 0 and tips
+        ):  # chorda from the lateral papillary muscle to the posterior leaflet tip
             d = _seg_dist(u, v, tips[0][0], tips[0][1], qu, qv)
-            val = np.maximum(val, 0.25 * np.exp(-(d / 0.6) ** 2) * (1 - 0.7 * op))
+            val = np.maximum(val, 0.25 * np.exp(-((d / 0.6) ** 2)) * (1 - 0.7 * op))
     # tricuspid (shorter leaflets)
     wt = Brv * math.sqrt(1 - P["kappa"] ** 2)
     for pv_t, sgn in ((v_rv - wt, 1.0), (v_rv + wt, -1.0)):
@@ -476,7 +510,7 @@ def _render_echogenicity(u, v, beam_x, beam_y, tex, P, S, hinge):
         nrm = np.hypot(dir_u, dir_v)
         qu, qv = Lrv + 0.5 * 2 * wt * dir_u / nrm, pv_t + 0.5 * 2 * wt * dir_v / nrm
         d = _seg_dist(u, v, Lrv, pv_t, qu, qv)
-        val = np.maximum(val, 0.7 * np.exp(-(d / 1.0) ** 2))
+        val = np.maximum(val, 0.7 * np.exp(-((d / 1.0) ** 2)))
     E = E + P["e_valve"] * val * (0.5 + 0.5 * lv_ang)
     return E, blood, lv_cav
 
@@ -531,7 +565,7 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
     pr = (np.arange(nr) + 0.5) * dr
     pth = -alpha + (np.arange(nl) + 0.5) * dth
     R, TH = (a.astype(np.float32) for a in np.meshgrid(pr, pth, indexing="ij"))
-    bx, by = np.sin(TH), np.cos(TH)          # beam direction (unit)
+    bx, by = np.sin(TH), np.cos(TH)  # beam direction (unit)
     X, Y = R * bx, R * by
 
     # per-case fixed fields on the polar grid
@@ -568,23 +602,29 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
 
     # finite resolution: the echo envelope of a boundary is blurred by the point-spread
     # function (axially short, laterally wide), so walls are not crisp cartoons
-    E = ndimage.gaussian_filter(E, (0.0, 0.3 + 0.5 * P["psf_r"], 0.3 + 0.6 * P["psf_t"]), mode="nearest")
+    E = ndimage.gaussian_filter(
+        E, (0.0, 0.3 + 0.5 * P["psf_r"], 0.3 + 0.6 * P["psf_t"]), mode="nearest"
+    )
     # random transducer-fixed dropout patches (poor acoustic window)
     drop = 1.0 - P["d_rand"] * np.clip((drop_f - P["d_rand_thr"]) / 1.0, 0.0, 1.0)
     E = E * drop[None]
     # side lobes: bright structures smeared laterally into the cavities
-    E = E + 10 ** (P["sl_db"] / 10) * ndimage.gaussian_filter1d(E, P["sl_sigma"], axis=2, mode="nearest")
+    E = E + 10 ** (P["sl_db"] / 10) * ndimage.gaussian_filter1d(
+        E, P["sl_sigma"], axis=2, mode="nearest"
+    )
 
     # speckle: fixed (tissue-locked) + fresh; blood decorrelates faster
     coh = np.where(blood, P["coh_b"], P["coh_t"])
     z_new = _complex_speckle(rng, (T, nr, nl), (0.0, P["psf_r"], P["psf_t"]))
-    z = coh * zf + np.sqrt(1 - coh ** 2) * z_new
+    z = coh * zf + np.sqrt(1 - coh**2) * z_new
     inten = E * np.abs(z) ** 2
 
     # stationary clutter/haze from the chest wall and reverberation arcs (fills the apex)
     haze = 10 ** (P["haze_db"] / 10) * np.exp(-np.clip(R - P["haze_nf"], 0, None) / P["haze_len"])
     haze = haze * 10 ** (4.0 * clut_f / 10)
-    haze = haze + 10 ** (P["rev_db"] / 10) * np.exp(-((R - P["rev_r"]) / P["rev_w"]) ** 2) * (1 + 0.5 * clut_f).clip(0)
+    haze = haze + 10 ** (P["rev_db"] / 10) * np.exp(-(((R - P["rev_r"]) / P["rev_w"]) ** 2)) * (
+        1 + 0.5 * clut_f
+    ).clip(0)
     # clutter speckle is mostly stationary (it does not move with the heart); its fresh
     # part reuses the per-frame speckle of another frame (time-reversed) to save draws
     zc = 0.85 * z_clut[None] + 0.53 * z_new[:, ::-1]
@@ -600,7 +640,9 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
         g_db = g_db + db_s * edge * _sigmoid((R - r_s * D) / 4.0)
     inten = inten * 10 ** (g_db / 10)[None]
     # electronic noise (amplified by TGC slider gain, so stronger where gain was pushed)
-    noise = 10 ** ((P["noise_db"] + 0.5 * knots) / 10)[None] * rng.exponential(1.0, size=(T, nr, nl))
+    noise = 10 ** ((P["noise_db"] + 0.5 * knots) / 10)[None] * rng.exponential(
+        1.0, size=(T, nr, nl)
+    )
     inten = inten + noise
 
     # log compression and grey map
@@ -648,6 +690,10 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
     )
 
 
-def synthetic_echo(num_cases: int = 24, seed: int = 0, num_frames: int = 32, size: int = 112) -> list[Case]:
+def synthetic_echo(
+    num_cases: int = 24, seed: int = 0, num_frames: int = 32, size: int = 112
+) -> list[Case]:
     """``num_cases`` independent synthetic A4C videos; case ``i`` does not depend on ``num_cases``."""
-    return [make_echo_case(i, seed=seed, num_frames=num_frames, size=size) for i in range(num_cases)]
+    return [
+        make_echo_case(i, seed=seed, num_frames=num_frames, size=size) for i in range(num_cases)
+    ]
