@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="supervised fine-tuning on a label budget")
     p.add_argument("--data", required=True)
     p.add_argument("--arch", default="unet")
-    p.add_argument("--init", default="random", help="checkpoint path or 'random'")
+    p.add_argument("--init", default="random",
+                   help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or 'random'")
     p.add_argument("--labels", default="4", help="labelled cases: a count (4) or a percentage (5%%)")
     p.add_argument("--out", required=True)
     _common(p)
@@ -118,11 +119,13 @@ def _validate_names(cfg, stage: str) -> None:
 
 def cmd_data(args) -> int:
     from .data.registry import load_dataset
-    from .data.splits import assign_splits, apply_splits
+    from .data.splits import apply_splits, assign_splits
     from .experiments.config import DataConfig, apply_set
     from .experiments.inspect import export_dataset, summarise
 
-    dcfg = apply_set(DataConfig(spec=args.spec, image_size=args.image_size), args.set)
+    # accept the same keys as the training commands (data.options.X) and the short form (options.X)
+    sets = [item[len("data."):] if item.startswith("data.") else item for item in args.set]
+    dcfg = apply_set(DataConfig(spec=args.spec, image_size=args.image_size), sets)
     cases = load_dataset(dcfg.spec, **dcfg.options)
     apply_splits(cases, assign_splits(cases, dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed))
     print(summarise(dcfg.spec, cases))
@@ -196,6 +199,9 @@ COMMANDS = {"demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finet
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # run details go to each run's log.txt; the terminal shows warnings, progress bars and results
+    for h in logging.getLogger().handlers:
+        h.setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as err:

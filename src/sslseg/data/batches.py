@@ -96,7 +96,7 @@ class FramePool:
         ci = np.searchsorted(self.offsets, flat, side="right") - 1
         imgs = [
             frames_to_tensor(self.cases[c].frames[f][None], self.image_size)
-            for c, f in zip(ci, flat - self.offsets[ci])
+            for c, f in zip(ci, flat - self.offsets[ci], strict=True)
         ]
         return self.normalizer(torch.cat(imgs))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .sample import Case
 
@@ -36,14 +36,70 @@ def load_dataset(spec: str, **options) -> list[Case]:
         raise ValueError(f"data set {name!r} needs a path: {name}:PATH")
     if not needs_path and path:
         raise ValueError(f"data set {name!r} takes no path (got {path!r})")
-    cases = fn(path, **options) if needs_path else fn(**options)
+    cases = _call_reader(fn, name, path, **options) if needs_path else _call_reader(fn, name, **options)
     if not cases:
         raise ValueError(f"data set {spec!r} holds no usable case")
     return cases
 
 
 @register("synthetic-echo", False, "built-in synthetic apical four-chamber echo videos (112x112)")
-def _synthetic_echo(num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112) -> list[Case]:
+def _synthetic_echo(*, num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112) -> list[Case]:
     from .synthetic import synthetic_echo
 
     return synthetic_echo(num_cases=num_cases, seed=seed, num_frames=num_frames, size=size)
+
+
+def _call_reader(fn, name: str, *args, **options) -> list[Case]:
+    """Call a reader, turning an unknown option into a one-line error listing the valid ones."""
+    import inspect
+
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return fn(*args, **options)  # the reader checks its own options
+    valid = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ValueError(f"{name}: unknown option {unknown[0]!r}; valid options: {', '.join(valid)}")
+    return fn(*args, **options)
+
+
+@register("synthetic-mri", False, "built-in synthetic T2 prostate MRI volumes (slices; 1 PZ, 2 TZ)")
+def _synthetic_mri(*, num_cases: int = 16, seed: int = 0, num_slices: int = 20, size: int = 96) -> list[Case]:
+    from .synthetic_mri import synthetic_mri
+
+    return synthetic_mri(num_cases=num_cases, seed=seed, num_slices=num_slices, size=size)
+
+
+@register("echonet", True, "EchoNet-Dynamic: FileList.csv, VolumeTracings.csv, Videos/*.avi (official splits)")
+def _echonet(path: str, **options) -> list[Case]:
+    from .echonet import load_echonet
+
+    return _call_reader(load_echonet, "echonet", path, **options)
+
+
+@register("camus", True, "CAMUS 2CH/4CH echo, MetaImage or NIfTI release (options: labels, views, labelled)")
+def _camus(path: str, **options) -> list[Case]:
+    from .camus import load_camus
+
+    return _call_reader(load_camus, "camus", path, **options)
+
+
+@register("decathlon", True, "Medical Segmentation Decathlon task folder, 2D slices (options: modality, merge, axis, empty_slices)")
+def _decathlon(path: str, **options) -> list[Case]:
+    from .decathlon import load_decathlon
+
+    return _call_reader(load_decathlon, "decathlon", path, **options)
+
+
+@register("folder", True, "images/ + masks/ (+ unlabelled/) of PNG, TIFF, NIfTI, MetaImage or DICOM files")
+def _folder(path: str, **options) -> list[Case]:
+    from .folder import load_folder
+
+    return _call_reader(load_folder, "folder", path, **options)
+
+
+@register("dicom", True, "DICOM files or cines (unlabelled), spacing from the tags")
+def _dicom(path: str, **options) -> list[Case]:
+    from .dicom import load_dicom
+
+    return _call_reader(load_dicom, "dicom", path, **options)

@@ -20,9 +20,12 @@ class Case:
 
     Attributes:
         case_id: unique identifier inside its data set.
-        frames: ``(T, H, W)`` or ``(T, C, H, W)`` array of every frame or slice
-            (all usable for pretraining). ``uint8`` (0..255) or ``float32``.
-        masks: labelled frames, ``{frame_index: (H, W) int64 label map}``.
+        frames: ``(T, H, W)`` or ``(T, C, H, W)`` array-like of every frame or
+            slice (all usable for pretraining), ``uint8`` (0..255) or ``float32``:
+            an ``np.ndarray`` or a lazily memory-mapped array from the decode cache
+            (``shape``, ``dtype``, ``ndim``, indexing).
+        masks: labelled frames, a ``Mapping[int, (H, W) int64 label map]``: a dict,
+            or a read-only mapping that draws masks on demand (large data sets).
         spacing: pixel size in mm as ``(row, column)``.
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (assigned later).
         meta: free-form per-case metadata (EF, phase names, source file, ...).

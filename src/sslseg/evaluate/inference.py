@@ -60,7 +60,7 @@ def evaluate_cases(
             gt = case.masks[i]
             dices = dice_per_class(pred[j], gt, classes)
             hds = hd95_per_class(pred[j], gt, classes, case.spacing)
-            for c, d, hd in zip(classes, dices, hds):
+            for c, d, hd in zip(classes, dices, hds, strict=True):
                 rows.append(
                     {
                         "case_id": case.case_id,

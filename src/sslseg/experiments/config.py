@@ -27,7 +27,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "unet"
-    options: dict = field(default_factory=lambda: {"base_channels": 16, "depth": 4, "norm": "batch"})
+    # keyword arguments of the architecture's builder; empty = its defaults (they differ per architecture)
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class FinetuneConfig:
     augment: float = 1.0  # strength of the supervised augmentation (0 disables)
     val_every: int = 100
     encoder_lr_ratio: float = 1.0  # lr multiplier for pretrained encoder weights
+    freeze_encoder_steps: int = 0  # encoder frozen (weights and BatchNorm statistics) for the first k steps
 
 
 @dataclass

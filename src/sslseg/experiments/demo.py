@@ -17,7 +17,15 @@ import numpy as np
 
 from ..report.plots import dice_vs_labels
 from .config import RunConfig
-from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain, select_labelled, write_csv
+from .pipeline import (
+    by_split,
+    load_cases,
+    run_evaluate,
+    run_finetune,
+    run_pretrain,
+    select_labelled,
+    write_csv,
+)
 
 
 def demo_config(quick: bool) -> RunConfig:

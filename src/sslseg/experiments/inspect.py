@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from pathlib import Path
 
@@ -10,52 +11,137 @@ import numpy as np
 from ..data.batches import frames_to_tensor, masks_to_tensor
 from ..data.sample import Case
 
+_MAX_LISTED = 8  # skipped items printed one per line; the rest are counted
+
+
+def _class_fractions(cases: list[Case]) -> tuple[dict[int, float], int]:
+    """Pixel fraction of every label value over all labelled frames, and the number of frames."""
+    counts = np.zeros(0, dtype=np.int64)
+    total, n = 0, 0
+    for c in cases:
+        for m in c.masks.values():
+            b = np.bincount(np.asarray(m).ravel().astype(np.int64))
+            if b.size > counts.size:
+                counts = np.pad(counts, (0, b.size - counts.size))
+            counts[: b.size] += b
+            total += m.size
+            n += 1
+    return {int(k): counts[k] / max(1, total) for k in np.flatnonzero(counts)}, n
+
 
 def summarise(spec: str, cases: list[Case]) -> str:
+    """A few lines on a loaded data set: cases, frames, labels, classes, splits, spacing, skips, notes."""
     n_frames = sum(c.num_frames for c in cases)
     n_lab = sum(len(c.masks) for c in cases)
     splits = Counter(c.split for c in cases)
-    counts: Counter = Counter()
-    total_px = 0
+    sources = sorted({str(c.meta["split_source"]) for c in cases if c.meta.get("split_source")})
+    fractions, _ = _class_fractions(cases)
+    names: dict[int, str] = {}
     for c in cases:
-        for m in c.masks.values():
-            vals, cnt = np.unique(m, return_counts=True)
-            counts.update(dict(zip(vals.tolist(), cnt.tolist())))
-            total_px += m.size
+        for k, v in (c.meta.get("label_names") or {}).items():
+            names.setdefault(int(k), str(v))
     sp = np.array([c.spacing for c in cases], dtype=float)
     shapes = Counter(c.image_shape for c in cases)
+    channels = Counter(1 if c.frames.ndim == 3 else int(c.frames.shape[1]) for c in cases)
+    dtypes = Counter(str(np.dtype(c.frames.dtype)) for c in cases)
+    kind = "slices" if all(c.meta.get("volume") for c in cases) else "frames"
+    split_how = f"from the data set ({', '.join(sources)})" if sources else "drawn per case (seeded)"
     lines = [
         f"data set: {spec}",
-        f"cases: {len(cases)} ({', '.join(f'{k} {splits.get(k, 0)}' for k in ('train', 'val', 'test'))})",
-        f"frames/slices: {n_frames} (all usable for pretraining), labelled: {n_lab} "
-        f"in {sum(1 for c in cases if c.masks)} cases",
-        f"image sizes: {', '.join(f'{h}x{w} ({n})' for (h, w), n in shapes.most_common(5))}",
+        f"cases: {len(cases)} ({', '.join(f'{k} {splits.get(k, 0)}' for k in ('train', 'val', 'test'))}); splits {split_how}",
+        f"{kind}: {n_frames} (all usable for pretraining), labelled: {n_lab} in {sum(1 for c in cases if c.masks)} cases",
+        f"image sizes: {', '.join(f'{h}x{w} ({n})' for (h, w), n in shapes.most_common(5))}"
+        + (f" and {len(shapes) - 5} more" if len(shapes) > 5 else "")
+        + f"; channels: {', '.join(f'{k} ({n})' for k, n in sorted(channels.items()))}"
+        + f"; stored as {', '.join(sorted(dtypes))}",
         f"spacing (mm): rows {sp[:, 0].min():.3f}-{sp[:, 0].max():.3f}, columns {sp[:, 1].min():.3f}-{sp[:, 1].max():.3f}",
         "classes (pixel fraction in labelled frames): "
-        + ", ".join(f"{k}: {v / max(1, total_px):.3f}" for k, v in sorted(counts.items())),
+        + (", ".join(f"{k} {names[k]}: {v:.3f}" if k in names else f"{k}: {v:.3f}" for k, v in sorted(fractions.items()))
+           or "none (no labelled frame)"),
     ]
-    skipped = [s for c in cases[:1] for s in c.meta.get("dataset_skipped", [])]
+    skipped = list(cases[0].meta.get("dataset_skipped", [])) if cases else []
     if skipped:
-        lines.append(f"skipped: {len(skipped)} ({skipped[0]})")
+        lines.append(f"skipped: {len(skipped)} item(s)")
+        lines += [f"  - {s}" for s in skipped[:_MAX_LISTED]]
+        if len(skipped) > _MAX_LISTED:
+            lines.append(f"  ... and {len(skipped) - _MAX_LISTED} more")
+    else:
+        lines.append("skipped: none")
+    for note in cases[0].meta.get("dataset_notes", []) if cases else []:
+        lines.append(f"note: {note}")
     return "\n".join(lines)
 
 
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    # images min-max scaled to 0..255 for viewing; masks keep their label values (0, 1, 2, ...)
+    lo, hi = float(img.min()), float(img.max())
+    return ((img - lo) / (hi - lo + 1e-8) * 255).round().astype(np.uint8)
+
+
+def _write_nifti(path: Path, data: np.ndarray, spacing: tuple[float, ...]) -> None:
+    """``(S, H, W)`` or ``(S, C, H, W)`` -> NIfTI voxels ``(W, H, S[, C])`` (columns = i, rows = j)."""
+    import nibabel as nib
+
+    vox = data.transpose(2, 1, 0) if data.ndim == 3 else data.transpose(3, 2, 0, 1)
+    affine = np.diag([spacing[1], spacing[0], spacing[2], 1.0])
+    img = nib.Nifti1Image(np.ascontiguousarray(vox), affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
 def export_dataset(cases: list[Case], out_dir: str | Path, image_size: int) -> int:
-    """Write each labelled frame (resized as for the model) as ``images/<case>_<frame>.png`` and ``masks/...png`` at model size."""
+    """Write every labelled frame resized as for the model, and its mask.
+
+    2D data: ``images/<case>_<frame>.png`` (min-max scaled to 0..255; one file
+    per channel, ``_c<k>``, for multi-channel frames) and ``masks/<case>_<frame>.png``
+    (label values).  Volumes (``meta["volume"]``): ``images/<case>.nii.gz`` and
+    ``masks/<case>.nii.gz`` holding the labelled slices in order, as resized for
+    the model (float32 values before the data set's mean/std normalisation),
+    with the resized pixel size.  ``index.csv`` lists every exported frame.
+
+    Returns:
+        the number of labelled frames written.
+    """
     from PIL import Image
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
     n = 0
     for c in cases:
-        for i in c.labelled_indices:
-            img = frames_to_tensor(c.frames[i][None], image_size)[0, 0].numpy()
-            lo, hi = float(img.min()), float(img.max())
-            img8 = ((img - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
+        idx = c.labelled_indices
+        if not idx:
+            continue
+        phase = c.meta.get("phase") or {}
+        h, w = c.image_shape
+        if c.meta.get("volume"):
+            imgs = frames_to_tensor(np.stack([c.frames[i] for i in idx]), image_size).numpy()
+            masks = masks_to_tensor(np.stack([c.masks[i] for i in idx]), image_size).numpy()
+            imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs
+            sp = (c.spacing[0] * h / image_size, c.spacing[1] * w / image_size, float(c.meta.get("slice_thickness", 1.0)))
+            _write_nifti(out / "images" / f"{c.case_id}.nii.gz", imgs.astype(np.float32), sp)
+            _write_nifti(out / "masks" / f"{c.case_id}.nii.gz", masks.astype(np.int16), sp)
+            for k, i in enumerate(idx):
+                rows.append({"case_id": c.case_id, "frame": i, "file": f"{c.case_id}.nii.gz", "slice": k,
+                             "split": c.split or "", "phase": phase.get(i, "")})
+            n += len(idx)
+            continue
+        for i in idx:
+            img = frames_to_tensor(c.frames[i][None], image_size)[0].numpy()  # (C, S, S)
             m = masks_to_tensor(c.masks[i][None], image_size)[0].numpy().astype(np.uint8)
-            # images min-max scaled to 0..255; masks keep their label values (0, 1, 2, ...)
-            Image.fromarray(img8).save(out / "images" / f"{c.case_id}_{i:04d}.png")
-            Image.fromarray(m).save(out / "masks" / f"{c.case_id}_{i:04d}.png")
+            name = f"{c.case_id}_{i:04d}"
+            if img.shape[0] == 1:
+                Image.fromarray(_to_uint8(img[0])).save(out / "images" / f"{name}.png")
+            else:
+                for k in range(img.shape[0]):
+                    Image.fromarray(_to_uint8(img[k])).save(out / "images" / f"{name}_c{k}.png")
+            Image.fromarray(m).save(out / "masks" / f"{name}.png")
+            rows.append({"case_id": c.case_id, "frame": i, "file": f"{name}.png", "slice": "",
+                         "split": c.split or "", "phase": phase.get(i, "")})
             n += 1
+    with open(out / "index.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["case_id", "frame", "file", "slice", "split", "phase"])
+        wr.writeheader()
+        wr.writerows(rows)
     return n

@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..augment.views import SegAugment, ViewAugment
+from ..augment.views import SegAugment
 from ..data.batches import FramePool, LabelledSet, Normalizer
 from ..data.registry import load_dataset
 from ..data.sample import Case
 from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for, write_json
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..engine.loop import LoopConfig, fit, make_fabric
+from ..engine.loop import LoopConfig, fit
 from ..engine.seed import seed_everything
 from ..evaluate.inference import evaluate_cases, per_case
 from ..finetune.losses import segmentation_loss
 from ..finetune.task import SupervisedTask
-from ..finetune.transfer import transfer_weights
+from ..finetune.transfer import freeze_encoder, read_init, transfer_weights
 from ..models.build import build_model
 from ..pretrain.build import build_method
 from .config import RunConfig, dump_yaml, to_dict
@@ -147,7 +147,8 @@ def run_finetune(
     seed_everything(cfg.seed)
     cases = cases if cases is not None else load_cases(cfg, out)
     ft = cfg.finetune
-    init_ckpt = load_checkpoint(ft.init) if ft.init != "random" else None
+    # an sslseg checkpoint, or a plain DeepLabV3 state_dict in torchvision's naming
+    init_ckpt = read_init(ft.init) if ft.init != "random" else None
     if init_ckpt is not None and init_ckpt.get("splits"):
         # fine-tune on the pretraining run's split, so that no test case was ever seen in pretraining
         check_same_split(cases, init_ckpt["splits"], ft.init)
@@ -173,7 +174,7 @@ def run_finetune(
     model_kwargs = {"in_channels": in_channels_of(cases), "num_classes": num_classes_of(cases), **cfg.model.options}
     if init_ckpt is not None:
         # the architecture options must match the pretrained network's
-        for k in ("base_channels", "depth", "norm"):
+        for k in ("base_channels", "depth", "norm", "output_stride", "atrous_rates"):
             if k in init_ckpt["model_kwargs"]:
                 model_kwargs[k] = init_ckpt["model_kwargs"][k]
     model = build_model(cfg.model.arch, **model_kwargs)
@@ -193,6 +194,19 @@ def run_finetune(
         enc_ids = {id(p) for p in enc}
         rest = [p for p in task.parameters() if id(p) not in enc_ids]
         params = [{"params": enc, "lr": ft.lr * ft.encoder_lr_ratio}, {"params": rest}]
+    freeze_steps = int(ft.freeze_encoder_steps)
+    if freeze_steps > 0:
+        if cfg.devices != 1:
+            # DDP syncs only the parameters that required grad when it wrapped the model
+            raise ValueError("finetune.freeze_encoder_steps needs --devices 1")
+        # the optimiser holds every parameter; a frozen one has no gradient, so AdamW skips it
+        params = params if params is not None else list(task.parameters())
+
+    def next_batch(step: int):
+        if freeze_steps > 0:
+            # set from the step index before each step, so a resumed run freezes exactly as a fresh one
+            freeze_encoder(model, step < freeze_steps)
+        return data.batch(ft.batch_size, rng)
 
     num_classes = model_kwargs["num_classes"]
 
@@ -205,7 +219,7 @@ def run_finetune(
     log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))
     result = fit(
         task,
-        lambda step: data.batch(ft.batch_size, rng),
+        next_batch,
         _loop_cfg(cfg, ft, steps, val_every=ft.val_every if val_set is not None else 0, save_every=max(50, steps // 5)),
         params=params,
         out_dir=out,
@@ -213,6 +227,8 @@ def run_finetune(
         validate=validate if val_set is not None else None,
         monitor="dice" if val_set is not None else None,
     )
+    if freeze_steps > 0:
+        freeze_encoder(model, False)
     ckpt = out / "checkpoint.pt"
     save_checkpoint(
         ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="finetune",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
+from .deeplabv3 import build_deeplabv3
 from .heads import SegmentationHead
 from .segmentation import SegmentationModel
 from .unet import UNetDecoder, UNetEncoder
@@ -14,7 +15,7 @@ from .unet import UNetDecoder, UNetEncoder
 def build_unet(
     in_channels: int = 1,
     num_classes: int = 2,
-    base_channels: int = 32,
+    base_channels: int = 16,
     depth: int = 4,
     norm: str = "batch",
 ) -> SegmentationModel:
@@ -25,7 +26,7 @@ def build_unet(
     return SegmentationModel(encoder, decoder, head)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"unet": build_unet}
+MODELS: dict[str, Callable[..., nn.Module]] = {"unet": build_unet, "deeplabv3": build_deeplabv3}
 
 
 def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs) -> SegmentationModel:

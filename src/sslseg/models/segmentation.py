@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: The parts of every segmentation model, in the order data flows through them.
+PARTS = ("encoder", "decoder", "head")
+
 
 class SegmentationModel(nn.Module):
     """Wires an encoder, a decoder and a 1x1 head; returns logits ``(B, K, H, W)``.
@@ -16,6 +19,10 @@ class SegmentationModel(nn.Module):
 
     Inputs whose height or width is not a multiple of ``encoder.reduction`` are
     padded (reflect) and the logits cropped back, so any size works.
+
+    ``part_of(key)`` names the part a state_dict key belongs to (here its first
+    component); a model that keeps other module names overrides it, as
+    :class:`sslseg.models.deeplabv3.DeepLabV3` does for torchvision's naming.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module) -> None:
@@ -23,6 +30,11 @@ class SegmentationModel(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.head = head
+
+    def part_of(self, key: str) -> str | None:
+        """``encoder``, ``decoder`` or ``head`` for a state_dict key; None for a key of no part."""
+        first = key.split(".", 1)[0]
+        return first if first in PARTS else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

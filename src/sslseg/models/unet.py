@@ -87,7 +87,7 @@ class UNetDecoder(nn.Module):
         x = features[-1]
         skips = features[-2::-1]
         n = len(self.blocks) if num_blocks is None else num_blocks
-        for up, block, skip in list(zip(self.ups, self.blocks, skips))[:n]:
+        for up, block, skip in list(zip(self.ups, self.blocks, skips, strict=True))[:n]:
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([up(x), skip], dim=1))
         return x

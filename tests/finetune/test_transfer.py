@@ -1,0 +1,100 @@
+"""Transfer reports, encoder freezing in the fine-tuning pipeline, and ``--init`` with a plain state_dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslseg.cli import main
+from sslseg.data.splits import apply_splits, assign_splits
+from sslseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from sslseg.experiments.config import RunConfig
+from sslseg.experiments.pipeline import run_finetune
+from sslseg.finetune.transfer import TransferReport, strip_prefix, transfer_weights
+from sslseg.models.build import build_model
+
+UNET = {"base_channels": 4, "depth": 2}
+
+
+def test_report_per_part_and_unexpected_keys():
+    src = build_model("unet", num_classes=3, **UNET).state_dict()
+    src["encoder.extra.weight"] = torch.zeros(1)
+    src["projector.net.0.weight"] = torch.zeros(1)
+    model = build_model("unet", num_classes=2, **UNET)
+    report = transfer_weights(model, src, parts=("encoder", "decoder", "head"))
+    n_enc = sum(k.startswith("encoder.") for k in model.state_dict())
+    assert len(report.loaded["encoder"]) == n_enc
+    # the head has 3 classes in the checkpoint and 2 here: shapes differ, left at initialisation
+    assert report.missing == {"head": ["head.weight", "head.bias"]}
+    assert report.unexpected == {"encoder": ["encoder.extra.weight"], "other": ["projector.net.0.weight"]}
+    text = report.summary()
+    assert f"encoder: {n_enc} tensors loaded, 0 left at initialisation, 1 in the checkpoint ignored" in text
+    assert "head: 0 tensors loaded, 2 left at initialisation" in text
+
+
+def test_nothing_matched_fails():
+    src = build_model("unet", base_channels=8, depth=2).state_dict()
+    with pytest.raises(ValueError, match="no pretrained weight matched"):
+        transfer_weights(build_model("unet", **UNET), src)
+    with pytest.raises(ValueError, match="unknown model part 'backbone'"):
+        transfer_weights(build_model("unet", **UNET), src, parts=("backbone",))
+    assert TransferReport().num_loaded == 0
+
+
+def test_strip_prefix_only_when_every_key_has_it():
+    assert strip_prefix({"module.module.a": 1, "module.module.b": 2}) == {"a": 1, "b": 2}
+    assert strip_prefix({"module.a": 1, "b": 2}) == {"module.a": 1, "b": 2}
+
+
+def _finetune_cfg(init: str, steps: int, freeze: int) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.image_size = 32
+    cfg.model.options = dict(UNET)
+    cfg.finetune.init = init
+    cfg.finetune.labels = "2"
+    cfg.finetune.steps = steps
+    cfg.finetune.batch_size = 4
+    cfg.finetune.val_every = 0
+    cfg.finetune.augment = 0.0
+    cfg.finetune.freeze_encoder_steps = freeze
+    return cfg
+
+
+@pytest.mark.parametrize("freeze,encoder_moves", [(3, False), (1, True)])
+def test_finetune_freezes_the_encoder_for_the_first_steps(tmp_path, tiny_cases, freeze, encoder_moves):
+    pre = build_model("unet", **UNET)
+    with torch.no_grad():
+        for t in pre.state_dict().values():
+            if t.is_floating_point():
+                t.add_(0.1 * torch.randn_like(t))
+    init = tmp_path / "pre.pt"
+    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
+                    trained_parts=["encoder"])
+    apply_splits(tiny_cases, assign_splits(tiny_cases))
+    out = run_finetune(_finetune_cfg(str(init), steps=3, freeze=freeze), tmp_path / "ft", tiny_cases)
+    after = load_checkpoint(out)["state_dict"]
+    enc = [k for k in after if k.startswith("encoder.")]
+    # weights and BatchNorm running statistics alike
+    same = [torch.equal(after[k], pre.state_dict()[k]) for k in enc]
+    assert not all(same) if encoder_moves else all(same)
+    assert not all(torch.equal(after[k], pre.state_dict()[k]) for k in after if k.startswith("decoder."))
+
+
+def test_cli_finetune_deeplabv3_from_a_dataparallel_state_dict(tmp_path, capsys):
+    """EchoNet-Dynamic's layout: {"state_dict": {"module.backbone...": ...}, "epoch": ...}, RGB, one class."""
+    torch.manual_seed(0)
+    tv = build_model("deeplabv3", in_channels=3, num_classes=1)
+    init = tmp_path / "echonet_style.pt"
+    torch.save({"epoch": 45, "state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, init)
+    out = tmp_path / "ft"
+    argv = ["finetune", "--data", "synthetic-echo", "--arch", "deeplabv3", "--init", str(init), "--labels", "1",
+            "--out", str(out), "--steps", "1", "--batch-size", "2", "--image-size", "32",
+            "--set", "data.options.num_cases=8", "--set", "data.options.num_frames=4",
+            "--set", "finetune.val_every=0", "--set", "finetune.augment=0"]
+    assert main(argv) == 0, capsys.readouterr().err
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["arch"] == "deeplabv3" and ckpt["model_kwargs"]["in_channels"] == 1
+    assert ckpt["transfer"].startswith("encoder: 318 tensors loaded, 0 left at initialisation; "
+                                       "decoder: 42 tensors loaded, 0 left at initialisation; "
+                                       "head: 0 tensors loaded, 2 left at initialisation")
+    assert "summed over input channels: backbone.conv1.weight" in ckpt["transfer"]
