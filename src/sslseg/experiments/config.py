@@ -57,7 +57,10 @@ class FinetuneConfig:
     augment: float = 1.0  # strength of the supervised augmentation (0 disables)
     val_every: int = 100
     encoder_lr_ratio: float = 1.0  # lr multiplier for pretrained encoder weights
-    freeze_encoder_steps: int = 0  # encoder frozen (weights and BatchNorm statistics) for the first k steps
+    # encoder frozen (weights and BatchNorm statistics) for the first k steps; None = automatic:
+    # 20% of the steps when starting from a pretrained encoder (linear-probe-then-fine-tune), 0 from random
+    freeze_encoder_steps: int | None = None
+    freeze_encoder_fraction: float = 0.2
 
 
 @dataclass
