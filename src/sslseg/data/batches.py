@@ -101,6 +101,31 @@ class FramePool:
         return self.normalizer(torch.cat(imgs))
 
 
+    def batch_with_meta(self, n: int, generator: np.random.Generator, n_parts: int = 4) -> dict:
+        """Chaitanya et al.'s minibatch: ``m = n // n_parts`` cases, one random frame per partition.
+
+        Each case is cut into ``n_parts`` equal partitions along its frame (slice or
+        time) axis. Returns ``{"images": (m*n_parts, C, S, S), "partition": (m*n_parts,),
+        "case": (m*n_parts,)}``.
+        """
+        m = max(1, n // n_parts)
+        picks = generator.choice(len(self.cases), size=m, replace=m > len(self.cases))
+        imgs, parts, owners = [], [], []
+        for ci in picks:
+            t = self.cases[ci].num_frames
+            for k in range(n_parts):
+                lo, hi = (k * t) // n_parts, max((k * t) // n_parts + 1, ((k + 1) * t) // n_parts)
+                f = int(generator.integers(lo, min(hi, t)))
+                imgs.append(frames_to_tensor(self.cases[ci].frames[f][None], self.image_size))
+                parts.append(k)
+                owners.append(int(ci))
+        return {
+            "images": self.normalizer(torch.cat(imgs)),
+            "partition": torch.tensor(parts),
+            "case": torch.tensor(owners),
+        }
+
+
 class LabelledSet:
     """The labelled frames of some cases, resized and normalised once, held in memory."""
 

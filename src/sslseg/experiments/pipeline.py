@@ -92,12 +92,21 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     model = build_model(cfg.model.arch, **model_kwargs)
     method = build_method(cfg.pretrain.method, model, **cfg.pretrain.options)
     steps = _steps(cfg.pretrain, len(pool))
+    if getattr(method, "needs_partitions", False):
+        n_parts = int(getattr(method, "n_parts", 4))
+
+        def next_batch(step: int):
+            return pool.batch_with_meta(cfg.pretrain.batch_size, rng, n_parts)
+    else:
+
+        def next_batch(step: int):
+            return pool.batch(cfg.pretrain.batch_size, rng)
     dump_yaml(cfg, out / "config.yaml")
     rng = np.random.default_rng(cfg.seed)
     log.info("pretraining %s/%s on %d frames of %d training cases", cfg.pretrain.method, cfg.model.arch, len(pool), len(train))
     fit(
         method,
-        lambda step: pool.batch(cfg.pretrain.batch_size, rng),
+        next_batch,
         _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10)),
         out_dir=out,
         desc=f"pretrain {cfg.pretrain.method}",

@@ -6,9 +6,21 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .byol import BYOL
+from .global_local import GlobalContrastive, GlobalLocal, LocalContrastive
+from .regression import MaskedRegression
+from .regression_contrastive import RegressionContrastive
 from .simclr import SimCLR
 
-METHODS: dict[str, Callable[..., nn.Module]] = {"simclr": SimCLR}
+METHODS: dict[str, Callable[..., nn.Module]] = {
+    "simclr": SimCLR,
+    "byol": BYOL,
+    "regression": MaskedRegression,
+    "global_contrastive": GlobalContrastive,
+    "local_contrastive": LocalContrastive,
+    "global_local": GlobalLocal,
+    "regression_contrastive": RegressionContrastive,
+}
 
 
 def build_method(name: str, model: nn.Module, **kwargs) -> nn.Module:

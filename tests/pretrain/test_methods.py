@@ -1,0 +1,124 @@
+import copy
+
+import pytest
+import torch
+
+from sslseg.experiments.config import RunConfig
+from sslseg.experiments.pipeline import load_cases, run_finetune, run_pretrain
+from sslseg.models.build import build_model
+from sslseg.pretrain.build import METHODS, build_method
+from sslseg.pretrain.ema import cosine_momentum
+
+
+def _batch(method, x):
+    if getattr(method, "needs_partitions", False):
+        return {"images": x, "partition": torch.arange(x.shape[0]) % 4}
+    return x
+
+
+def _images(n=8, size=32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, size, size, generator=g) * 0.3
+    for i in range(n):  # distinguishable images: a bright square at a different place each
+        x[i, :, 4 + i : 14 + i, 6 + 2 * (i % 4) : 16 + 2 * (i % 4)] += 2.0
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_loss_finite_and_decreasing_over_20_steps(name):
+    torch.manual_seed(0)
+    model = build_model("unet", base_channels=4, depth=3)
+    kwargs = {"global_fraction": 0.5} if name == "global_local" else {}
+    method = build_method(name, model, **kwargs)
+    x = _images()
+    opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for step in range(20):
+        torch.manual_seed(1)  # the same augmentations every step: the loss itself must go down
+        loss = method(_batch(method, x))["loss"]
+        assert torch.isfinite(loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if name != "global_local" and hasattr(method, "after_step"):
+            method.after_step(step, 20)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_byol_target_gets_no_gradient_and_follows_by_ema():
+    torch.manual_seed(0)
+    method = build_method("byol", build_model("unet", base_channels=4, depth=2), momentum=0.9)
+    before = {k: v.clone() for k, v in method.target_encoder.named_parameters()}
+    method(_images(4, 16))["loss"].backward()
+    assert all(p.grad is None for p in method.target_encoder.parameters())
+    assert all(p.grad is None for p in method.target_projector.parameters())
+    # weights untouched (BatchNorm running statistics are copied from the online network by the EMA step)
+    assert all(torch.equal(v, before[k]) for k, v in method.target_encoder.named_parameters())
+    with torch.no_grad():
+        for p in method.encoder.parameters():
+            p.add_(1.0)
+    online = [p.clone() for p in method.encoder.parameters()]
+    target = [p.clone() for p in method.target_encoder.parameters()]
+    method.after_step(0, 10)  # tau = 0.9 at step 0
+    for po, pt0, pt in zip(online, target, method.target_encoder.parameters(), strict=True):
+        assert torch.allclose(pt, 0.9 * pt0 + 0.1 * po, atol=1e-6)
+
+
+def test_cosine_momentum_schedule():
+    assert cosine_momentum(0, 100) == pytest.approx(0.996)
+    assert cosine_momentum(50, 100) == pytest.approx(0.998)
+    assert cosine_momentum(100, 100) == pytest.approx(1.0)
+
+
+def test_global_local_switches_stage_and_freezes_encoder():
+    torch.manual_seed(0)
+    model = build_model("unet", base_channels=4, depth=3)
+    method = build_method("global_local", model, global_fraction=0.5)
+    opt = torch.optim.AdamW(method.parameters(), lr=1e-2)
+    x = {"images": _images(8, 32), "partition": torch.arange(8) % 4}
+    stages = []
+    for step in range(4):
+        stages.append(method.stage)
+        enc_before = copy.deepcopy(model.encoder.state_dict())
+        dec_before = copy.deepcopy(model.decoder.state_dict())
+        opt.zero_grad(set_to_none=True)
+        method(x)["loss"].backward()
+        opt.step()
+        enc_same = all(torch.equal(v, enc_before[k]) for k, v in model.encoder.state_dict().items())
+        dec_same = all(torch.equal(v, dec_before[k]) for k, v in model.decoder.state_dict().items())
+        if method.stage == "global":
+            assert not enc_same and dec_same  # only the encoder learns in the global stage
+        else:
+            assert enc_same and not dec_same  # encoder (weights and BN statistics) frozen in the local stage
+        method.after_step(step, 4)
+    assert stages == ["global", "global", "local", "local"]
+    assert "in_local_stage" in method.state_dict()  # the stage survives a resume
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_pipeline_pretrains_and_each_checkpoint_finetunes(name, tmp_path, tiny_cases):
+    from sslseg.data import registry
+
+    cfg = RunConfig()
+    cfg.data.image_size = 32
+    cfg.model.options = {"base_channels": 4, "depth": 3}
+    cfg.pretrain.method = name
+    cfg.pretrain.steps = 3
+    cfg.pretrain.batch_size = 8
+    cfg.pretrain.warmup_steps = 0
+    cfg.finetune.steps = 2
+    cfg.finetune.batch_size = 2
+    cfg.finetune.labels = "1"
+    registry.DATASETS["tiny-discs"] = (lambda: [copy.deepcopy(c) for c in tiny_cases], False, "test")
+    try:
+        cfg.data.spec = "tiny-discs"
+        cases = load_cases(cfg, tmp_path)
+        ckpt = run_pretrain(cfg, tmp_path / "pre", cases)
+        saved = torch.load(ckpt, weights_only=True)
+        assert saved["method"] == name and saved["trained_parts"]
+        cfg.finetune.init = str(ckpt)
+        ft = run_finetune(cfg, tmp_path / "ft", cases)
+        assert "tensors loaded" in torch.load(ft, weights_only=True)["transfer"]
+    finally:
+        del registry.DATASETS["tiny-discs"]
