@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from sslseg.experiments.config import RunConfig
-from sslseg.experiments.pipeline import load_cases, run_evaluate, run_finetune, run_pretrain, select_labelled
+from sslseg.experiments.pipeline import (
+    load_cases,
+    run_evaluate,
+    run_finetune,
+    run_pretrain,
+    select_labelled,
+)
 
 
 def main() -> None:

@@ -2,7 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslseg.pretrain.losses import byol_loss, global_contrastive, local_contrastive, masked_l1, nt_xent
+from sslseg.pretrain.losses import (
+    byol_loss,
+    global_contrastive,
+    local_contrastive,
+    masked_l1,
+    nt_xent,
+)
 
 
 def test_byol_loss_identities():
