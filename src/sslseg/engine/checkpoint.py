@@ -62,19 +62,24 @@ def save_checkpoint(
     )
 
 
+def read_torch_file(path: str | os.PathLike):
+    """``torch.load(..., weights_only=True)`` on the CPU, with one-line errors for the user."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint safely (``weights_only=True``).
 
     Raises:
         ValueError: the file is missing, unreadable, or not an ``sslseg/1`` checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not an {FORMAT} checkpoint (no 'format': '{FORMAT}' entry)")
     return ckpt

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.checkpoint import FORMAT
+from ..engine.checkpoint import FORMAT, read_torch_file
 from ..models.segmentation import PARTS
 
 #: Report bucket for checkpoint keys that belong to no part of the model (e.g. ``aux_classifier.*``).
@@ -203,12 +203,7 @@ def read_init(path: str | os.PathLike) -> dict:
         ValueError: missing or unreadable file, or a state_dict in another naming.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    obj = read_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj
     state_dict = unwrap_state_dict(obj, str(path))
