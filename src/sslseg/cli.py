@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _common(p)
 
+    p = sub.add_parser("sweep", help="label-efficiency study from a YAML config (resumable)")
+    p.add_argument("config")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("report", help="rebuild report.html and figures of a sweep folder")
+    p.add_argument("dir")
+
     p = sub.add_parser("evaluate", help="Dice and HD95 per test case")
     p.add_argument("--data", required=True)
     p.add_argument("--model", required=True)
@@ -192,7 +200,37 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
+def cmd_sweep(args) -> int:
+    from .experiments.sweep import run_sweep
+
+    results = run_sweep(args.config, args.out, args.set)
+    out = Path(args.out)
+    _print_summary(results)
+    print(f"results: {results}\nreport:  {out / 'report.html'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report.html import write_report
+
+    out = Path(args.dir)
+    path = write_report(out)
+    _print_summary(out / "results.csv")
+    print(f"report: {path}")
+    return 0
+
+
+def _print_summary(results_csv) -> None:
+    import csv
+
+    from .report.tables import format_text, summary_table
+
+    rows = list(csv.DictReader(open(results_csv, newline="")))
+    if rows:
+        print(format_text(summary_table(rows, "dice"), "dice"))
+
+
+COMMANDS = {"sweep": cmd_sweep, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
             "evaluate": cmd_evaluate}
 
 

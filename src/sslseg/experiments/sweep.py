@@ -1,0 +1,261 @@
+"""The label-efficiency study as one resumable command: ``sslseg sweep CONFIG.yaml --out DIR``.
+
+For each data set x architecture x pretraining method x label budget x seed:
+pretrain once per (method, architecture, seed) and reuse it for every budget,
+fine-tune on the budget's labelled cases, evaluate on the fixed test cases and
+append tidy rows to ``results.csv``. Plus the supervised baseline: every
+labelled training case, random initialisation, stronger augmentation.
+
+Resumable: a run writes ``rows.csv`` then, atomically, ``done.json``; on restart
+finished runs are skipped, an unfinished one is redone (its loop resumes from
+``last.pt``), and ``results.csv`` is rebuilt from the finished runs, so no row is
+ever missing or written twice.
+
+Layout::
+
+    DIR/config.yaml            the resolved sweep config
+    DIR/splits/splits.json     the per-case train/val/test split
+    DIR/splits/labelled_<budget>_seed<s>.json   nested labelled subsets
+    DIR/pretrain/<method>_<arch>_seed<s>/       pretraining runs
+    DIR/runs/<method>_<arch>_<budget>_seed<s>/  fine-tuning runs (rows.csv, done.json, examples.npz)
+    DIR/results.csv, DIR/figures/*.png, DIR/report.html
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.batches import Normalizer
+from ..data.splits import labelled_subset, read_json, resolve_budget, write_json
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..evaluate.inference import predict_frames
+from .config import RunConfig, apply_set, dump_yaml, from_dict, load_yaml
+from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain, write_csv
+
+RESULT_KEYS = ["method", "arch", "dataset", "budget", "labelled_cases", "seed", "case_id", "dice", "hd95",
+               "frames", "hd95_undefined", "run"]
+
+
+@dataclass
+class BaselineConfig:
+    """The supervised reference: all labelled cases, random init, stronger augmentation."""
+
+    enabled: bool = True
+    augment: float = 1.5
+    steps: int | None = None  # default: the fine-tuning steps
+
+
+@dataclass
+class SweepConfig:
+    data: str = "synthetic-echo"
+    data_options: dict = field(default_factory=dict)
+    image_size: int = 112
+    archs: list = field(default_factory=lambda: ["unet"])
+    model_options: dict = field(default_factory=dict)
+    methods: list = field(default_factory=lambda: ["none", "simclr"])
+    budgets: list = field(default_factory=lambda: [1, 4])
+    seeds: list = field(default_factory=lambda: [0])
+    split_seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    pretrain: dict = field(default_factory=dict)  # PretrainConfig fields (steps, batch_size, lr, options ...)
+    finetune: dict = field(default_factory=dict)  # FinetuneConfig fields
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    devices: int = 1
+    precision: str = "32-true"
+
+
+def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    cfg = from_dict(SweepConfig, load_yaml(path), str(path))
+    return validate(apply_set(cfg, overrides or []))
+
+
+def validate(cfg: SweepConfig) -> SweepConfig:
+    """Check names against the registries up front, so a typo fails before hours of training."""
+    from ..data.registry import DATASETS, valid_specs
+    from ..data.splits import parse_budget
+    from ..models.build import MODELS
+    from ..pretrain.build import METHODS
+
+    if cfg.data.partition(":")[0] not in DATASETS:
+        raise ValueError(f"sweep: unknown data set {cfg.data!r}; choose one of {valid_specs()}")
+    for a in cfg.archs:
+        if a not in MODELS:
+            raise ValueError(f"sweep: unknown architecture {a!r}; choose one of {', '.join(sorted(MODELS))}")
+    for m in cfg.methods:
+        if m != "none" and m not in METHODS:
+            raise ValueError(f"sweep: unknown method {m!r}; choose one of none, {', '.join(sorted(METHODS))}")
+    for b in cfg.budgets:
+        parse_budget(b)
+    if not cfg.seeds:
+        raise ValueError("sweep: give at least one seed")
+    return cfg
+
+
+def run_config(sw: SweepConfig, arch: str, seed: int) -> RunConfig:
+    """The per-run config a sweep cell uses."""
+    rc = RunConfig()
+    rc.seed, rc.devices, rc.precision = int(seed), sw.devices, sw.precision
+    rc.data.spec, rc.data.options, rc.data.image_size = sw.data, dict(sw.data_options), sw.image_size
+    rc.data.split_seed, rc.data.val_fraction, rc.data.test_fraction = sw.split_seed, sw.val_fraction, sw.test_fraction
+    rc.model.arch = arch
+    rc.model.options = dict(sw.model_options)
+    _assign(rc.pretrain, sw.pretrain, "pretrain")
+    _assign(rc.finetune, sw.finetune, "finetune")
+    return rc
+
+
+def _assign(section, values: dict, name: str) -> None:
+    for k, v in (values or {}).items():
+        if not hasattr(section, k):
+            raise ValueError(f"sweep: unknown {name} key {k!r}; valid keys: {', '.join(vars(section))}")
+        setattr(section, k, copy.deepcopy(v))
+
+
+def budget_tag(budget) -> str:
+    return str(budget).replace("%", "pct")
+
+
+def plan(sw: SweepConfig, n_train: int) -> list[dict]:
+    """Every fine-tuning run of the sweep, in order (budgets that exceed the data are refused)."""
+    runs = []
+    for arch in sw.archs:
+        for seed in sw.seeds:
+            for method in sw.methods:
+                for budget in sw.budgets:
+                    runs.append({"arch": arch, "seed": int(seed), "method": method, "budget": str(budget),
+                                 "k": resolve_budget(budget, n_train), "kind": "finetune"})
+            if sw.baseline.enabled:
+                runs.append({"arch": arch, "seed": int(seed), "method": "supervised", "budget": "100%",
+                             "k": n_train, "kind": "baseline"})
+    return runs
+
+
+def run_key(r: dict) -> str:
+    return f"{r['method']}_{r['arch']}_{budget_tag(r['budget'])}_seed{r['seed']}"
+
+
+def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overrides: list[str] | None = None,
+              write_report_at_end: bool = True) -> Path:
+    """Run (or resume) a sweep; returns the path of ``results.csv``."""
+    out = Path(out_dir)
+    sw = config_path if isinstance(config_path, SweepConfig) else load_sweep_config(config_path, overrides)
+    saved = out / "config.yaml"
+    if saved.exists():
+        prev = from_dict(SweepConfig, load_yaml(saved), str(saved))
+        if asdict(prev) != asdict(sw):
+            raise ValueError(f"{out} holds a sweep with a different config; use a new --out or the same config")
+    dump_yaml(asdict(sw), saved)
+
+    base = run_config(sw, sw.archs[0], sw.seeds[0])
+    cases = load_cases(base, splits_path=out / "splits" / "splits.json")
+    train_ids = [c.case_id for c in by_split(cases, "train") if c.masks]
+    runs = plan(sw, len(train_ids))
+    # nested labelled subsets, drawn once per (budget, seed), saved and reused
+    subsets: dict[tuple[str, int], list[str]] = {}
+    for r in runs:
+        key = (r["budget"], r["seed"])
+        if key in subsets:
+            continue
+        path = out / "splits" / f"labelled_{budget_tag(r['budget'])}_seed{r['seed']}.json"
+        if path.exists():
+            subsets[key] = list(read_json(path)["case_ids"])
+        else:
+            subsets[key] = labelled_subset(train_ids, r["k"], r["seed"])
+            write_json(path, {"budget": r["budget"], "seed": r["seed"], "num_cases": r["k"], "case_ids": subsets[key]})
+
+    bar = tqdm(total=len(runs), desc="sweep", unit="run", position=0, dynamic_ncols=True, disable=None)
+    bar.update(sum((out / "runs" / run_key(r) / "done.json").exists() for r in runs))
+    for r in runs:
+        run_dir = out / "runs" / run_key(r)
+        if (run_dir / "done.json").exists():
+            continue
+        bar.set_postfix_str(run_key(r))
+        rc = run_config(sw, r["arch"], r["seed"])
+        init = "random"
+        if r["kind"] == "finetune" and r["method"] != "none":
+            init = str(_pretrained(sw, rc, r, cases, out))
+        rc.finetune.init = init
+        rc.finetune.labels = r["budget"]
+        if r["kind"] == "baseline":
+            rc.finetune.augment = sw.baseline.augment
+            if sw.baseline.steps:
+                rc.finetune.steps, rc.finetune.epochs = int(sw.baseline.steps), None
+        ckpt = run_finetune(rc, run_dir, cases, labelled_ids=subsets[(r["budget"], r["seed"])])
+        per_case = run_evaluate(ckpt, cases, "test", run_dir)
+        rows = [{"method": r["method"], "arch": r["arch"], "dataset": sw.data, "budget": r["budget"],
+                 "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r)} for pc in per_case]
+        write_csv(run_dir / "rows.csv", rows)
+        save_examples(ckpt, cases, per_case, run_dir / "examples.npz")
+        write_json(run_dir / "done.json", {"rows": len(rows)})  # the completion marker, written last
+        collect_results(out)
+        bar.update(1)
+    bar.close()
+    results = collect_results(out)
+    if write_report_at_end:
+        from ..report.html import write_report
+
+        write_report(out)
+    return results
+
+
+def _pretrained(sw: SweepConfig, rc: RunConfig, r: dict, cases, out: Path) -> Path:
+    pre_dir = out / "pretrain" / f"{r['method']}_{r['arch']}_seed{r['seed']}"
+    ckpt = pre_dir / "checkpoint.pt"
+    if not ckpt.exists():
+        pc = copy.deepcopy(rc)
+        pc.pretrain.method = r["method"]
+        run_pretrain(pc, pre_dir, cases)
+    return ckpt
+
+
+def collect_results(out: str | Path) -> Path:
+    """Rebuild ``results.csv`` from every finished run's ``rows.csv`` (atomic)."""
+    out = Path(out)
+    rows = []
+    for done in sorted((out / "runs").glob("*/done.json")):
+        with open(done.parent / "rows.csv", newline="") as f:
+            rows.extend(csv.DictReader(f))
+    path = out / "results.csv"
+    tmp = path.with_name(".results.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_KEYS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def save_examples(ckpt_path: Path, cases, per_case: list[dict], path: Path) -> None:
+    """Image, ground truth and prediction of the best, median and worst test case (first labelled frame)."""
+    ok = [r for r in per_case if not math.isnan(r["dice"])]
+    if not ok:
+        return
+    ranked = sorted(ok, key=lambda r: r["dice"])
+    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    pre = ckpt["preprocess"]
+    norm = Normalizer.from_dict(pre["normalizer"])
+    by_id = {c.case_id: c for c in cases}
+    arrays = {}
+    for name, r in picks.items():
+        case = by_id[r["case_id"]]
+        i = case.labelled_indices[0]
+        frame = np.asarray(case.frames[i : i + 1])
+        pred = predict_frames(model, frame, norm, pre["image_size"])[0]
+        img = frame[0] if frame.ndim == 3 else frame[0, 0]
+        arrays[f"{name}_image"] = img.astype(np.float32)
+        arrays[f"{name}_gt"] = np.asarray(case.masks[i]).astype(np.uint8)
+        arrays[f"{name}_pred"] = pred.astype(np.uint8)
+        arrays[f"{name}_info"] = np.array([r["case_id"], str(i), f"{r['dice']:.4f}"])
+    tmp = path.with_name(".examples.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
