@@ -106,7 +106,7 @@ def overlays(npz_path: Path, path: str | Path, title: str = "") -> Path | None:
         ax.set_title(f"{name}: {case_id} frame {idx}\nDice {float(dice):.3f}", fontsize=9)
         ax.axis("off")
     fig.suptitle(title + "  (green: ground truth, red: prediction)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # leave room for the title above the panel titles
     return _save(fig, path)
 
 
