@@ -73,6 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", required=True)
+
+    p = sub.add_parser("predict", help="masks for new images, volumes, DICOM and videos (+ echo measurements)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (PNG/TIFF, NIfTI, MetaImage/NRRD, DICOM, AVI)")
+    p.add_argument("--model", required=True, help="a fine-tuned checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tta", action="store_true", help="average with the left-right flip; writes an uncertainty map")
+    p.add_argument("--tile", action="store_true",
+                   help="inputs are at the model's pixel scale: no resizing, sliding windows of the training size")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap with --tile")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--dicom-masks", default="nifti", choices=["nifti", "png"])
+    p.add_argument("--no-echo", action="store_true", help="skip the LV measurements on videos and cines")
+    p.add_argument("--lv-label", type=int, default=1, help="the LV class for the echo measurements")
+    p.add_argument("--max-heart-rate", type=float, default=140.0, help="bpm; sets the shortest ED-to-ED distance")
+    p.add_argument("--filelist", help="EchoNet-Dynamic FileList.csv: report the EF mean absolute error")
+
+    p = sub.add_parser("export", help="ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("--model", required=True, help="a fine-tuned checkpoint")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--out", help="output file (default: next to the checkpoint)")
     return ap
 
 
@@ -230,8 +251,57 @@ def _print_summary(results_csv) -> None:
         print(format_text(summary_table(rows, "dice"), "dice"))
 
 
+def cmd_predict(args) -> int:
+    from .echo.measurements import read_filelist_ef
+    from .predict.run import Predictor, predict_inputs, write_summary
+
+    known = read_filelist_ef(args.filelist) if args.filelist else None
+    options = {"batch_size": args.batch_size, "tta": args.tta, "tile": args.tile, "overlap": args.overlap}
+    if args.device:
+        options["device"] = args.device
+    predictor = Predictor.from_checkpoint(args.model, **options)
+    results = []
+    # one line per file; a failed file does not stop the others
+    for r in predict_inputs(predictor, args.inputs, args.out, echo=not args.no_echo, lv_label=args.lv_label,
+                            max_heart_rate_bpm=args.max_heart_rate, dicom_masks=args.dicom_masks):
+        results.append(r)
+        if r.ok:
+            ef = ""
+            if r.echo:
+                v = r.echo["ef_percent"]
+                ef = f", EF {v:.1f}% over {r.echo['beats']} beat(s)" if v == v else ", EF undefined (no LV change found)"
+            print(f"ok      {r.path} ({r.kind}, {r.frames} frame(s){ef}) -> {r.outputs.get('mask')}")
+        else:
+            print(f"FAILED  {r.error}", file=sys.stderr)
+    summary = write_summary(results, args.out, known)
+    out = Path(args.out)
+    print(f"{summary['files'] - summary['failed']} of {summary['files']} file(s) done: {out / 'predictions.csv'}")
+    if summary["videos"]:
+        print(f"echo measurements of {summary['videos']} video(s): {out / 'echo_summary.csv'}")
+    if summary["ef_mae"] is not None:
+        print(f"EF mean absolute error against {args.filelist}: {summary['ef_mae']:.2f} points "
+              f"over {summary['ef_compared']} video(s)")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        print(f"sslseg predict: {len(failed)} file(s) failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_model
+
+    res = export_model(args.model, args.format, args.out)
+    check = f"; max |exported - PyTorch| = {res.max_abs_diff:.2g}" if res.max_abs_diff is not None else ""
+    print(f"{args.format}: {res.path} (input: normalised images (B, {res.metadata['in_channels']}, "
+          f"{res.metadata['image_size']}, {res.metadata['image_size']}){check})")
+    return 0
+
+
 COMMANDS = {"sweep": cmd_sweep, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

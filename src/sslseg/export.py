@@ -1,0 +1,182 @@
+"""Export a fine-tuned checkpoint to ONNX or TorchScript, checked against PyTorch.
+
+The exported graph takes *normalised* images ``(B, C, S, S)`` at the training
+size ``S`` (batch size free) and returns logits ``(B, K, S, S)``.  The
+preprocessing needed to get there travels inside the file, as JSON under the
+key ``sslseg_preprocess`` (ONNX ``metadata_props``; TorchScript extra file
+``sslseg_preprocess.json``): ``{"image_size", "normalizer": {"mean", "std",
+"scale"}, "intensity", "in_channels", "num_classes", "arch"}``, so that
+``x -> ((x / scale) - mean) / std`` after resizing to ``S`` reproduces
+:mod:`sslseg.predict`.
+
+The spatial size is fixed: the model pads inputs to a multiple of its
+reduction with Python control flow on the input shape, which tracing (both
+exporters here trace) records for ``S`` only.
+
+ONNX uses ``torch.onnx.export(..., dynamo=False)`` (the TorchScript-based
+exporter: no ``onnxscript`` dependency) at opset 17; the result is run with
+onnxruntime on a fresh random batch of another batch size and must match
+PyTorch within ``atol`` (1e-4).  TorchScript uses ``torch.jit.trace`` (the
+models' feature lists do not script) and is checked the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMATS = ("onnx", "torchscript")
+META_KEY = "sslseg_preprocess"
+
+
+@dataclass
+class ExportResult:
+    """The exported file, the largest |exported - PyTorch| on the check batch, and the metadata."""
+
+    path: Path
+    max_abs_diff: float | None
+    metadata: dict
+
+
+def _metadata(ckpt: dict) -> dict:
+    pre = ckpt.get("preprocess") or {}
+    kwargs = ckpt.get("model_kwargs", {})
+    options = (ckpt.get("config") or {}).get("data", {}).get("options", {}) or {}
+    return {
+        "arch": ckpt.get("arch"),
+        "image_size": int(pre["image_size"]),
+        "normalizer": dict(pre["normalizer"]),
+        "intensity": str(options.get("intensity", "scale")),
+        "in_channels": int(kwargs.get("in_channels", 1)),
+        "num_classes": int(kwargs.get("num_classes", 2)),
+        "input": "normalised image (B, in_channels, image_size, image_size)",
+        "output": "logits (B, num_classes, image_size, image_size)",
+    }
+
+
+def export_model(
+    ckpt: str | os.PathLike,
+    format: str = "onnx",
+    out: str | os.PathLike | None = None,
+    *,
+    opset: int = 17,
+    atol: float = 1e-4,
+    check: bool = True,
+) -> ExportResult:
+    """Export a fine-tuned ``sslseg/1`` checkpoint (see the module notes).
+
+    Args:
+        ckpt: the checkpoint file.
+        format: ``"onnx"`` or ``"torchscript"``.
+        out: the exported file; default the checkpoint's path with ``.onnx`` /
+            ``.torchscript.pt``.
+        opset: ONNX opset.
+        atol: largest accepted |exported - PyTorch| on the check batch.
+        check: run the exported model and compare (ONNX: needs onnxruntime).
+
+    Raises:
+        ValueError: unknown format, not a fine-tuned checkpoint, or the export
+            extra (onnx, onnxruntime) is not installed.
+        RuntimeError: the exported model disagrees with PyTorch beyond ``atol``.
+    """
+    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    ck = load_checkpoint(ckpt)
+    if ck.get("stage") != "finetune":
+        raise ValueError(f"{ckpt}: a {ck.get('stage', 'unknown')} checkpoint has no trained segmentation head; "
+                         "fine-tune it first")
+    if not (ck.get("preprocess") or {}).get("normalizer") or "image_size" not in ck["preprocess"]:
+        raise ValueError(f"{ckpt}: the checkpoint records no preprocessing (normalizer, image_size)")
+    meta = _metadata(ck)
+    suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
+    path = Path(out) if out is not None else Path(ckpt).with_suffix(suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model_from_checkpoint(ck).eval()
+    s, c = meta["image_size"], meta["in_channels"]
+    g = torch.Generator().manual_seed(0)
+    example = torch.randn(2, c, s, s, generator=g)
+    # checked on another batch size than the traced one: the batch axis must be free
+    probe = torch.randn(3, c, s, s, generator=g)
+    with torch.inference_mode():
+        ref = model(probe).numpy()
+    if format == "onnx":
+        diff = _export_onnx(model, example, probe, path, meta, opset, check)
+    else:
+        diff = _export_torchscript(model, example, probe, path, meta, check)
+    if diff is not None:
+        diff = float(np.abs(diff - ref).max())
+        if diff > atol:
+            raise RuntimeError(f"{path}: the exported model differs from PyTorch by {diff:.3g} (> {atol:g})")
+    return ExportResult(path, diff, meta)
+
+
+def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, check: bool) -> np.ndarray | None:
+    try:
+        import onnx
+    except ImportError:
+        raise ValueError("ONNX export needs the export extra: pip install 'sslseg[export]' (onnx, onnxruntime)") from None
+    kwargs = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the tracing exporter: no onnxscript needed
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        # shape-dependent padding is traced for the training size only (module notes)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, **kwargs,
+        )
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    if not check:
+        return None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError("checking the ONNX export needs onnxruntime: pip install 'sslseg[export]'") from None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"image": probe.numpy()})[0]
+
+
+def _export_torchscript(model, example, probe, path: Path, meta: dict, check: bool) -> np.ndarray | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jit deprecation notice and the traced-padding notice
+        traced = torch.jit.trace(model, example)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": json.dumps(meta)})
+        os.replace(tmp, path)
+        if not check:
+            return None
+        loaded = torch.jit.load(str(path))
+        with torch.inference_mode():
+            return loaded(probe).numpy()
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The preprocessing stored in an exported file (ONNX or TorchScript)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        for p in onnx.load(str(path)).metadata_props:
+            if p.key == META_KEY:
+                return json.loads(p.value)
+        raise ValueError(f"{path}: no {META_KEY} metadata")
+    files = {f"{META_KEY}.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path), _extra_files=files)
+    return json.loads(files[f"{META_KEY}.json"])

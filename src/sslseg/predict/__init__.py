@@ -1,0 +1,24 @@
+"""Use a trained model: read new studies in their own formats, predict, write masks with their geometry.
+
+``Predictor.from_checkpoint(path)`` carries the training preprocessing;
+``predict_inputs(predictor, inputs, out_dir)`` handles files and folders and
+reports failures per file; :mod:`sslseg.predict.io` reads and writes the formats.
+"""
+
+from __future__ import annotations
+
+from .io import Study, expand_inputs, read_study
+from .run import FileResult, Prediction, Predictor, predict_file, predict_inputs, training_range, write_summary
+
+__all__ = [
+    "FileResult",
+    "Prediction",
+    "Predictor",
+    "Study",
+    "expand_inputs",
+    "predict_file",
+    "predict_inputs",
+    "read_study",
+    "training_range",
+    "write_summary",
+]

@@ -1,0 +1,431 @@
+"""Prediction with a fine-tuned checkpoint on new studies: batched, optional flip TTA, optional tiling.
+
+Preprocessing is the training one, read from the checkpoint, never re-typed:
+``preprocess["image_size"]``, the intensity normaliser (``mean``, ``std``,
+``scale``) and the data reader's ``intensity`` option (``config.data.options``).
+
+Intensities (:func:`training_range`): 8-bit data stay 8-bit, as in training.
+Other data are scaled per study as the training readers scale them
+(``"scale"``: divided by the 99.5th percentile of ``|x|``, per channel;
+``"zscore"``; ``"none"``).  A model trained on 8-bit data (``scale`` 255)
+given other data gets them divided by their 99.5th percentile and mapped to
+0..255; a model trained on floating-point data (``scale`` 1) given 8-bit data
+gets them divided by 255, as the readers do when a data set mixes the two.
+
+Resizing or tiling, decided once per run (``tile``):
+
+* ``tile=False`` (the default): every frame is resized to ``image_size`` x
+  ``image_size`` (bilinear, antialiased) exactly as in training, and the
+  log-probabilities resized back to the native grid (bilinear) before the
+  arg-max.  Training squeezed each whole frame to that square whatever its
+  native size and the checkpoint records no training pixel size, so for an
+  input whose pixel size cannot be related to the model's, resizing like
+  training is the only faithful choice.  Without TTA the labels are exactly
+  :func:`sslseg.evaluate.inference.predict_frames`'s (the log-softmax differs
+  from the logits by one value per pixel, shared by all classes).
+* ``tile=True``: the input's pixels are declared to be at the model's scale
+  (for example a model trained on EchoNet-Dynamic's native 112 x 112 frames,
+  applied to a larger field of view scanned at the same depth).  The frame is
+  not resized; images larger than ``image_size`` in a dimension are covered by
+  sliding windows of ``image_size`` (a smaller dimension is taken whole) with
+  ``overlap`` (0.5) between neighbours, and the windows' probabilities are
+  blended with a Gaussian importance map (sigma 1/8 of the window, as nnU-Net
+  does), so that window borders, where the network sees least context, count
+  least.
+
+Test-time augmentation (``tta=True``): the frame and its left-right mirror go
+through the model in one batch; the two softmax maps (the mirrored one flipped
+back) are averaged.  Only the horizontal flip: vertical flips put the apex of
+an apical echo view at the bottom, which the model never saw.  The
+uncertainty map is the variance of the class probabilities over the TTA
+passes, averaged over classes (for two classes: the variance of the
+foreground probability; 0 where both passes agree, at most 0.25).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.batches import Normalizer, frames_to_tensor
+from .io import Study, expand_inputs, read_study, stem, write_mask, write_overlay, write_uncertainty
+
+INTENSITY = ("scale", "zscore", "none")
+
+
+# --------------------------------------------------------------------------- #
+# pure functions
+# --------------------------------------------------------------------------- #
+def training_range(frames: np.ndarray, scale: float, intensity: str = "scale", where: str = "image") -> np.ndarray:
+    """Raw frames ``(N, H, W)`` or ``(N, C, H, W)`` -> the value range the normaliser was fitted on.
+
+    See the module notes.  ``uint8`` input for a ``scale`` 255 model is returned unchanged.
+
+    Raises:
+        ValueError: NaN or Inf values, or an unknown ``intensity``.
+    """
+    if intensity not in INTENSITY:
+        raise ValueError(f"intensity must be one of {', '.join(INTENSITY)}, got {intensity!r}")
+    if frames.dtype == np.uint8:
+        return frames if scale == 255.0 else frames.astype(np.float32) * np.float32(scale / 255.0)
+    x = frames.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: {int((~np.isfinite(x)).sum())} NaN or Inf value(s) in the image")
+    # statistics per channel: axis 1 of (N, C, H, W)
+    axes = (0, 2, 3) if x.ndim == 4 else None
+    if scale != 1.0 or intensity == "scale":
+        hi = np.percentile(np.abs(x), 99.5, axis=axes, keepdims=True)
+        x = x / np.where(hi > 0, hi, 1.0)
+        if scale != 1.0:  # a model trained on 8-bit data: 0..scale
+            x = np.clip(x * scale, 0.0, scale)
+    elif intensity == "zscore":
+        x = (x - x.mean(axis=axes, keepdims=True)) / (x.std(axis=axes, keepdims=True) + 1e-8)
+    return x.astype(np.float32)
+
+
+def window_starts(length: int, size: int, overlap: float) -> list[int]:
+    """Start offsets of windows of ``size`` covering ``length`` with at least ``overlap`` between neighbours.
+
+    The first window starts at 0, the last ends at ``length``, the others are
+    evenly spaced; one window (of ``length``) when ``length <= size``.
+    """
+    if length <= size:
+        return [0]
+    stride = max(1, int(size * (1.0 - overlap)))
+    n = math.ceil((length - size) / stride) + 1
+    return [int(round(v)) for v in np.linspace(0, length - size, n)]
+
+
+def gaussian_importance(h: int, w: int, sigma_scale: float = 1.0 / 8) -> torch.Tensor:
+    """``(h, w)`` Gaussian weights centred on the window, peak 1, no zero (nnU-Net's blending)."""
+    def axis(n: int) -> torch.Tensor:
+        c = (n - 1) / 2.0
+        s = max(n * sigma_scale, 1e-3)
+        return torch.exp(-0.5 * ((torch.arange(n, dtype=torch.float32) - c) / s) ** 2)
+
+    g = axis(h)[:, None] * axis(w)[None, :]
+    g = g / g.max()
+    # the corners of a Gaussian underflow to 0; a pixel seen by one window only still needs a weight
+    return g.clamp_min(max(float(g[g > 0].min()), 1e-6))
+
+
+def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log of the mean class probabilities ``(B, K, H, W)`` and the TTA variance ``(B, H, W)`` (or None).
+
+    Without TTA the first is the log-softmax of the logits (no exponentiation
+    round trip) and the variance is None.
+    """
+    if not tta:
+        return F.log_softmax(model(x).float(), dim=1), None
+    b = x.shape[0]
+    # (2B, C, H, W): the frames and their mirror images in one forward pass
+    p = F.softmax(model(torch.cat([x, x.flip(-1)])).float(), dim=1)
+    passes = torch.stack([p[:b], p[b:].flip(-1)])  # (2, B, K, H, W)
+    mean = passes.mean(0)
+    var = passes.var(0, unbiased=False).mean(1)  # over passes, then averaged over classes
+    return mean.clamp_min(1e-12).log(), var
+
+
+# --------------------------------------------------------------------------- #
+# the predictor
+# --------------------------------------------------------------------------- #
+@dataclass
+class Prediction:
+    """Labels ``(N, H, W)`` int64 on the input grid and, with TTA, the uncertainty ``(N, H, W)`` float32."""
+
+    labels: np.ndarray
+    uncertainty: np.ndarray | None = None
+
+
+@dataclass
+class Predictor:
+    """A model with its training preprocessing; ``predict(frames)`` on native-size frames.
+
+    Attributes:
+        model: returns logits ``(B, K, H, W)``.
+        normalizer: the training normaliser.
+        image_size: the training square size.
+        in_channels, num_classes: the model's.
+        intensity: the training reader's intensity option (for non-8-bit data).
+        batch_size: frames per forward pass.
+        device: where the model runs.
+        tta: horizontal-flip test-time augmentation, with an uncertainty map.
+        tile: run at native resolution with sliding windows (module notes).
+        overlap: window overlap when tiling.
+    """
+
+    model: torch.nn.Module
+    normalizer: Normalizer
+    image_size: int
+    in_channels: int = 1
+    num_classes: int = 2
+    intensity: str = "scale"
+    batch_size: int = 16
+    device: str = "cpu"
+    tta: bool = False
+    tile: bool = False
+    overlap: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        self.model.to(self.device).eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **options) -> Predictor:
+        """Model and preprocessing from a fine-tuned ``sslseg/1`` checkpoint.
+
+        Raises:
+            ValueError: not a fine-tuned checkpoint, or one without preprocessing.
+        """
+        from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(path)
+        if ckpt.get("stage") != "finetune":
+            raise ValueError(f"{path}: a {ckpt.get('stage', 'unknown')} checkpoint has no trained "
+                             "segmentation head; fine-tune it first")
+        pre = ckpt.get("preprocess") or {}
+        if "normalizer" not in pre or "image_size" not in pre:
+            raise ValueError(f"{path}: the checkpoint records no preprocessing (normalizer, image_size)")
+        kwargs = ckpt.get("model_kwargs", {})
+        data_options = (ckpt.get("config") or {}).get("data", {}).get("options", {}) or {}
+        options.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+        return cls(
+            model=model_from_checkpoint(ckpt),
+            normalizer=Normalizer.from_dict(pre["normalizer"]),
+            image_size=int(pre["image_size"]),
+            # build_model's defaults when the checkpoint leaves them out
+            in_channels=int(kwargs.get("in_channels", 1)),
+            num_classes=int(kwargs.get("num_classes", 2)),
+            intensity=str(data_options.get("intensity", "scale")),
+            **options,
+        )
+
+    @torch.inference_mode()
+    def predict(self, frames: np.ndarray, where: str = "image") -> Prediction:
+        """Labels for frames ``(N, H, W)`` or ``(N, C, H, W)`` at their native size.
+
+        Shape:
+            frames ``(N, [C,] H, W)`` -> labels ``(N, H, W)``, uncertainty ``(N, H, W)``.
+        """
+        if (frames.ndim == 3 and self.in_channels != 1) or (frames.ndim == 4 and frames.shape[1] != self.in_channels):
+            have = 1 if frames.ndim == 3 else frames.shape[1]
+            raise ValueError(f"{where}: wrong channel count: {have} channel(s), the model expects {self.in_channels}")
+        x_all = training_range(frames, self.normalizer.scale, self.intensity, where)
+        h, w = frames.shape[-2:]
+        labels, uncert = [], []
+        for s in range(0, x_all.shape[0], self.batch_size):
+            batch = x_all[s : s + self.batch_size]
+            if self.tile:
+                lab, var = self._tiled(batch)
+            else:
+                lab, var = self._resized(batch, (h, w))
+            labels.append(lab.cpu().numpy())
+            if var is not None:
+                uncert.append(var.cpu().numpy())
+        return Prediction(np.concatenate(labels).astype(np.int64),
+                          np.concatenate(uncert).astype(np.float32) if uncert else None)
+
+    def _resized(self, batch: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # the same operations, in the same order, as training: resize raw values, then normalise
+        x = self.normalizer(frames_to_tensor(batch, self.image_size)).to(self.device)
+        logp, var = tta_probabilities(self.model, x, self.tta)
+        if tuple(logp.shape[-2:]) != size:
+            logp = F.interpolate(logp, size=size, mode="bilinear", align_corners=False)
+            if var is not None:
+                var = F.interpolate(var[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        return logp.argmax(1), var
+
+    def _tiled(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.normalizer(frames_to_tensor(batch, None)).to(self.device)  # native size
+        b, _, h, w = x.shape
+        wh, ww = min(self.image_size, h), min(self.image_size, w)
+        weight = gaussian_importance(wh, ww).to(self.device)
+        places = [(t, left) for t in window_starts(h, self.image_size, self.overlap)
+                  for left in window_starts(w, self.image_size, self.overlap)]
+        # every (window, frame) crop, window-major: (n_windows * B, C, wh, ww), through the model in batches
+        crops = torch.cat([x[..., t : t + wh, left : left + ww] for t, left in places])
+        probs, variances = [], []
+        for s in range(0, crops.shape[0], self.batch_size):
+            logp, var = tta_probabilities(self.model, crops[s : s + self.batch_size], self.tta)
+            probs.append(logp.exp())
+            if var is not None:
+                variances.append(var)
+        p = torch.cat(probs).view(len(places), b, -1, wh, ww)
+        v = torch.cat(variances).view(len(places), b, wh, ww) if variances else None
+        acc = torch.zeros((b, p.shape[2], h, w), device=self.device)
+        vacc = torch.zeros((b, h, w), device=self.device) if v is not None else None
+        wsum = torch.zeros((h, w), device=self.device)
+        for n, (t, left) in enumerate(places):
+            acc[..., t : t + wh, left : left + ww] += p[n] * weight
+            if vacc is not None:
+                vacc[..., t : t + wh, left : left + ww] += v[n] * weight
+            wsum[t : t + wh, left : left + ww] += weight
+        # dividing by the weight sum changes no arg-max; it makes the variance a weighted mean
+        return acc.argmax(1), (vacc / wsum if vacc is not None else None)
+
+
+# --------------------------------------------------------------------------- #
+# files in, files out
+# --------------------------------------------------------------------------- #
+@dataclass
+class FileResult:
+    """What became of one input: its outputs, or the error (one line naming the file)."""
+
+    path: Path
+    kind: str = ""
+    frames: int = 0
+    shape: tuple[int, ...] = ()
+    spacing: tuple[float, float] | None = None
+    outputs: dict[str, Path] = field(default_factory=dict)
+    echo: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def predict_file(
+    predictor: Predictor,
+    path: str | os.PathLike,
+    out_base: str | os.PathLike,
+    *,
+    uncertainty: bool | None = None,
+    echo: bool = True,
+    lv_label: int = 1,
+    max_heart_rate_bpm: float | None = None,
+    dicom_masks: str = "nifti",
+) -> FileResult:
+    """Read, predict and write the outputs of one file (``out_base`` + ``_mask.<ext>``, ...).
+
+    Videos and cines also get the echo measurements (``_lv.csv``, ``_beats.csv``,
+    ``_lv_area.png``) for the LV label ``lv_label``.
+
+    Raises:
+        ValueError: unreadable input or wrong channel count (the message names the file).
+    """
+    from ..echo.measurements import (
+        MAX_HEART_RATE_BPM,
+        measure_video,
+        plot_area_curve,
+        write_beats_csv,
+        write_measurement_csv,
+    )
+
+    path, out_base = Path(path), Path(out_base)
+    study: Study = read_study(path, predictor.in_channels)
+    pred = predictor.predict(study.frames, where=str(path))
+    res = FileResult(path, study.kind, study.num_frames, tuple(study.frames.shape[-2:]), study.spacing,
+                     notes=list(study.notes))
+    res.outputs.update(write_mask(study, pred.labels, out_base, predictor.num_classes, dicom_masks))
+    overlay = write_overlay(study, pred.labels, out_base, predictor.num_classes)
+    if overlay is not None:
+        res.outputs["overlay"] = overlay
+    if pred.uncertainty is not None and (uncertainty is None or uncertainty):
+        res.outputs["uncertainty"] = write_uncertainty(study, pred.uncertainty, out_base)
+    if echo and study.is_cine and study.num_frames >= 3:
+        if not 0 < lv_label < predictor.num_classes:
+            raise ValueError(f"LV label {lv_label} is not one of the model's classes 1..{predictor.num_classes - 1}")
+        m = measure_video(pred.labels, study.spacing, study.fps, lv_label,
+                          max_heart_rate_bpm or MAX_HEART_RATE_BPM)
+        res.outputs["lv_csv"] = write_measurement_csv(m, Path(f"{out_base}_lv.csv"))
+        res.outputs["beats_csv"] = write_beats_csv(m, Path(f"{out_base}_beats.csv"))
+        res.outputs["lv_plot"] = plot_area_curve(m, Path(f"{out_base}_lv_area.png"), title=path.name)
+        res.echo = m.summary()
+        if not m.fps_known:
+            res.notes.append(f"frame rate unknown: {m.fps:g} frames/s assumed")
+    return res
+
+
+def predict_inputs(
+    predictor: Predictor,
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    **options,
+) -> Iterator[FileResult]:
+    """Predict on files and folders; yields one :class:`FileResult` per file, failed ones included.
+
+    A file that fails (unsupported format, corrupt, wrong channel count) yields
+    a result with ``error`` set; the others are still processed.  Outputs go to
+    ``out_dir`` under the input's name (files found in a folder keep their path
+    relative to it); a name already used gets ``-2``, ``-3``, ... appended.
+    ``options`` are passed to :func:`predict_file`.
+    """
+    out = Path(out_dir)
+    used: set[str] = set()
+    for path, root, err in expand_inputs(list(inputs)):
+        if err is not None:
+            yield FileResult(path, error=err)
+            continue
+        rel = path.parent.relative_to(root) if root is not None else Path()
+        name = str(rel / stem(path))
+        base, k = name, 1
+        while base.lower() in used:
+            k += 1
+            base = f"{name}-{k}"
+        used.add(base.lower())
+        try:
+            yield predict_file(predictor, path, out / base, **options)
+        except ValueError as e:
+            msg = str(e)
+            yield FileResult(path, error=msg if str(path) in msg else f"{path}: {msg}")
+        except (OSError, RuntimeError, MemoryError) as e:  # e.g. a full disk, a tensor the model refuses
+            yield FileResult(path, error=f"{path}: {type(e).__name__}: {e}")
+
+
+def write_summary(results: list[FileResult], out_dir: str | os.PathLike,
+                  known_ef: dict[str, float] | None = None) -> dict:
+    """``predictions.csv`` (one row per input) and, for videos, ``echo_summary.csv``.
+
+    With ``known_ef`` (e.g. from EchoNet-Dynamic's ``FileList.csv``, keyed by
+    file name without extension) the EF mean absolute error is computed.
+
+    Returns:
+        ``{"files", "failed", "videos", "ef_mae", "ef_compared"}``.
+    """
+    from ..echo.measurements import ef_error
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["input", "status", "kind", "frames", "height", "width", "spacing_mm", "outputs", "notes"])
+        for r in results:
+            w.writerow([r.path, "ok" if r.ok else "failed", r.kind, r.frames, *(r.shape or ("", "")),
+                        " x ".join(f"{s:g}" for s in r.spacing) if r.spacing else "",
+                        " ".join(str(p) for p in r.outputs.values()), r.error or "; ".join(r.notes)])
+    videos = [r for r in results if r.ok and r.echo is not None]
+    summary = {"files": len(results), "failed": sum(not r.ok for r in results), "videos": len(videos),
+               "ef_mae": None, "ef_compared": 0}
+    if videos:
+        known = known_ef or {}
+        rows = []
+        for r in videos:
+            row = {"file": str(r.path), **r.echo}
+            k = known.get(stem(r.path))
+            row["known_ef_percent"] = k if k is not None else ""
+            row["ef_abs_error"] = abs(r.echo["ef_percent"] - k) if k is not None else ""
+            rows.append(row)
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        with open(out / "echo_summary.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        est = {stem(r.path): r.echo["ef_percent"] for r in videos}
+        shared = {k: v for k, v in est.items() if k in known and math.isfinite(v)}
+        if shared:
+            summary["ef_mae"] = ef_error(shared, known)
+            summary["ef_compared"] = len(shared)
+    return summary
