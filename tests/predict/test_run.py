@@ -19,8 +19,8 @@ from sslseg.predict.run import (
     Predictor,
     gaussian_importance,
     predict_file,
-    tta_probabilities,
     training_range,
+    tta_probabilities,
     window_starts,
 )
 

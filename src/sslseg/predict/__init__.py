@@ -8,7 +8,15 @@ reports failures per file; :mod:`sslseg.predict.io` reads and writes the formats
 from __future__ import annotations
 
 from .io import Study, expand_inputs, read_study
-from .run import FileResult, Prediction, Predictor, predict_file, predict_inputs, training_range, write_summary
+from .run import (
+    FileResult,
+    Prediction,
+    Predictor,
+    predict_file,
+    predict_inputs,
+    training_range,
+    write_summary,
+)
 
 __all__ = [
     "FileResult",

@@ -1,0 +1,86 @@
+"""Prediction throughput (frames/s) of UNet and DeepLabV3 at 112 x 112, on the CPU or a GPU.
+
+Times ``Predictor.predict`` on a 8-bit echo-like clip (the whole path a video
+takes in ``sslseg predict``: intensity range, resize, normalisation, forward
+under ``torch.inference_mode``, log-softmax, arg-max, copy back), with and
+without flip TTA, next to the bare forward pass of the same model on the same
+batches, so the ratio shows what the prediction path adds. Weights are random:
+speed does not depend on them. Reading and writing files is not included.
+
+    python benchmarks/predict_throughput.py                    # CPU, or CUDA when there is one
+    python benchmarks/predict_throughput.py --frames 64 --models unet
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from sslseg.data.batches import Normalizer
+from sslseg.models.build import build_model
+from sslseg.predict.run import Predictor
+
+MODELS = {
+    "unet": lambda: build_model("unet", in_channels=1, num_classes=2, base_channels=16),
+    "unet32": lambda: build_model("unet", in_channels=1, num_classes=2, base_channels=32),
+    "deeplabv3": lambda: build_model("deeplabv3", in_channels=1, num_classes=2),
+}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str, repeats: int) -> float:
+    fn()  # warm-up (allocations, cuDNN choices)
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--frames", type=int, default=128, help="frames in the clip")
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is kept")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, size=(args.frames, args.size, args.size), dtype=np.uint8)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.frames} frames of {args.size} x {args.size}, batch {args.batch_size}, {name}")
+    print(f"{'model':<10} {'bare forward':>14} {'predict':>10} {'predict+TTA':>12} {'predict/bare':>13}")
+    for key in args.models:
+        model = MODELS[key]()
+        predictor = Predictor(model=model, normalizer=Normalizer(0.2, 0.2), image_size=args.size,
+                              batch_size=args.batch_size, device=args.device)
+        x = torch.from_numpy(clip).float()[:, None].div(255.0).to(args.device)
+
+        @torch.inference_mode()
+        def bare() -> None:
+            for s in range(0, x.shape[0], args.batch_size):
+                model(x[s : s + args.batch_size])
+
+        t_bare = _time(bare, args.device, args.repeats)
+        t_pred = _time(lambda: predictor.predict(clip), args.device, args.repeats)
+        predictor.tta = True
+        t_tta = _time(lambda: predictor.predict(clip), args.device, args.repeats)
+        n = args.frames
+        print(f"{key:<10} {n / t_bare:>10.1f} f/s {n / t_pred:>6.1f} f/s {n / t_tta:>8.1f} f/s "
+              f"{t_bare / t_pred:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
