@@ -75,6 +75,18 @@ def test_ef_fac_and_phases_from_a_known_area_curve():
     assert m.unit == "mm" and not m.fallback
 
 
+def test_es_between_two_eds_is_the_smallest_area_even_if_the_peak_finder_dropped_it():
+    from sslseg.echo.measurements import pair_beats
+
+    # a deeper dip at frame 3 (before the first ED) wins the distance rule over the real ES at 30
+    curve = np.full(80, 10.0)
+    curve[3], curve[20], curve[30], curve[45], curve[60] = 1.0, 20.0, 4.0, 19.0, 20.0
+    ed, es = np.array([20, 60]), np.array([3, 45 + 25])
+    assert pair_beats(curve, ed, es) == [(20, 30), (60, 70)]
+    # after the last ED only a detected minimum counts: a clip ending in systole gives no beat
+    assert pair_beats(curve, np.array([20, 60]), np.array([3])) == [(20, 30)]
+
+
 def test_ef_does_not_depend_on_pixel_size():
     masks, _, _ = beating_video(frames=60)
     mm = measure_video(masks, SPACING, fps=50.0)

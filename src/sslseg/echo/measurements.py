@@ -225,13 +225,21 @@ def find_phases(
 
 
 def pair_beats(curve: np.ndarray, ed: np.ndarray, es: np.ndarray) -> list[tuple[int, int]]:
-    """``(ED, ES)`` pairs: each ED with the smallest ES minimum before the next ED (or the end)."""
+    """``(ED, ES)`` pairs: each ED with the smallest area before the next ED.
+
+    Between two EDs the smallest area is the ES frame, whether or not the peak
+    finder kept it (a noisy curve can have a deeper dip just before the first
+    ED that hides it by the distance rule).  After the last ED the clip may end
+    in mid-systole, so there the ES must be a detected minimum ``es``.
+    """
     pairs: list[tuple[int, int]] = []
-    if len(ed) == 0:
-        return pairs
-    ends = list(ed[1:]) + [len(curve)]
-    for e, nxt in zip(ed, ends, strict=True):
-        cand = [s for s in es if e < s < nxt]
+    for i, e in enumerate(ed):
+        if i + 1 < len(ed):
+            nxt = int(ed[i + 1])
+            if nxt - e >= 2:
+                pairs.append((int(e), int(e + 1 + np.argmin(curve[e + 1 : nxt]))))
+            continue
+        cand = [s for s in es if s > e]
         if cand:
             pairs.append((int(e), int(min(cand, key=lambda s: curve[s]))))
     return pairs
