@@ -47,6 +47,24 @@ def _time(fn, device: str, repeats: int) -> float:
     return best
 
 
+def measure(model: torch.nn.Module, clip: np.ndarray, args) -> tuple[float, float, float]:
+    """Seconds for the clip: bare forward passes, ``Predictor.predict``, and with flip TTA."""
+    predictor = Predictor(model=model, normalizer=Normalizer(0.2, 0.2), image_size=args.size,
+                          batch_size=args.batch_size, device=args.device)
+    x = torch.from_numpy(clip).float()[:, None].div(255.0).to(args.device)
+
+    @torch.inference_mode()
+    def bare() -> None:
+        for s in range(0, x.shape[0], args.batch_size):
+            model(x[s : s + args.batch_size])
+
+    t_bare = _time(bare, args.device, args.repeats)
+    t_pred = _time(lambda: predictor.predict(clip), args.device, args.repeats)
+    predictor.tta = True
+    t_tta = _time(lambda: predictor.predict(clip), args.device, args.repeats)
+    return t_bare, t_pred, t_tta
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -63,24 +81,10 @@ def main() -> None:
     print(f"{args.frames} frames of {args.size} x {args.size}, batch {args.batch_size}, {name}")
     print(f"{'model':<10} {'bare forward':>14} {'predict':>10} {'predict+TTA':>12} {'predict/bare':>13}")
     for key in args.models:
-        model = MODELS[key]()
-        predictor = Predictor(model=model, normalizer=Normalizer(0.2, 0.2), image_size=args.size,
-                              batch_size=args.batch_size, device=args.device)
-        x = torch.from_numpy(clip).float()[:, None].div(255.0).to(args.device)
-
-        @torch.inference_mode()
-        def bare() -> None:
-            for s in range(0, x.shape[0], args.batch_size):
-                model(x[s : s + args.batch_size])
-
-        t_bare = _time(bare, args.device, args.repeats)
-        t_pred = _time(lambda: predictor.predict(clip), args.device, args.repeats)
-        predictor.tta = True
-        t_tta = _time(lambda: predictor.predict(clip), args.device, args.repeats)
+        t_bare, t_pred, t_tta = measure(MODELS[key](), clip, args)
         n = args.frames
         print(f"{key:<10} {n / t_bare:>10.1f} f/s {n / t_pred:>6.1f} f/s {n / t_tta:>8.1f} f/s "
               f"{t_bare / t_pred:>12.2f}x")
-
 
 if __name__ == "__main__":
     main()
