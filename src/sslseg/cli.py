@@ -79,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a fine-tuned checkpoint")
     p.add_argument("--out", required=True)
     p.add_argument("--tta", action="store_true", help="average with the left-right flip; writes an uncertainty map")
-    p.add_argument("--tile", action="store_true",
-                   help="inputs are at the model's pixel scale: no resizing, sliding windows of the training size")
+    p.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
+                   help="--tile: inputs are at the model's pixel scale: no resizing, sliding windows of the "
+                        "training size; --no-tile: resize like training; default: tile larger inputs only when "
+                        "the model was trained on frames that were not resized")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap with --tile")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -256,7 +258,8 @@ def cmd_predict(args) -> int:
     from .predict.run import Predictor, predict_inputs, write_summary
 
     known = read_filelist_ef(args.filelist) if args.filelist else None
-    options = {"batch_size": args.batch_size, "tta": args.tta, "tile": args.tile, "overlap": args.overlap}
+    options = {"batch_size": args.batch_size, "tta": args.tta, "overlap": args.overlap,
+               "tile": "auto" if args.tile is None else args.tile}
     if args.device:
         options["device"] = args.device
     predictor = Predictor.from_checkpoint(args.model, **options)

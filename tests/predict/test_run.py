@@ -111,6 +111,41 @@ def test_tiling_small_image_equals_one_native_pass(ckpt):
     np.testing.assert_array_equal(p.predict(frames).labels, ref)
 
 
+@pytest.mark.parametrize(
+    "tile, native, size, tiles",
+    [
+        ("auto", (32, 32), (64, 48), True),  # trained without resizing, larger input: tiled
+        ("auto", (32, 32), (32, 32), False),  # the training size: one pass either way
+        ("auto", (112, 90), (64, 48), False),  # training resized its frames: resize like training
+        ("auto", None, (64, 48), False),  # nothing recorded: resize
+        (True, None, (64, 48), True),
+        (False, (32, 32), (64, 48), False),
+    ],
+)
+def test_automatic_tiling_only_for_models_trained_at_native_scale(threshold, tile, native, size, tiles):
+    p = threshold(32, tile=tile, native_size=native)
+    assert p.tiles(size) is tiles
+    frames = np.random.default_rng(3).integers(0, 255, (1, *size)).astype(np.uint8)
+    # the pointwise model is exact only when tiled at native size (resizing blurs pixel noise)
+    exact = (p.predict(frames).labels == (frames >= 52)).all()
+    assert exact == (tiles or size == (32, 32))
+
+
+def test_finetuning_records_the_native_frame_size(tmp_path):
+    from sslseg.engine.checkpoint import load_checkpoint
+    from sslseg.experiments.config import RunConfig
+    from sslseg.experiments.pipeline import run_finetune
+
+    cfg = RunConfig()
+    cfg.data.options = {"num_cases": 6, "num_frames": 4}
+    cfg.data.image_size = 32
+    cfg.model.options = {"base_channels": 4, "depth": 2}
+    cfg.finetune.steps, cfg.finetune.batch_size, cfg.finetune.labels = 2, 2, "1"
+    pre = load_checkpoint(run_finetune(cfg, tmp_path / "ft"))["preprocess"]
+    assert pre["native_size"] == [112, 112] and pre["image_size"] == 32
+    assert Predictor.from_checkpoint(tmp_path / "ft" / "checkpoint.pt", device="cpu").native_size == (112, 112)
+
+
 class _Ramp(nn.Module):
     """Logits that ignore the image and grow from left to right: not mirror-symmetric."""
 

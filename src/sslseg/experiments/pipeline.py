@@ -249,9 +249,13 @@ def run_finetune(
     if freeze_steps > 0:
         freeze_encoder(model, False)
     ckpt = out / "checkpoint.pt"
+    # the labelled frames' size before resizing, when they share one: prediction tiles larger inputs
+    # at this scale only when training did not resize (sslseg.predict.run)
+    sizes = {tuple(int(v) for v in c.frames.shape[-2:]) for c in chosen}
     save_checkpoint(
         ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="finetune",
-        preprocess={"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size},
+        preprocess={"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size,
+                    "native_size": list(sizes.pop()) if len(sizes) == 1 else None},
         splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
         labelled_cases=sorted(ids), best_val=result.best or {},
         transfer=report.summary() if report else "random initialisation",

@@ -12,17 +12,22 @@ given other data gets them divided by their 99.5th percentile and mapped to
 0..255; a model trained on floating-point data (``scale`` 1) given 8-bit data
 gets them divided by 255, as the readers do when a data set mixes the two.
 
-Resizing or tiling, decided once per run (``tile``):
+Resizing or tiling (``tile``: ``"auto"``, the default, ``False`` or ``True``):
 
-* ``tile=False`` (the default): every frame is resized to ``image_size`` x
+* resizing (``tile=False``): every frame is resized to ``image_size`` x
   ``image_size`` (bilinear, antialiased) exactly as in training, and the
   log-probabilities resized back to the native grid (bilinear) before the
   arg-max.  Training squeezed each whole frame to that square whatever its
-  native size and the checkpoint records no training pixel size, so for an
-  input whose pixel size cannot be related to the model's, resizing like
-  training is the only faithful choice.  Without TTA the labels are exactly
-  :func:`sslseg.evaluate.inference.predict_frames`'s (the log-softmax differs
-  from the logits by one value per pixel, shared by all classes).
+  native size, so for an input whose pixel size cannot be related to the
+  model's, resizing like training is the only faithful choice.  Without TTA the
+  labels are exactly :func:`sslseg.evaluate.inference.predict_frames`'s (the
+  log-softmax differs from the logits by one value per pixel, shared by all
+  classes).
+* ``tile="auto"``: tiles an input larger than the training size when the
+  model was trained on frames that were not resized (the checkpoint records
+  the training frames' native size, ``preprocess["native_size"]``, and it
+  equals ``image_size``: EchoNet-Dynamic's 112 x 112 frames at image size
+  112); otherwise resizes.  A checkpoint that records no native size resizes.
 * ``tile=True``: the input's pixels are declared to be at the model's scale
   (for example a model trained on EchoNet-Dynamic's native 112 x 112 frames,
   applied to a larger field of view scanned at the same depth).  The frame is
@@ -158,7 +163,9 @@ class Predictor:
         batch_size: frames per forward pass.
         device: where the model runs.
         tta: horizontal-flip test-time augmentation, with an uncertainty map.
-        tile: run at native resolution with sliding windows (module notes).
+        tile: run at native resolution with sliding windows; ``"auto"``: when the
+            training frames were not resized and the input is larger (module notes).
+        native_size: ``(H, W)`` of the training frames when they all had one size.
         overlap: window overlap when tiling.
     """
 
@@ -171,10 +178,13 @@ class Predictor:
     batch_size: int = 16
     device: str = "cpu"
     tta: bool = False
-    tile: bool = False
+    tile: bool | str = "auto"
     overlap: float = 0.5
+    native_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.tile not in (True, False, "auto"):
+            raise ValueError(f"tile must be True, False or 'auto', got {self.tile!r}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
@@ -208,6 +218,7 @@ class Predictor:
             in_channels=int(kwargs.get("in_channels", 1)),
             num_classes=int(kwargs.get("num_classes", 2)),
             intensity=str(data_options.get("intensity", "scale")),
+            native_size=tuple(pre["native_size"]) if pre.get("native_size") else None,
             **options,
         )
 
@@ -223,10 +234,11 @@ class Predictor:
             raise ValueError(f"{where}: wrong channel count: {have} channel(s), the model expects {self.in_channels}")
         x_all = training_range(frames, self.normalizer.scale, self.intensity, where)
         h, w = frames.shape[-2:]
+        tile = self.tiles((h, w))
         labels, uncert = [], []
         for s in range(0, x_all.shape[0], self.batch_size):
             batch = x_all[s : s + self.batch_size]
-            if self.tile:
+            if tile:
                 lab, var = self._tiled(batch)
             else:
                 lab, var = self._resized(batch, (h, w))
@@ -235,6 +247,14 @@ class Predictor:
                 uncert.append(var.cpu().numpy())
         return Prediction(np.concatenate(labels).astype(np.int64),
                           np.concatenate(uncert).astype(np.float32) if uncert else None)
+
+    def tiles(self, size: tuple[int, int]) -> bool:
+        """Whether frames of ``size`` (H, W) are tiled at native scale rather than resized."""
+        if self.tile != "auto":
+            return bool(self.tile)
+        s = self.image_size
+        trained_native = self.native_size is not None and tuple(self.native_size) == (s, s)
+        return trained_native and (size[0] > s or size[1] > s)
 
     def _resized(self, batch: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         # the same operations, in the same order, as training: resize raw values, then normalise
