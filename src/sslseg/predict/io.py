@@ -49,8 +49,6 @@ DICOM = (".dcm", ".dicom", ".ima")
 VIDEOS = (".avi", ".mp4", ".mov")
 EXTENSIONS = PICTURES + NIFTI + ITK + DICOM + VIDEOS
 
-_CM = 3  # PhysicalUnitsX/YDirection code for centimetres (DICOM PS3.3 C.8.5.5.1.15)
-_REGION_2D = 1  # RegionSpatialFormat code for a 2D (tissue) region
 #: class colours of the overlays (RGB), class 1 first
 COLOURS = np.array(
     [[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240]],
@@ -297,30 +295,14 @@ def _read_itk(path: Path, channels: int) -> Study:
 
 
 def dicom_spacing(ds) -> tuple[tuple[float, float] | None, str]:
-    """Pixel spacing ``(row mm, column mm)`` of a DICOM data set and the tag it came from."""
-    ps = ds.get("PixelSpacing")
-    if ps is not None and len(ps) >= 2 and float(ps[0]) > 0 and float(ps[1]) > 0:
-        return (float(ps[0]), float(ps[1])), "PixelSpacing"
-    best, area = None, -1.0
-    for r in ds.get("SequenceOfUltrasoundRegions", []) or []:
-        try:
-            if int(r.get("RegionSpatialFormat", 0)) != _REGION_2D:
-                continue
-            if int(r.get("PhysicalUnitsXDirection", 0)) != _CM or int(r.get("PhysicalUnitsYDirection", 0)) != _CM:
-                continue
-            dx, dy = abs(float(r.PhysicalDeltaX)), abs(float(r.PhysicalDeltaY))
-            a = float(r.RegionLocationMaxX1 - r.RegionLocationMinX0) * float(r.RegionLocationMaxY1 - r.RegionLocationMinY0)
-        except (AttributeError, TypeError, ValueError):
-            continue
-        # the largest calibrated 2D region is the image (not a Doppler strip); cm -> mm
-        if dx > 0 and dy > 0 and a > area:
-            best, area = (dy * 10.0, dx * 10.0), a
-    if best is not None:
-        return best, "SequenceOfUltrasoundRegions"
-    ips = ds.get("ImagerPixelSpacing")
-    if ips is not None and len(ips) >= 2 and float(ips[0]) > 0 and float(ips[1]) > 0:
-        return (float(ips[0]), float(ips[1])), "ImagerPixelSpacing"
-    return None, "unknown"
+    """Pixel spacing ``(row mm, column mm)`` of a DICOM data set and the tag it came from; None when unknown.
+
+    The training reader's rule (:func:`sslseg.data.dicom.dicom_spacing`), without its 1 mm fallback.
+    """
+    from ..data.dicom import dicom_spacing as reader_spacing
+
+    spacing, source = reader_spacing(ds)
+    return (None, source) if source == "unknown" else (spacing, source)
 
 
 def _dicom_fps(ds) -> float | None:
