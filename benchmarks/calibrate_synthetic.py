@@ -34,7 +34,9 @@ def main() -> None:
     cfg.model.options = {"base_channels": args.base_channels, "depth": 4, "norm": "batch"}
     cfg.finetune.steps = args.steps
     cfg.finetune.val_every = max(1, args.steps // 5)
+    t0 = time.perf_counter()
     cases = load_cases(cfg, out)
+    print(f"generated {len(cases)} videos in {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
     for budget in args.budgets:
         for seed in args.seeds:
