@@ -39,33 +39,132 @@ def _results(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path / "results.csv", newline="")))
 
 
-def test_resume_after_kill_has_no_duplicate_or_missing_rows(tmp_path, monkeypatch, finished_sweep):
+@pytest.mark.parametrize("kill_at", ["finetune-start", "pretraining-step", "finetune-step", "before-done"])
+def test_resume_after_kill_has_no_duplicate_or_missing_rows(tmp_path, monkeypatch, finished_sweep, kill_at):
+    """Killed at several moments (before a run, inside pretraining, inside fine-tuning, after a run's
+    rows were written but before its completion marker), then resumed with the same command."""
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
-    calls = []
-    real = pipeline.run_finetune
+    real_ft, real_fit, real_examples = pipeline.run_finetune, pipeline.fit, sweep.save_examples
+    fits, fts = [], []
 
-    def killed_on_second(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
+    def fit(task, next_batch, *a, **k):
+        # fit calls in order: none/1, none/2, simclr pretraining, simclr/1, ...
+        fits.append(1)
+        target = {"pretraining-step": 3, "finetune-step": 4}.get(kill_at)
+
+        def batch(step):
+            if len(fits) == target and step >= 1:
+                raise KeyboardInterrupt  # after one optimiser step
+            return next_batch(step)
+
+        return real_fit(task, batch, *a, **k)
+
+    def finetune(*a, **k):
+        fts.append(1)
+        if kill_at == "finetune-start" and len(fts) == 2:
             raise KeyboardInterrupt
-        return real(*a, **k)
+        return real_ft(*a, **k)
 
-    monkeypatch.setattr(sweep, "run_finetune", killed_on_second)
+    def examples(*a, **k):
+        if kill_at == "before-done" and len(fts) == 2:
+            raise KeyboardInterrupt  # rows.csv is written, done.json is not
+        return real_examples(*a, **k)
+
+    monkeypatch.setattr(pipeline, "fit", fit)
+    monkeypatch.setattr(sweep, "run_finetune", finetune)
+    monkeypatch.setattr(sweep, "save_examples", examples)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, tmp_path / "run")
-    assert len({r["run"] for r in _results(tmp_path / "run")}) == 1  # only the finished run's rows
+    finished = {r["run"] for r in _results(tmp_path / "run")}
+    assert len(finished) == {"pretraining-step": 2, "finetune-step": 2}.get(kill_at, 1)  # finished runs only
+    if kill_at == "pretraining-step":
+        assert not (tmp_path / "run" / "pretrain" / "simclr_unet_seed0" / "checkpoint.pt").exists()
 
-    calls.clear()
-    monkeypatch.setattr(sweep, "run_finetune", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(pipeline, "fit", real_fit)
+    monkeypatch.setattr(sweep, "save_examples", real_examples)
+    fts.clear()
+    monkeypatch.setattr(sweep, "run_finetune", lambda *a, **k: (fts.append(1), real_ft(*a, **k))[1])
     sweep.run_sweep(cfg, tmp_path / "run")
     n_runs = 2 * 2 + 1  # (none, simclr) x (1, 2) + the supervised baseline
-    assert len(calls) == n_runs - 1  # the finished run was not redone
+    assert len(fts) == n_runs - len(finished)  # finished runs were not redone
     rows = _results(tmp_path / "run")
     keys = [(r["run"], r["case_id"]) for r in rows]
     assert len(keys) == len(set(keys))  # no duplicate
     assert {r["run"] for r in rows} == {r["run"] for r in _results(finished_sweep)}  # none missing
     assert len(rows) == len(_results(finished_sweep))
+
+
+def test_several_data_sets_in_one_sweep(tmp_path):
+    cfg = dict(CONFIG, methods=["none"], budgets=[1], baseline={"enabled": False},
+               data=["synthetic-echo", {"spec": "synthetic-mri", "options": {"num_cases": 6, "num_slices": 4,
+                                                                              "size": 32}}])
+    p = tmp_path / "two.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    sweep.run_sweep(p, out)
+    rows = _results(out)
+    assert {r["dataset"] for r in rows} == {"synthetic-echo", "synthetic-mri"}
+    assert {r["run"] for r in rows} == {"synthetic-echo_none_unet_1_seed0", "synthetic-mri_none_unet_1_seed0"}
+    for tag, n in (("synthetic-echo", 8), ("synthetic-mri", 6)):
+        splits = json.loads((out / "splits" / tag / "splits.json").read_text())
+        assert len(splits) == n
+        test_ids = {c for c, s in splits.items() if s == "test"}
+        assert {r["case_id"] for r in rows if r["dataset"] == tag} == test_ids
+    page = (out / "report.html").read_text()
+    assert "synthetic-echo" in page and "synthetic-mri" in page
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"data": ["synthetic-echo", "synthetic-echo"]}, "listed twice"),
+    ({"data": [{"path": "x"}]}, "neither a spec nor"),
+    ({"data": ["synthetic-echo", "nonsense:/x"]}, "unknown data set 'nonsense:/x'"),
+])
+def test_bad_data_entries(tmp_path, bad, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(dict(CONFIG, **bad)))
+    with pytest.raises(ValueError, match=match):
+        sweep.load_sweep_config(p)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    sw = sweep.load_sweep_config(path)
+    for data in sweep.datasets(sw):
+        for arch in sw.archs:
+            rc = sweep.run_config(sw, arch, sw.seeds[0], data)
+            assert rc.data.spec == data[0] and rc.model.arch == arch
+
+
+def test_cli_sweep_then_report(tmp_path, capsys):
+    from sslseg.cli import main
+
+    cfg = dict(CONFIG, methods=["none"], budgets=[1], baseline={"enabled": False})
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(p), "--out", str(tmp_path / "run")]) == 0
+    (tmp_path / "run" / "report.html").unlink()
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "report.html").is_file()
+    out = capsys.readouterr().out
+    assert "report:" in out and "none" in out
+    # a different config into the same folder is refused, in one line
+    p.write_text(yaml.safe_dump(dict(cfg, budgets=[2])))
+    assert main(["sweep", str(p), "--out", str(tmp_path / "run")]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
+    from sslseg.experiments import demo
+
+    tiny = sweep.from_dict(sweep.SweepConfig, dict(CONFIG, budgets=[1]))
+    monkeypatch.setattr(demo, "demo_config", lambda quick: tiny)
+    rows = demo.run_demo(tmp_path / "demo", quick=True)
+    assert {r["method"] for r in rows} == {"none", "simclr", "supervised"}
+    out = capsys.readouterr().out
+    assert "simclr" in out and ("beats random init" in out or "loses to random init" in out)
+    for name in ("results.csv", "report.html", "figures/dice_vs_labels.png"):
+        assert (tmp_path / "demo" / name).is_file()
 
 
 def test_pretraining_reused_and_subsets_nested(finished_sweep):

@@ -1,7 +1,7 @@
 """The label-efficiency study as one resumable command: ``sslseg sweep CONFIG.yaml --out DIR``.
 
 For each data set x architecture x pretraining method x label budget x seed:
-pretrain once per (method, architecture, seed) and reuse it for every budget,
+pretrain once per (data set, method, architecture, seed) and reuse it for every budget,
 fine-tune on the budget's labelled cases, evaluate on the fixed test cases and
 append tidy rows to ``results.csv``. Plus the supervised baseline: every
 labelled training case, random initialisation, stronger augmentation.
@@ -19,6 +19,11 @@ Layout::
     DIR/pretrain/<method>_<arch>_seed<s>/       pretraining runs
     DIR/runs/<method>_<arch>_<budget>_seed<s>/  fine-tuning runs (rows.csv, done.json, examples.npz)
     DIR/results.csv, DIR/figures/*.png, DIR/report.html
+
+With several data sets (``data: [synthetic-echo, {spec: synthetic-mri, options:
+{num_cases: 8}}]``) each has its own split and subsets under
+``splits/<data>/``, and its pretraining and run folders are prefixed with
+``<data>_`` (the spec with ``:`` and ``/`` made safe).
 """
 
 from __future__ import annotations
@@ -54,8 +59,8 @@ class BaselineConfig:
 
 @dataclass
 class SweepConfig:
-    data: str = "synthetic-echo"
-    data_options: dict = field(default_factory=dict)
+    data: str | list = "synthetic-echo"  # a spec, or a list of specs / {spec, options} entries
+    data_options: dict = field(default_factory=dict)  # options of the data sets given as plain specs
     image_size: int = 112
     archs: list = field(default_factory=lambda: ["unet"])
     model_options: dict = field(default_factory=dict)
@@ -84,8 +89,9 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     from ..models.build import MODELS
     from ..pretrain.build import METHODS
 
-    if cfg.data.partition(":")[0] not in DATASETS:
-        raise ValueError(f"sweep: unknown data set {cfg.data!r}; choose one of {valid_specs()}")
+    for spec, _options in datasets(cfg):
+        if spec.partition(":")[0] not in DATASETS:
+            raise ValueError(f"sweep: unknown data set {spec!r}; choose one of {valid_specs()}")
     for a in cfg.archs:
         if a not in MODELS:
             raise ValueError(f"sweep: unknown architecture {a!r}; choose one of {', '.join(sorted(MODELS))}")
@@ -99,11 +105,41 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     return cfg
 
 
-def run_config(sw: SweepConfig, arch: str, seed: int) -> RunConfig:
-    """The per-run config a sweep cell uses."""
+def datasets(sw: SweepConfig) -> list[tuple[str, dict]]:
+    """``(spec, options)`` of every data set of the sweep, in order.
+
+    Raises:
+        ValueError: an entry that is neither a spec nor ``{spec, options}``, or a repeated spec.
+    """
+    entries = sw.data if isinstance(sw.data, list) else [sw.data]
+    if not entries:
+        raise ValueError("sweep: give at least one data set")
+    out: list[tuple[str, dict]] = []
+    for e in entries:
+        if isinstance(e, str):
+            out.append((e, dict(sw.data_options)))
+        elif isinstance(e, dict) and isinstance(e.get("spec"), str) and set(e) <= {"spec", "options"}:
+            out.append((e["spec"], dict(e.get("options") or {})))
+        else:
+            raise ValueError(f"sweep: data entry {e!r} is neither a spec nor {{spec: ..., options: {{...}}}}")
+    specs = [spec for spec, _ in out]
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"sweep: a data set is listed twice in {specs}")
+    return out
+
+
+def data_tag(spec: str) -> str:
+    """A folder-safe name for a data spec: ``echonet:/data/EchoNet`` -> ``echonet-data-EchoNet``."""
+    tag = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in spec)
+    return "-".join(part for part in tag.split("-") if part) or "data"
+
+
+def run_config(sw: SweepConfig, arch: str, seed: int, data: tuple[str, dict] | None = None) -> RunConfig:
+    """The per-run config a sweep cell uses (``data``: one of :func:`datasets`, default the first)."""
+    spec, options = data if data is not None else datasets(sw)[0]
     rc = RunConfig()
     rc.seed, rc.devices, rc.precision = int(seed), sw.devices, sw.precision
-    rc.data.spec, rc.data.options, rc.data.image_size = sw.data, dict(sw.data_options), sw.image_size
+    rc.data.spec, rc.data.options, rc.data.image_size = spec, dict(options), sw.image_size
     rc.data.split_seed, rc.data.val_fraction, rc.data.test_fraction = sw.split_seed, sw.val_fraction, sw.test_fraction
     rc.model.arch = arch
     rc.model.options = dict(sw.model_options)
@@ -139,7 +175,8 @@ def plan(sw: SweepConfig, n_train: int) -> list[dict]:
 
 
 def run_key(r: dict) -> str:
-    return f"{r['method']}_{r['arch']}_{budget_tag(r['budget'])}_seed{r['seed']}"
+    prefix = f"{r['data']}_" if r.get("data") else ""
+    return f"{prefix}{r['method']}_{r['arch']}_{budget_tag(r['budget'])}_seed{r['seed']}"
 
 
 def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overrides: list[str] | None = None,
@@ -154,49 +191,45 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
             raise ValueError(f"{out} holds a sweep with a different config; use a new --out or the same config")
     dump_yaml(asdict(sw), saved)
 
-    base = run_config(sw, sw.archs[0], sw.seeds[0])
-    cases = load_cases(base, splits_path=out / "splits" / "splits.json")
-    train_ids = [c.case_id for c in by_split(cases, "train") if c.masks]
-    runs = plan(sw, len(train_ids))
-    # nested labelled subsets, drawn once per (budget, seed), saved and reused
-    subsets: dict[tuple[str, int], list[str]] = {}
-    for r in runs:
-        key = (r["budget"], r["seed"])
-        if key in subsets:
-            continue
-        path = out / "splits" / f"labelled_{budget_tag(r['budget'])}_seed{r['seed']}.json"
-        if path.exists():
-            subsets[key] = list(read_json(path)["case_ids"])
-        else:
-            subsets[key] = labelled_subset(train_ids, r["k"], r["seed"])
-            write_json(path, {"budget": r["budget"], "seed": r["seed"], "num_cases": r["k"], "case_ids": subsets[key]})
+    sets = datasets(sw)
+    todo = []  # per data set: its cases, its runs, its labelled subsets
+    for spec, options in sets:
+        tag = data_tag(spec) if len(sets) > 1 else ""
+        split_dir = out / "splits" / tag if tag else out / "splits"
+        base = run_config(sw, sw.archs[0], sw.seeds[0], (spec, options))
+        cases = load_cases(base, splits_path=split_dir / "splits.json")
+        train_ids = [c.case_id for c in by_split(cases, "train") if c.masks]
+        try:
+            runs = [{**r, "data": tag, "spec": spec, "options": options} for r in plan(sw, len(train_ids))]
+        except ValueError as e:
+            raise ValueError(f"sweep, data set {spec}: {e}") from None
+        # nested labelled subsets, drawn once per (budget, seed), saved and reused
+        subsets: dict[tuple[str, int], list[str]] = {}
+        for r in runs:
+            key = (r["budget"], r["seed"])
+            if key in subsets:
+                continue
+            path = split_dir / f"labelled_{budget_tag(r['budget'])}_seed{r['seed']}.json"
+            if path.exists():
+                subsets[key] = list(read_json(path)["case_ids"])
+            else:
+                subsets[key] = labelled_subset(train_ids, r["k"], r["seed"])
+                write_json(path, {"budget": r["budget"], "seed": r["seed"], "num_cases": r["k"],
+                                  "case_ids": subsets[key]})
+        todo.append((cases, runs, subsets))
 
-    bar = tqdm(total=len(runs), desc="sweep", unit="run", position=0, dynamic_ncols=True, disable=None)
-    bar.update(sum((out / "runs" / run_key(r) / "done.json").exists() for r in runs))
-    for r in runs:
-        run_dir = out / "runs" / run_key(r)
-        if (run_dir / "done.json").exists():
-            continue
-        bar.set_postfix_str(run_key(r))
-        rc = run_config(sw, r["arch"], r["seed"])
-        init = "random"
-        if r["kind"] == "finetune" and r["method"] != "none":
-            init = str(_pretrained(sw, rc, r, cases, out))
-        rc.finetune.init = init
-        rc.finetune.labels = r["budget"]
-        if r["kind"] == "baseline":
-            rc.finetune.augment = sw.baseline.augment
-            if sw.baseline.steps:
-                rc.finetune.steps, rc.finetune.epochs = int(sw.baseline.steps), None
-        ckpt = run_finetune(rc, run_dir, cases, labelled_ids=subsets[(r["budget"], r["seed"])])
-        per_case = run_evaluate(ckpt, cases, "test", run_dir)
-        rows = [{"method": r["method"], "arch": r["arch"], "dataset": sw.data, "budget": r["budget"],
-                 "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r)} for pc in per_case]
-        write_csv(run_dir / "rows.csv", rows)
-        save_examples(ckpt, cases, per_case, run_dir / "examples.npz")
-        write_json(run_dir / "done.json", {"rows": len(rows)})  # the completion marker, written last
-        collect_results(out)
-        bar.update(1)
+    total = sum(len(runs) for _, runs, _ in todo)
+    done = sum((out / "runs" / run_key(r) / "done.json").exists() for _, runs, _ in todo for r in runs)
+    # initial=done: runs finished before a restart do not count towards the speed (and the ETA)
+    bar = tqdm(total=total, initial=done, desc="sweep", unit="run", position=0, dynamic_ncols=True, disable=None)
+    for cases, runs, subsets in todo:
+        for r in runs:
+            run_dir = out / "runs" / run_key(r)
+            if (run_dir / "done.json").exists():
+                continue
+            bar.set_postfix_str(run_key(r))
+            _run_one(sw, r, cases, subsets[(r["budget"], r["seed"])], run_dir, out)
+            bar.update(1)
     bar.close()
     results = collect_results(out)
     if write_report_at_end:
@@ -206,8 +239,31 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
     return results
 
 
-def _pretrained(sw: SweepConfig, rc: RunConfig, r: dict, cases, out: Path) -> Path:
-    pre_dir = out / "pretrain" / f"{r['method']}_{r['arch']}_seed{r['seed']}"
+def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path, out: Path) -> None:
+    """Fine-tune, evaluate and record one run; ``done.json`` is written last."""
+    rc = run_config(sw, r["arch"], r["seed"], (r["spec"], r["options"]))
+    init = "random"
+    if r["kind"] == "finetune" and r["method"] != "none":
+        init = str(_pretrained(rc, r, cases, out))
+    rc.finetune.init = init
+    rc.finetune.labels = r["budget"]
+    if r["kind"] == "baseline":
+        rc.finetune.augment = sw.baseline.augment
+        if sw.baseline.steps:
+            rc.finetune.steps, rc.finetune.epochs = int(sw.baseline.steps), None
+    ckpt = run_finetune(rc, run_dir, cases, labelled_ids=labelled)
+    per_case = run_evaluate(ckpt, cases, "test", run_dir)
+    rows = [{"method": r["method"], "arch": r["arch"], "dataset": r["spec"], "budget": r["budget"],
+             "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r)} for pc in per_case]
+    write_csv(run_dir / "rows.csv", rows)
+    save_examples(ckpt, cases, per_case, run_dir / "examples.npz")
+    write_json(run_dir / "done.json", {"rows": len(rows)})  # the completion marker, written last
+    collect_results(out)
+
+
+def _pretrained(rc: RunConfig, r: dict, cases, out: Path) -> Path:
+    prefix = f"{r['data']}_" if r.get("data") else ""
+    pre_dir = out / "pretrain" / f"{prefix}{r['method']}_{r['arch']}_seed{r['seed']}"
     ckpt = pre_dir / "checkpoint.pt"
     if not ckpt.exists():
         pc = copy.deepcopy(rc)

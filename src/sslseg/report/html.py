@@ -53,6 +53,10 @@ def write_report(sweep_dir: str | Path) -> Path:
     rows = list(csv.DictReader(open(res, newline="")))
     if not rows:
         raise ValueError(f"{res} has no finished run yet")
+    sets = sorted({r["dataset"] for r in rows})
+    if len(sets) > 1:
+        # several data sets: every table, curve and test is per (data set, arch), shown as the arch column
+        rows = [{**r, "arch": f"{r['arch']} · {r['dataset']}"} for r in rows]
     figs = out / "figures"
     dice_png = dice_vs_labels(rows, figs / "dice_vs_labels.png", "dice")
     hd_png = dice_vs_labels(rows, figs / "hd95_vs_labels.png", "hd95")
@@ -118,8 +122,10 @@ def _summary(table: list[dict], tests: list[dict], rows: list[dict]) -> str:
                      f"random init): Dice {s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]</li>")
     if not items:
         items.append("<li>No pretrained method to compare with random initialisation.</li>")
-    data = html.escape(sorted({r['dataset'] for r in rows})[0])
-    return f"<p>Data set: <b>{data}</b>. Results as measured, losses included:</p><ul>{''.join(items)}</ul>"
+    sets = sorted({r["dataset"] for r in rows})
+    data = ", ".join(f"<b>{html.escape(d)}</b>" for d in sets)
+    return (f"<p>Data set{'s' if len(sets) > 1 else ''}: {data}. Results as measured, losses included:</p>"
+            f"<ul>{''.join(items)}</ul>")
 
 
 def _table_html(table: list[dict], hd: dict) -> str:
