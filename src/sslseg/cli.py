@@ -180,6 +180,12 @@ def cmd_finetune(args) -> int:
 
     cfg = _config(args, "finetune")
     ckpt = run_finetune(cfg, args.out)
+    from .engine.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(ckpt)
+    print(f"weights: {meta.get('transfer')}")
+    if meta.get("freeze_encoder_steps"):
+        print(f"encoder frozen for the first {meta['freeze_encoder_steps']} steps")
     print(f"fine-tuned checkpoint: {ckpt}")
     return 0
 

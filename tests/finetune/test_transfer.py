@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -80,6 +83,27 @@ def test_finetune_freezes_the_encoder_for_the_first_steps(tmp_path, tiny_cases, 
     assert not all(torch.equal(after[k], pre.state_dict()[k]) for k in after if k.startswith("decoder."))
 
 
+@pytest.mark.parametrize("freeze_epochs,encoder_moves", [(2, False), (1, True)])
+def test_finetune_freezes_the_encoder_for_the_first_epochs(tmp_path, tiny_cases, freeze_epochs, encoder_moves):
+    pre = build_model("unet", **UNET)
+    init = tmp_path / "pre.pt"
+    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
+                    trained_parts=["encoder"])
+    apply_splits(tiny_cases, assign_splits(tiny_cases))
+    cfg = _finetune_cfg(str(init), steps=0, freeze=0)
+    cfg.finetune.epochs, cfg.finetune.freeze_encoder_epochs = 2, freeze_epochs
+    out = run_finetune(cfg, tmp_path / "ft", tiny_cases)
+    ck = load_checkpoint(out)
+    after = ck["state_dict"]
+    same = [torch.equal(after[k], pre.state_dict()[k]) for k in after if k.startswith("encoder.")]
+    assert not all(same) if encoder_moves else all(same)
+    # two epochs of the labelled frames, the first one or both frozen
+    frames = sum(len(c.labelled_indices) for c in tiny_cases if c.case_id in ck["labelled_cases"])
+    assert ck["freeze_encoder_steps"] == freeze_epochs * math.ceil(frames / 4)  # batch size 4
+    report = json.loads((tmp_path / "ft" / "transfer.json").read_text())
+    assert len(report["loaded"]["encoder"]) > 0 and report["loaded"].get("decoder", []) == []
+
+
 def test_cli_finetune_deeplabv3_from_a_dataparallel_state_dict(tmp_path, capsys):
     """EchoNet-Dynamic's layout: {"state_dict": {"module.backbone...": ...}, "epoch": ...}, RGB, one class."""
     torch.manual_seed(0)
@@ -92,6 +116,7 @@ def test_cli_finetune_deeplabv3_from_a_dataparallel_state_dict(tmp_path, capsys)
             "--set", "data.options.num_cases=8", "--set", "data.options.num_frames=4",
             "--set", "finetune.val_every=0", "--set", "finetune.augment=0"]
     assert main(argv) == 0, capsys.readouterr().err
+    assert "weights: encoder: 318 tensors loaded" in capsys.readouterr().out
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["arch"] == "deeplabv3" and ckpt["model_kwargs"]["in_channels"] == 1
     assert ckpt["transfer"].startswith("encoder: 318 tensors loaded, 0 left at initialisation; "

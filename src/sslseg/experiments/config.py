@@ -60,6 +60,7 @@ class FinetuneConfig:
     # encoder frozen (weights and BatchNorm statistics) for the first k steps; None = automatic:
     # 20% of the steps when starting from a pretrained encoder (linear-probe-then-fine-tune), 0 from random
     freeze_encoder_steps: int | None = None
+    freeze_encoder_epochs: int | None = None  # the same in epochs of the labelled frames (overrides steps)
     freeze_encoder_fraction: float = 0.2
 
 

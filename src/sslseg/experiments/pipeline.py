@@ -192,6 +192,10 @@ def run_finetune(
         parts = tuple(p for p in init_ckpt.get("trained_parts", ["encoder"]) if p != "head")
         report = transfer_weights(model, init_ckpt["state_dict"], parts)
         log.info("transfer from %s: %s", ft.init, report.summary())
+        # every key by part, for a user checking what their weights moved
+        write_json(out / "transfer.json", {"init": str(ft.init), "summary": report.summary(),
+                                           "loaded": report.loaded, "missing": report.missing,
+                                           "unexpected": report.unexpected, "adapted": list(report.adapted)})
 
     data = LabelledSet(chosen, cfg.data.image_size, normalizer)
     val_set = LabelledSet(val, cfg.data.image_size, normalizer) if val else None
@@ -204,7 +208,11 @@ def run_finetune(
         rest = [p for p in task.parameters() if id(p) not in enc_ids]
         params = [{"params": enc, "lr": ft.lr * ft.encoder_lr_ratio}, {"params": rest}]
     steps = _steps(ft, len(data))
-    if ft.freeze_encoder_steps is None:
+    if ft.freeze_encoder_epochs is not None:
+        if ft.freeze_encoder_epochs < 0:
+            raise ValueError(f"finetune.freeze_encoder_epochs must be >= 0, got {ft.freeze_encoder_epochs}")
+        freeze_steps = min(steps, int(ft.freeze_encoder_epochs) * max(1, math.ceil(len(data) / ft.batch_size)))
+    elif ft.freeze_encoder_steps is None:
         # A pretrained encoder under a randomly initialised decoder gets large, noisy gradients
         # in the first steps, which wash out what pretraining learned with few labels. Training
         # the decoder first on frozen features (LP-FT, Kumar et al., ICLR 2022) keeps it:
@@ -258,7 +266,7 @@ def run_finetune(
                     "native_size": list(sizes.pop()) if len(sizes) == 1 else None},
         splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
         labelled_cases=sorted(ids), best_val=result.best or {},
-        transfer=report.summary() if report else "random initialisation",
+        transfer=report.summary() if report else "random initialisation", freeze_encoder_steps=freeze_steps,
     )
     return ckpt
 
