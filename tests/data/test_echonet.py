@@ -245,8 +245,17 @@ def test_missing_columns_and_files_are_one_line_errors(tmp_path):
     (root / "FileList.csv").write_text(text)
     with pytest.raises(ValueError, match=r"FileList\.csv: missing column\(s\) Split"):
         E.load_echonet(root, progress=False)
+    (root / "FileList.csv").write_text(text.replace("Fold", "Split").replace("EDV", "Volume"))
+    with pytest.raises(ValueError, match=r"FileList\.csv: missing column\(s\) EDV"):
+        E.load_echonet(root, progress=False)
     (root / "FileList.csv").unlink()
     with pytest.raises(ValueError, match=r"FileList\.csv: file not found"):
+        E.load_echonet(root, progress=False)
+    root = tmp_path / "e2"
+    make_tree(root)
+    tracings = (root / "VolumeTracings.csv").read_text()
+    (root / "VolumeTracings.csv").write_text(tracings.replace("Y2", "Y3", 1))
+    with pytest.raises(ValueError, match=r"VolumeTracings\.csv: missing column\(s\) Y2"):
         E.load_echonet(root, progress=False)
 
 
@@ -262,7 +271,7 @@ def test_malformed_tracing_names_file_and_line(tree):
 def test_empty_data_set_is_an_error(tmp_path):
     root = tmp_path / "e"
     (root / "Videos").mkdir(parents=True)
-    (root / "FileList.csv").write_text("FileName,EF,Split\n")
+    (root / "FileList.csv").write_text("FileName,EF,ESV,EDV,Split\n")
     (root / "VolumeTracings.csv").write_text("FileName,X1,Y1,X2,Y2,Frame\n")
     with pytest.raises(ValueError, match="no usable video"):
         E.load_echonet(root, progress=False)

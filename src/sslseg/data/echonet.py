@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 _VERSION = 1
-FILELIST_COLUMNS = ("FileName", "Split")
+FILELIST_COLUMNS = ("FileName", "EF", "ESV", "EDV", "Split")  # the frame sizes, FPS and count are optional
 TRACING_COLUMNS = ("FileName", "X1", "Y1", "X2", "Y2", "Frame")
 SPLIT_NAMES = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
 _NUMERIC = ("EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames")
