@@ -67,6 +67,24 @@ def dicom_spacing(ds) -> tuple[tuple[float, float], str]:
     return (1.0, 1.0), "unknown"
 
 
+def open_dicom(path: Path):
+    """The data set of a DICOM file that holds pixel data.
+
+    Raises:
+        ValueError: not DICOM, or no pixel data (the message names the file).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{path}: not a readable DICOM file ({err})") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise ValueError(f"{path}: DICOM file without pixel data ({ds.get('Modality', 'no modality')})")
+    return ds
+
+
 def _pixels(ds, path: Path) -> np.ndarray:
     """Decoded pixels, colour converted to grey: ``(N, H, W)``."""
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -118,16 +136,8 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]
     Raises:
         ValueError: not DICOM, no pixel data, or undecodable (the message names the file).
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(str(path))
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"{path}: not a readable DICOM file ({err})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise ValueError(f"{path}: DICOM file without pixel data ({ds.get('Modality', 'no modality')})")
+    ds = open_dicom(path)
     frames = _pixels(ds, path)
     if frames.dtype != np.uint8:
         frames = frames.astype(np.float32)

@@ -341,15 +341,9 @@ def _dicom_affine(ds, spacing: tuple[float, float] | None) -> np.ndarray:
 
 
 def _read_dicom(path: Path, channels: int) -> Study:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    from ..data.dicom import open_dicom
 
-    try:
-        ds = pydicom.dcmread(str(path))
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"{path}: not a readable DICOM file ({err})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise ValueError(f"{path}: DICOM file without pixel data ({ds.get('Modality', 'no modality')})")
+    ds = open_dicom(path)
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
