@@ -6,6 +6,7 @@ Errors in what the user typed or gave end with one line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-masks", default="nifti", choices=["nifti", "png"])
     p.add_argument("--no-echo", action="store_true", help="skip the LV measurements on videos and cines")
     p.add_argument("--lv-label", type=int, default=1, help="the LV class for the echo measurements")
-    p.add_argument("--max-heart-rate", type=float, default=140.0, help="bpm; sets the shortest ED-to-ED distance")
+    p.add_argument("--max-heart-rate", type=float, help="bpm; sets the shortest ED-to-ED distance (default 140)")
     p.add_argument("--filelist", help="EchoNet-Dynamic FileList.csv: report the EF mean absolute error")
 
     p = sub.add_parser("export", help="ONNX or TorchScript, checked against PyTorch")
@@ -180,12 +181,14 @@ def cmd_finetune(args) -> int:
 
     cfg = _config(args, "finetune")
     ckpt = run_finetune(cfg, args.out)
-    from .engine.checkpoint import load_checkpoint
-
-    meta = load_checkpoint(ckpt)
-    print(f"weights: {meta.get('transfer')}")
-    if meta.get("freeze_encoder_steps"):
-        print(f"encoder frozen for the first {meta['freeze_encoder_steps']} steps")
+    report = Path(args.out) / "transfer.json"
+    if cfg.finetune.init != "random" and report.exists():
+        meta = json.loads(report.read_text())
+        print(f"weights: {meta['summary']}")
+        if meta.get("freeze_encoder_steps"):
+            print(f"encoder frozen for the first {meta['freeze_encoder_steps']} steps")
+    else:
+        print("weights: random initialisation")
     print(f"fine-tuned checkpoint: {ckpt}")
     return 0
 

@@ -102,6 +102,7 @@ def test_finetune_freezes_the_encoder_for_the_first_epochs(tmp_path, tiny_cases,
     assert ck["freeze_encoder_steps"] == freeze_epochs * math.ceil(frames / 4)  # batch size 4
     report = json.loads((tmp_path / "ft" / "transfer.json").read_text())
     assert len(report["loaded"]["encoder"]) > 0 and report["loaded"].get("decoder", []) == []
+    assert report["freeze_encoder_steps"] == ck["freeze_encoder_steps"]
 
 
 def test_cli_finetune_deeplabv3_from_a_dataparallel_state_dict(tmp_path, capsys):

@@ -42,6 +42,7 @@ import csv
 import math
 import os
 from collections.abc import Iterator, Mapping
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,25 @@ def decode_video(path: str | os.PathLike) -> np.ndarray:
         ValueError: the file cannot be opened or decoded, has no video, or
             decodes to fewer frames than its header announces (truncated).
     """
+    return read_video(path)[0]
+
+
+def _grey(frame) -> np.ndarray:
+    fmt = frame.format.name
+    if fmt.startswith(("yuv", "nv12", "nv21")) or fmt == "gray":
+        plane = frame.planes[0]
+        y = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
+        full = fmt in _FULL_RANGE_FORMATS or int(getattr(frame, "color_range", 0) or 0) == 2
+        return y.copy() if full else _LIMITED_TO_FULL[y]
+    return frame.to_ndarray(format="gray")
+
+
+def read_video(path: str | os.PathLike, rgb: bool = False) -> tuple[np.ndarray, Fraction | None]:
+    """Frames ``(T, H, W)`` grey as :func:`decode_video` (or ``(T, H, W, 3)`` RGB) and the frame rate.
+
+    Raises:
+        ValueError: as :func:`decode_video`.
+    """
     import av
 
     path = Path(path)
@@ -256,15 +276,9 @@ def decode_video(path: str | os.PathLike) -> np.ndarray:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             expected = int(stream.frames or 0)
+            rate = stream.average_rate or stream.guessed_rate
             for frame in container.decode(stream):
-                fmt = frame.format.name
-                if fmt.startswith(("yuv", "nv12", "nv21")) or fmt == "gray":
-                    plane = frame.planes[0]
-                    y = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
-                    full = fmt in _FULL_RANGE_FORMATS or int(getattr(frame, "color_range", 0) or 0) == 2
-                    frames.append(y.copy() if full else _LIMITED_TO_FULL[y])
-                else:
-                    frames.append(frame.to_ndarray(format="gray"))
+                frames.append(frame.to_ndarray(format="rgb24") if rgb else _grey(frame))
     except av.error.FFmpegError as err:  # InvalidDataError, EOFError, ... (some subclass ValueError)
         raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err.strerror or err})") from None
     except ValueError:
@@ -275,7 +289,7 @@ def decode_video(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: no frame could be decoded")
     if expected and len(frames) < expected:
         raise ValueError(f"{path}: truncated video: {len(frames)} of {expected} frames decoded")
-    return np.stack(frames)
+    return np.stack(frames), (Fraction(rate) if rate else None)
 
 
 # --------------------------------------------------------------------------- #

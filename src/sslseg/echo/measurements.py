@@ -11,7 +11,8 @@ For each video:
    smoothed area curve (``scipy.signal.find_peaks``).  Two maxima (or minima)
    are at least one cardiac cycle at the highest expected heart rate apart
    (default 140 bpm: 0.43 s), and must stand out by 10% of the curve's range.
-   A beat is an ED frame and the smallest ES minimum before the next ED frame.
+   A beat is an ED frame and the smallest area before the next ED frame
+   (after the last ED: the smallest detected minimum, if any).
 3. Fractional area change ``FAC = (EDA - ESA) / EDA``.
 4. Volumes by the single-plane area-length method, which models the LV as a
    prolate ellipsoid seen through its long axis: ``V = 8 A² / (3 π L)``

@@ -192,10 +192,6 @@ def run_finetune(
         parts = tuple(p for p in init_ckpt.get("trained_parts", ["encoder"]) if p != "head")
         report = transfer_weights(model, init_ckpt["state_dict"], parts)
         log.info("transfer from %s: %s", ft.init, report.summary())
-        # every key by part, for a user checking what their weights moved
-        write_json(out / "transfer.json", {"init": str(ft.init), "summary": report.summary(),
-                                           "loaded": report.loaded, "missing": report.missing,
-                                           "unexpected": report.unexpected, "adapted": list(report.adapted)})
 
     data = LabelledSet(chosen, cfg.data.image_size, normalizer)
     val_set = LabelledSet(val, cfg.data.image_size, normalizer) if val else None
@@ -223,6 +219,12 @@ def run_finetune(
         freeze_steps = int(round(ft.freeze_encoder_fraction * steps)) if pretrained_encoder else 0
     else:
         freeze_steps = int(ft.freeze_encoder_steps)
+    if report is not None:
+        # every key by part, for a user checking what their weights moved
+        write_json(out / "transfer.json", {"init": str(ft.init), "summary": report.summary(),
+                                           "freeze_encoder_steps": freeze_steps, "loaded": report.loaded,
+                                           "missing": report.missing, "unexpected": report.unexpected,
+                                           "adapted": list(report.adapted)})
     if freeze_steps > 0:
         log.info("encoder frozen for the first %d of %d steps", freeze_steps, steps)
         if cfg.devices != 1:

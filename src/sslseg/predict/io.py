@@ -390,36 +390,15 @@ def _read_dicom(path: Path, channels: int) -> Study:
 
 
 def _read_video(path: Path, channels: int) -> Study:
-    import av
+    from ..data.echonet import read_video
 
     if channels not in (1, 3):
         raise _channel_error(path, 3, channels, " (video)")
-    fmt = "gray" if channels == 1 else "rgb24"
-    frames: list[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            expected = int(stream.frames or 0)
-            rate = stream.average_rate or stream.guessed_rate
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format=fmt))
-    except ValueError as err:
-        if str(err).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err})") from None
-    except (av.error.FFmpegError, OSError, RuntimeError) as err:
-        raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err})") from None
-    if not frames:
-        raise ValueError(f"{path}: no frame could be decoded")
-    if expected and len(frames) < expected:
-        raise ValueError(f"{path}: truncated video: {len(frames)} of {expected} frames decoded")
-    arr = np.stack(frames)
+    # grey exactly as the EchoNet-Dynamic training reader decodes it
+    arr, rate = read_video(path, rgb=channels == 3)
     if channels == 3:
         arr = arr.transpose(0, 3, 1, 2)
-    fps = float(rate) if rate else None
-    return Study(path, "video", arr, None, fps, {"rate": Fraction(rate) if rate else Fraction(30)},
+    return Study(path, "video", arr, None, float(rate) if rate else None, {"rate": rate or Fraction(30)},
                  ["pixel size unknown (video): areas in pixels"])
 
 
