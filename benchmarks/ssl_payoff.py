@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from sslseg.experiments.config import RunConfig
 from sslseg.experiments.pipeline import (
@@ -39,8 +40,12 @@ def main() -> None:
     ap.add_argument("--pretrain-batch", type=int, default=24)
     ap.add_argument("--finetune-steps", type=int, default=300)
     ap.add_argument("--num-cases", type=int, default=48)
+    ap.add_argument("--option", action="append", default=[],
+                    help="a pretraining method option as key=value (e.g. strategy=GR), for every method")
+    ap.add_argument("--tag", default="", help="appended to the method name in the folders and payoff.csv")
     ap.add_argument("--out", default="/tmp/sslseg-payoff")
     args = ap.parse_args()
+    options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.option)}
     out = Path(args.out)
     cfg = RunConfig()
     cfg.data.options = {"num_cases": args.num_cases}
@@ -56,29 +61,31 @@ def main() -> None:
         done = {(r["method"], r["budget"], r["seed"]) for r in csv.DictReader(open(csv_path))}
     for method in args.methods:
         init = "random"
+        name = method + args.tag if method != "none" else method
         if method != "none":
-            pre_dir = out / f"pre_{method}_{args.pretrain_steps}"
+            pre_dir = out / f"pre_{name}_{args.pretrain_steps}"
             init = str(pre_dir / "checkpoint.pt")
             if not Path(init).exists():
                 pc = copy.deepcopy(cfg)
                 pc.pretrain.method = method
+                pc.pretrain.options = dict(options)
                 t0 = time.perf_counter()
                 run_pretrain(pc, pre_dir, cases)
                 print(f"pretrained {method} in {time.perf_counter() - t0:.0f} s", flush=True)
         for budget in args.budgets:
             for seed in args.seeds:
-                if (method, budget, str(seed)) in done:
+                if (name, budget, str(seed)) in done:
                     continue
                 run = copy.deepcopy(cfg)
                 run.seed = seed
                 run.finetune.labels = budget
                 run.finetune.init = init
                 ids = select_labelled(cases, budget, seed, None)
-                key = f"ft_{method}_b{budget}_s{seed}"
+                key = f"ft_{name}_b{budget}_s{seed}"
                 t0 = time.perf_counter()
                 ckpt = run_finetune(run, out / key, cases, labelled_ids=ids)
                 d = float(np.nanmean([r["dice"] for r in run_evaluate(ckpt, cases, "test", out / key)]))
-                row = {"method": method, "budget": budget, "seed": seed, "dice": round(d, 4),
+                row = {"method": name, "budget": budget, "seed": seed, "dice": round(d, 4),
                        "seconds": round(time.perf_counter() - t0, 1)}
                 new = not csv_path.exists()
                 with open(csv_path, "a", newline="") as f:
@@ -90,7 +97,7 @@ def main() -> None:
     rows = list(csv.DictReader(open(csv_path)))
     for budget in args.budgets:
         base = [float(r["dice"]) for r in rows if r["method"] == "none" and r["budget"] == budget]
-        for method in args.methods:
+        for method in sorted({r["method"] for r in rows}):
             ds = [float(r["dice"]) for r in rows if r["method"] == method and r["budget"] == budget]
             if ds:
                 gain = f"{np.mean(ds) - np.mean(base):+.3f} vs random" if base and method != "none" else ""

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,3 +95,15 @@ def test_local_contrastive_is_per_image_nt_xent():
     v1, v2 = torch.randn(3, 5, 7, generator=g), torch.randn(3, 5, 7, generator=g)
     ref = torch.stack([nt_xent(v1[b], v2[b], 0.1) for b in range(3)]).mean()
     assert torch.allclose(local_contrastive(v1, v2, 0.1), ref, atol=1e-5)
+
+
+def test_gd_at_collapse_is_log_one_plus_negatives():
+    # 6 cases x 4 partitions, two views: each anchor has 11 positives and 36 negatives; with every
+    # embedding equal, each term is -s + log(e^s + 36 e^s) = log 37 (the plateau seen on echo cines)
+    z = torch.ones(24, 8)
+    part = torch.arange(24) % 4
+    assert global_contrastive(z, z, part, "GD").item() == pytest.approx(math.log(37), rel=1e-6)
+    assert global_contrastive(z, z, part, "GR").item() == pytest.approx(math.log(47), rel=1e-6)
+    # and G^D does better than collapse when embeddings follow the partition
+    spread = torch.nn.functional.one_hot(part, 8).float()
+    assert global_contrastive(spread, spread, part, "GD").item() < math.log(37) - 1

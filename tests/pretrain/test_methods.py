@@ -122,3 +122,41 @@ def test_pipeline_pretrains_and_each_checkpoint_finetunes(name, tmp_path, tiny_c
         assert "tensors loaded" in torch.load(ft, weights_only=True)["transfer"]
     finally:
         del registry.DATASETS["tiny-discs"]
+
+
+def test_cines_default_to_gr_and_volumes_keep_the_paper_default():
+    from sslseg.pretrain.build import frame_axis, resolve_options
+
+    cine = [type("C", (), {"meta": {"volume": False}})()] * 2
+    vol = [type("C", (), {"meta": {"volume": True}})()] * 2
+    assert frame_axis(cine) == "time" and frame_axis(vol) == "slice" and frame_axis(cine + vol) is None
+    for name in ("global_contrastive", "global_local"):
+        opts, why = resolve_options(name, {}, "time")
+        assert opts == {"strategy": "GR"} and "GR" in why
+        assert resolve_options(name, {}, "slice") == ({}, None)  # GD, as in the paper
+        assert resolve_options(name, {}, None) == ({}, None)
+        assert resolve_options(name, {"strategy": "GD-"}, "time") == ({"strategy": "GD-"}, None)  # asked for
+    assert resolve_options("regression_contrastive", {}, "time") == ({"strategy": "GR"}, None)  # its default already
+    assert resolve_options("simclr", {"temperature": 0.2}, "time") == ({"temperature": 0.2}, None)
+    with pytest.raises(ValueError, match="unknown pretraining method"):
+        resolve_options("simclrr", {}, "time")
+
+
+def test_pretraining_on_cines_records_the_strategy_it_ran(tmp_path, tiny_cases):
+    import yaml
+
+    from sslseg.data.splits import apply_splits, assign_splits
+
+    for c in tiny_cases:
+        c.meta["volume"] = False
+    apply_splits(tiny_cases, assign_splits(tiny_cases, 0.2, 0.2, 0))
+    cfg = RunConfig()
+    cfg.data.image_size = 32
+    cfg.model.options = {"base_channels": 4, "depth": 3}
+    cfg.pretrain.method = "global_contrastive"
+    cfg.pretrain.steps = 1
+    cfg.pretrain.batch_size = 8
+    ckpt = run_pretrain(cfg, tmp_path / "pre", tiny_cases)
+    assert yaml.safe_load((tmp_path / "pre" / "config.yaml").read_text())["pretrain"]["options"] == {"strategy": "GR"}
+    assert torch.load(ckpt, weights_only=True)["config"]["pretrain"]["options"] == {"strategy": "GR"}
+    assert cfg.pretrain.options == {}  # the caller's config is left alone

@@ -329,6 +329,7 @@ def load_camus(
             "cfg": {v: cfgs[v] for v in vnames},
             "source": str(pdir),
             "label_names": dict(LABEL_NAMES) if labels == "all" else {0: "background", 1: "LV cavity"},
+            "volume": False,  # cine(s): frames run along time
         }
         if len(vnames) == 1:  # one view: plain values are easier to use
             for k in ("image_quality", "ef", "edv", "esv"):

@@ -413,6 +413,7 @@ def load_echonet(
             "source": str(video),
             "split_source": "FileList.csv Split",
             "label_names": {0: "background", 1: "LV cavity"},
+            "volume": False,  # a cine: frames run along time
         }
         masks = TracedMasks({es: traced[es], ed: traced[ed]}, (h, w))
         cases.append(Case(name, arr, masks, (1.0, 1.0), split, meta))  # type: ignore[arg-type]

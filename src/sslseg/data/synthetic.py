@@ -678,6 +678,7 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
         "beats": P["beats"],
         "lv_area_px": [int(a) for a in areas],
         "synthetic": True,
+        "volume": False,  # frames run along time (partitions are not shared anatomy)
         "n_shrink": P.get("n_shrink", 0),
     }
     return Case(

@@ -6,6 +6,7 @@ Each writes a run directory: ``config.yaml`` (fully resolved), ``checkpoint.pt``
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -27,7 +28,7 @@ from ..finetune.losses import segmentation_loss
 from ..finetune.task import SupervisedTask
 from ..finetune.transfer import freeze_encoder, read_init, transfer_weights
 from ..models.build import build_model
-from ..pretrain.build import build_method
+from ..pretrain.build import build_method, frame_axis, resolve_options
 from .config import RunConfig, dump_yaml, to_dict
 
 log = logging.getLogger("sslseg")
@@ -90,7 +91,12 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     pool = FramePool(train, cfg.data.image_size, normalizer)
     model_kwargs = {"in_channels": in_channels_of(train), "num_classes": num_classes_of(cases), **cfg.model.options}
     model = build_model(cfg.model.arch, **model_kwargs)
-    method = build_method(cfg.pretrain.method, model, **cfg.pretrain.options)
+    options, why = resolve_options(cfg.pretrain.method, cfg.pretrain.options, frame_axis(train))
+    if why:
+        log.info("pretrain %s: %s", cfg.pretrain.method, why)
+    cfg = copy.deepcopy(cfg)
+    cfg.pretrain.options = options  # config.yaml and the checkpoint record what ran
+    method = build_method(cfg.pretrain.method, model, **options)
     steps = _steps(cfg.pretrain, len(pool))
     if getattr(method, "needs_partitions", False):
         n_parts = int(getattr(method, "n_parts", 4))
