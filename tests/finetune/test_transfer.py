@@ -124,3 +124,41 @@ def test_cli_finetune_deeplabv3_from_a_dataparallel_state_dict(tmp_path, capsys)
                                        "decoder: 42 tensors loaded, 0 left at initialisation; "
                                        "head: 0 tensors loaded, 2 left at initialisation")
     assert "summed over input channels: backbone.conv1.weight" in ckpt["transfer"]
+
+
+def test_recalibrate_batchnorm_is_the_plain_average_over_batches():
+    from sslseg.finetune.transfer import recalibrate_batchnorm
+
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Dropout(0.5))
+    net[0].weight.data.fill_(2.0)
+    net.eval()
+    batches = [torch.randn(4, 3, 5, 5, generator=g) * (i + 1) + i for i in range(3)]
+    assert recalibrate_batchnorm(net, batches) == 1
+    x = torch.stack(batches)  # (3 batches, 4, 3, 5, 5)
+    mean = x.mean(dim=(0, 1, 3, 4))
+    var = torch.stack([b.transpose(0, 1).reshape(3, -1).var(dim=1, unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(net[0].running_mean, mean, atol=1e-5)
+    assert torch.allclose(net[0].running_var, var, atol=1e-4)
+    assert net[0].momentum == 0.1 and not net.training and not net[0].training  # modes restored
+    assert torch.equal(net[0].weight, torch.full((3,), 2.0))
+    assert recalibrate_batchnorm(torch.nn.Conv2d(1, 1, 1), iter(())) == 0
+
+
+def test_finetune_recalibrates_a_frozen_encoders_statistics(tmp_path, tiny_cases):
+    pre = build_model("unet", **UNET)
+    init = tmp_path / "pre.pt"
+    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
+                    trained_parts=["encoder"])
+    apply_splits(tiny_cases, assign_splits(tiny_cases))
+    cfg = _finetune_cfg(str(init), steps=2, freeze=2)
+    cfg.finetune.recalibrate_bn = True
+    after = load_checkpoint(run_finetune(cfg, tmp_path / "ft", tiny_cases))["state_dict"]
+    before = pre.state_dict()
+    enc = [k for k in after if k.startswith("encoder.")]
+    stats = [k for k in enc if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in enc if k.endswith(("weight", "bias"))]
+    assert stats and weights
+    assert all(torch.equal(after[k], before[k]) for k in weights)  # frozen
+    # fresh BatchNorm statistics are 0 / 1; plain frames give others, and freezing kept them
+    assert not any(torch.equal(after[k], before[k]) for k in stats)

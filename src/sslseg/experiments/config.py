@@ -62,6 +62,9 @@ class FinetuneConfig:
     freeze_encoder_steps: int | None = None
     freeze_encoder_epochs: int | None = None  # the same in epochs of the labelled frames (overrides steps)
     freeze_encoder_fraction: float = 0.2
+    # re-estimate a pretrained encoder's BatchNorm statistics on plain training frames (labelled or
+    # not) before fine-tuning: pretext tasks normalised augmented views (AdaBN, Li et al. 2016)
+    recalibrate_bn: bool = False
 
 
 @dataclass

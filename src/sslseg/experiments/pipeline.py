@@ -26,7 +26,7 @@ from ..engine.seed import seed_everything
 from ..evaluate.inference import evaluate_cases, per_case
 from ..finetune.losses import segmentation_loss
 from ..finetune.task import SupervisedTask
-from ..finetune.transfer import freeze_encoder, read_init, transfer_weights
+from ..finetune.transfer import freeze_encoder, read_init, recalibrate_batchnorm, transfer_weights
 from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
 from .config import RunConfig, dump_yaml, to_dict
@@ -199,6 +199,14 @@ def run_finetune(
         report = transfer_weights(model, init_ckpt["state_dict"], parts)
         log.info("transfer from %s: %s", ft.init, report.summary())
 
+    if ft.recalibrate_bn and report is not None and report.loaded.get("encoder"):
+        # every frame of the training cases, as pretraining saw them, but without the pretext's augmentation
+        pool = FramePool(train, cfg.data.image_size, normalizer)
+        bn_rng = np.random.default_rng([cfg.seed, 1])
+        n_batches = min(32, -(-len(pool) // 32))
+        n = recalibrate_batchnorm(model.encoder, (pool.batch(32, bn_rng) for _ in range(n_batches)))
+        log.info("re-estimated %d encoder BatchNorm layers on %d frames drawn from %d training frames",
+                 n, 32 * n_batches, len(pool))
     data = LabelledSet(chosen, cfg.data.image_size, normalizer)
     val_set = LabelledSet(val, cfg.data.image_size, normalizer) if val else None
     task = SupervisedTask(model, segmentation_loss(ft.loss), SegAugment(strength=ft.augment) if ft.augment > 0 else None)

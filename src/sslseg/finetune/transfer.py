@@ -281,3 +281,41 @@ def _norms_to_eval(module: nn.Module, _args: tuple) -> None:
     for m in module.modules():
         if isinstance(m, _BATCH_NORMS):
             m.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, batches) -> int:
+    """Re-estimate the BatchNorm running statistics of ``module`` on ``batches`` (AdaBN).
+
+    Pretext tasks normalise with statistics of *augmented views* (crops, intensity
+    jitter, noise, masked pixels); a frozen pretrained encoder then meets plain
+    frames with statistics that do not fit them. Each BatchNorm layer's running
+    mean and variance become the plain average over the given batches (momentum
+    ``None``); weights, biases and the layers' modes are left as they were.
+
+    Args:
+        module: e.g. ``model.encoder``.
+        batches: iterable of input tensors ``(B, C, H, W)`` for ``module``.
+
+    Returns:
+        the number of BatchNorm layers re-estimated (0: nothing to do, no forward run).
+    """
+    norms = [m for m in module.modules() if isinstance(m, _BATCH_NORMS)]
+    if not norms:
+        return 0
+    saved = [(m.momentum, m.training) for m in norms]
+    was_training = module.training
+    module.eval()  # dropout and the like stay off; only the norms compute batch statistics
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over every batch
+            m.train()
+        for x in batches:
+            module(x)
+    finally:
+        for m, (momentum, training) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.train(training)
+        module.train(was_training)
+    return len(norms)
