@@ -162,3 +162,28 @@ def test_finetune_recalibrates_a_frozen_encoders_statistics(tmp_path, tiny_cases
     assert all(torch.equal(after[k], before[k]) for k in weights)  # frozen
     # fresh BatchNorm statistics are 0 / 1; plain frames give others, and freezing kept them
     assert not any(torch.equal(after[k], before[k]) for k in stats)
+
+
+def test_finetune_transfers_only_the_parts_asked_for(tmp_path, tiny_cases):
+    pre = build_model("unet", **UNET)
+    init = tmp_path / "pre.pt"
+    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
+                    trained_parts=["encoder", "decoder"])
+    apply_splits(tiny_cases, assign_splits(tiny_cases))
+    cfg = _finetune_cfg(str(init), steps=1, freeze=0)
+    run_finetune(cfg, tmp_path / "both", tiny_cases)
+    both = json.loads((tmp_path / "both" / "transfer.json").read_text())
+    assert both["loaded"]["encoder"] and both["loaded"]["decoder"]
+    cfg.finetune.transfer_parts = ["encoder"]
+    run_finetune(cfg, tmp_path / "enc", tiny_cases)
+    enc = json.loads((tmp_path / "enc" / "transfer.json").read_text())
+    assert enc["loaded"]["encoder"] == both["loaded"]["encoder"] and not enc["loaded"].get("decoder")
+    assert sorted(enc["missing"]["decoder"]) == sorted(both["loaded"]["decoder"])
+    cfg.finetune.transfer_parts = ["head"]
+    with pytest.raises(ValueError, match="unknown part 'head'"):
+        run_finetune(cfg, tmp_path / "bad", tiny_cases)
+    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
+                    trained_parts=["encoder"])
+    cfg.finetune.transfer_parts = ["decoder"]
+    with pytest.raises(ValueError, match="pretrained only encoder"):
+        run_finetune(cfg, tmp_path / "bad2", tiny_cases)

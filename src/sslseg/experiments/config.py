@@ -65,6 +65,8 @@ class FinetuneConfig:
     # re-estimate a pretrained encoder's BatchNorm statistics on plain training frames (labelled or
     # not) before fine-tuning: pretext tasks normalised augmented views (AdaBN, Li et al. 2016)
     recalibrate_bn: bool = False
+    # which pretrained parts to load (e.g. [encoder]); None = every part the pretext trained
+    transfer_parts: list | None = None
 
 
 @dataclass

@@ -196,6 +196,15 @@ def run_finetune(
     report = None
     if init_ckpt is not None:
         parts = tuple(p for p in init_ckpt.get("trained_parts", ["encoder"]) if p != "head")
+        if ft.transfer_parts is not None:
+            unknown = [p for p in ft.transfer_parts if p not in ("encoder", "decoder")]
+            if unknown:
+                raise ValueError(f"finetune.transfer_parts: unknown part {unknown[0]!r}; choose from encoder, decoder")
+            untrained = [p for p in ft.transfer_parts if p not in parts]
+            if untrained:
+                raise ValueError(f"finetune.transfer_parts asks for {untrained[0]!r}, but {ft.init} pretrained only "
+                                 f"{', '.join(parts)}")
+            parts = tuple(ft.transfer_parts)
         report = transfer_weights(model, init_ckpt["state_dict"], parts)
         log.info("transfer from %s: %s", ft.init, report.summary())
 
