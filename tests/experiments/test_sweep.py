@@ -163,6 +163,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
     assert {r["method"] for r in rows} == {"none", "simclr", "supervised"}
     out = capsys.readouterr().out
     assert "simclr" in out and ("beats random init" in out or "loses to random init" in out)
+    assert ("loses to random init" in out) == ("Pretraining length decides" in out)  # the pointer when it loses
     for name in ("results.csv", "report.html", "figures/dice_vs_labels.png"):
         assert (tmp_path / "demo" / name).is_file()
 

@@ -53,6 +53,9 @@ def run_demo(out_dir: str | Path = "sslseg-demo", quick: bool = False, seed: int
     rows = list(csv.DictReader(open(results, newline="")))
     print()
     print(format_table(rows))
+    if any(r["gain"] < 0 for r in summary_table(rows, "dice") if r["method"] not in ("none", "supervised")):
+        print(f"\nThe demo pretrains for {cfg.pretrain.get('steps', 'few')} steps to fit its time budget. Pretraining length "
+              "decides the pay-off on this data: README, 'Does it pay off?'.")
     print(f"\nresults: {results}\nfigure:  {out / 'figures' / 'dice_vs_labels.png'}\n"
           f"report:  {out / 'report.html'}\ntime:    {time.perf_counter() - t0:.0f} s")
     return rows
