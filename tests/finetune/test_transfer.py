@@ -62,6 +62,16 @@ def _finetune_cfg(init: str, steps: int, freeze: int) -> RunConfig:
     cfg.finetune.freeze_encoder_steps = freeze
     return cfg
 
+def _pretrained(tmp_path, cases, parts=("encoder",)):
+    """An untouched UNet saved as a pretraining checkpoint of ``parts``; the cases get a split."""
+    pre = build_model("unet", **UNET)
+    init = tmp_path / "pre.pt"
+    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
+                    trained_parts=list(parts))
+    apply_splits(cases, assign_splits(cases))
+    return pre, init
+
+
 
 @pytest.mark.parametrize("freeze,encoder_moves", [(3, False), (1, True)])
 def test_finetune_freezes_the_encoder_for_the_first_steps(tmp_path, tiny_cases, freeze, encoder_moves):
@@ -85,11 +95,7 @@ def test_finetune_freezes_the_encoder_for_the_first_steps(tmp_path, tiny_cases, 
 
 @pytest.mark.parametrize("freeze_epochs,encoder_moves", [(2, False), (1, True)])
 def test_finetune_freezes_the_encoder_for_the_first_epochs(tmp_path, tiny_cases, freeze_epochs, encoder_moves):
-    pre = build_model("unet", **UNET)
-    init = tmp_path / "pre.pt"
-    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
-                    trained_parts=["encoder"])
-    apply_splits(tiny_cases, assign_splits(tiny_cases))
+    pre, init = _pretrained(tmp_path, tiny_cases)
     cfg = _finetune_cfg(str(init), steps=0, freeze=0)
     cfg.finetune.epochs, cfg.finetune.freeze_encoder_epochs = 2, freeze_epochs
     out = run_finetune(cfg, tmp_path / "ft", tiny_cases)
@@ -146,11 +152,7 @@ def test_recalibrate_batchnorm_is_the_plain_average_over_batches():
 
 
 def test_finetune_recalibrates_a_frozen_encoders_statistics(tmp_path, tiny_cases):
-    pre = build_model("unet", **UNET)
-    init = tmp_path / "pre.pt"
-    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
-                    trained_parts=["encoder"])
-    apply_splits(tiny_cases, assign_splits(tiny_cases))
+    pre, init = _pretrained(tmp_path, tiny_cases)
     cfg = _finetune_cfg(str(init), steps=2, freeze=2)
     cfg.finetune.recalibrate_bn = True
     after = load_checkpoint(run_finetune(cfg, tmp_path / "ft", tiny_cases))["state_dict"]
@@ -165,11 +167,7 @@ def test_finetune_recalibrates_a_frozen_encoders_statistics(tmp_path, tiny_cases
 
 
 def test_finetune_transfers_only_the_parts_asked_for(tmp_path, tiny_cases):
-    pre = build_model("unet", **UNET)
-    init = tmp_path / "pre.pt"
-    save_checkpoint(init, pre, "unet", {"in_channels": 1, "num_classes": 2, **UNET}, stage="pretrain",
-                    trained_parts=["encoder", "decoder"])
-    apply_splits(tiny_cases, assign_splits(tiny_cases))
+    pre, init = _pretrained(tmp_path, tiny_cases, ("encoder", "decoder"))
     cfg = _finetune_cfg(str(init), steps=1, freeze=0)
     run_finetune(cfg, tmp_path / "both", tiny_cases)
     both = json.loads((tmp_path / "both" / "transfer.json").read_text())
