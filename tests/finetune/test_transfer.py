@@ -177,6 +177,9 @@ def test_finetune_transfers_only_the_parts_asked_for(tmp_path, tiny_cases):
     enc = json.loads((tmp_path / "enc" / "transfer.json").read_text())
     assert enc["loaded"]["encoder"] == both["loaded"]["encoder"] and not enc["loaded"].get("decoder")
     assert sorted(enc["missing"]["decoder"]) == sorted(both["loaded"]["decoder"])
+    cfg.finetune.transfer_parts = "encoder"  # one name, as --set gives it
+    run_finetune(cfg, tmp_path / "enc1", tiny_cases)
+    assert json.loads((tmp_path / "enc1" / "transfer.json").read_text())["loaded"] == enc["loaded"]
     cfg.finetune.transfer_parts = ["head"]
     with pytest.raises(ValueError, match="unknown part 'head'"):
         run_finetune(cfg, tmp_path / "bad", tiny_cases)

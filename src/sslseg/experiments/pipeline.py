@@ -197,14 +197,16 @@ def run_finetune(
     if init_ckpt is not None:
         parts = tuple(p for p in init_ckpt.get("trained_parts", ["encoder"]) if p != "head")
         if ft.transfer_parts is not None:
-            unknown = [p for p in ft.transfer_parts if p not in ("encoder", "decoder")]
+            # one name (``--set finetune.transfer_parts=encoder``) or a list
+            wanted = [ft.transfer_parts] if isinstance(ft.transfer_parts, str) else list(ft.transfer_parts)
+            unknown = [p for p in wanted if p not in ("encoder", "decoder")]
             if unknown:
                 raise ValueError(f"finetune.transfer_parts: unknown part {unknown[0]!r}; choose from encoder, decoder")
-            untrained = [p for p in ft.transfer_parts if p not in parts]
+            untrained = [p for p in wanted if p not in parts]
             if untrained:
                 raise ValueError(f"finetune.transfer_parts asks for {untrained[0]!r}, but {ft.init} pretrained only "
                                  f"{', '.join(parts)}")
-            parts = tuple(ft.transfer_parts)
+            parts = tuple(wanted)
         report = transfer_weights(model, init_ckpt["state_dict"], parts)
         log.info("transfer from %s: %s", ft.init, report.summary())
 
