@@ -55,7 +55,7 @@ def run_demo(out_dir: str | Path = "sslseg-demo", quick: bool = False, seed: int
     table = format_table(rows)
     print(table)
     if "loses to random init" in table:
-        print(f"\nThe demo pretrains for {cfg.pretrain.get('steps', 'few')} steps to fit its time budget. Pretraining length "
+        print(f"\nThe demo pretrains for {cfg.pretrain['steps']} steps to fit its time budget. Pretraining length "
               "decides the pay-off on this data: README, 'Does it pay off?'.")
     print(f"\nresults: {results}\nfigure:  {out / 'figures' / 'dice_vs_labels.png'}\n"
           f"report:  {out / 'report.html'}\ntime:    {time.perf_counter() - t0:.0f} s")

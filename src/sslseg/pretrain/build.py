@@ -24,12 +24,18 @@ METHODS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_method(name: str, model: nn.Module, **kwargs) -> nn.Module:
-    """Wrap ``model`` in the named pretext task; an unknown name lists the valid ones."""
+def method_class(name: str) -> Callable[..., nn.Module]:
+    """The pretext task registered as ``name``; an unknown name lists the valid ones."""
     if name not in METHODS:
         raise ValueError(f"unknown pretraining method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def build_method(name: str, model: nn.Module, **kwargs) -> nn.Module:
+    """Wrap ``model`` in the named pretext task."""
+    cls = method_class(name)
     try:
-        return METHODS[name](model, **kwargs)
+        return cls(model, **kwargs)
     except TypeError as err:
         raise ValueError(f"method {name!r}: {err}") from None
 
@@ -59,10 +65,8 @@ def resolve_options(name: str, options: dict, axis: str | None) -> tuple[dict, s
     synthetic-echo the G^D loss sat at log 37 = 3.611 from step 40 on (6 videos x 4
     partitions a batch). So cines get G^R unless a strategy is given.
     """
-    if name not in METHODS:
-        raise ValueError(f"unknown pretraining method {name!r}; choose one of {', '.join(sorted(METHODS))}")
     out = dict(options)
-    params = inspect.signature(METHODS[name]).parameters
+    params = inspect.signature(method_class(name)).parameters
     if axis == "time" and "strategy" in params and "strategy" not in out:
         out["strategy"] = "GR"
         if params["strategy"].default != "GR":
