@@ -18,3 +18,34 @@ def test_noise_mask_fraction_and_untouched_pixels():
 def test_noise_mask_rejects_bad_fraction():
     with pytest.raises(ValueError):
         noise_mask(torch.zeros(1, 1, 4, 4), 1.5)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (10, 13)])
+def test_noise_mask_patches_are_aligned_squares(size):
+    g = torch.Generator().manual_seed(1)
+    h, w = size
+    x = torch.randn(8, 1, h, w, generator=g)
+    y, m = noise_mask(x, 0.3, 1.0, generator=g, patch=4)
+    assert m.shape == (8, 1, h, w)
+    # every 4x4 cell of the grid anchored at (0, 0) is all masked or all kept, border cells included
+    for i in range(0, h, 4):
+        for j in range(0, w, 4):
+            cell = m[:, :, i:i + 4, j:j + 4].flatten(1)
+            assert torch.equal(cell.all(1), cell.any(1))
+    keep = ~m
+    assert torch.equal(y[keep], x[keep])
+    if size == (64, 64):  # 8 x 256 cells, each masked with probability 0.3
+        assert abs(m.float().mean().item() - 0.3) < 0.03
+
+
+def test_noise_mask_patch_one_is_the_pixel_mask():
+    x = torch.randn(2, 1, 16, 16)
+    a = noise_mask(x, 0.25, 1.0, generator=torch.Generator().manual_seed(3))
+    b = noise_mask(x, 0.25, 1.0, generator=torch.Generator().manual_seed(3), patch=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("patch", [0, 2.5, -1])
+def test_noise_mask_rejects_bad_patch(patch):
+    with pytest.raises(ValueError, match="mask patch"):
+        noise_mask(torch.zeros(1, 1, 4, 4), 0.25, patch=patch)

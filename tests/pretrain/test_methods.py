@@ -160,3 +160,22 @@ def test_pretraining_on_cines_records_the_strategy_it_ran(tmp_path, tiny_cases):
     assert yaml.safe_load((tmp_path / "pre" / "config.yaml").read_text())["pretrain"]["options"] == {"strategy": "GR"}
     assert torch.load(ckpt, weights_only=True)["config"]["pretrain"]["options"] == {"strategy": "GR"}
     assert cfg.pretrain.options == {}  # the caller's config is left alone
+
+
+@pytest.mark.parametrize("name", ["regression", "regression_contrastive"])
+def test_mask_patch_option_reaches_the_regression_loss(name):
+    from sslseg.augment.masking import noise_mask
+    from sslseg.pretrain.losses import masked_l1
+
+    torch.manual_seed(0)
+    method = build_method(name, build_model("unet", base_channels=4, depth=3), mask_patch=4).eval()
+    regression = method if name == "regression" else method.regression
+    x = _images()
+    torch.manual_seed(5)
+    got = regression(x)["loss"]
+    torch.manual_seed(5)
+    corrupted, mask = noise_mask(x, 0.25, 1.0, patch=4)
+    assert torch.allclose(got, masked_l1(regression.reconstruct(corrupted), x, mask))
+    torch.manual_seed(5)
+    _, pixel_mask = noise_mask(x, 0.25, 1.0)
+    assert not torch.equal(mask, pixel_mask)  # squares, not the default pixel mask

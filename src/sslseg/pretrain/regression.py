@@ -9,6 +9,8 @@ to image channels (the segmentation head is left for fine-tuning).
 
 Defaults (the abstract gives no numbers): 25% of the pixels corrupted with
 N(0, 1) noise in normalised units, so that the network must use context.
+``mask_patch`` > 1 (beyond the abstract) corrupts squares instead of single
+pixels; see README "Does it pay off?" for what it changed on synthetic-echo.
 
 [0] https://doi.org/10.58530/2022/3914
 [1] Krull et al., Noise2Void, CVPR 2019
@@ -36,17 +38,20 @@ class MaskedRegression(nn.Module):
         model: a ``SegmentationModel`` (encoder, decoder, head).
         mask_fraction: fraction of pixels replaced by noise.
         noise_std: standard deviation of the replacement noise (normalised units).
+        mask_patch: side of the masked squares in pixels (1: single pixels, as in the abstract).
     """
 
     trains = ("encoder", "decoder")
 
-    def __init__(self, model: nn.Module, mask_fraction: float = 0.25, noise_std: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, mask_fraction: float = 0.25, noise_std: float = 1.0,
+                 mask_patch: int = 1) -> None:
         super().__init__()
         self.model = model
         in_ch = _in_channels(model)
         self.recon = reconstruction_head(model, in_ch)
         self.mask_fraction = mask_fraction
         self.noise_std = noise_std
+        self.mask_patch = mask_patch
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         out = self.recon(self.model.decoder(self.model.encoder(x)))
@@ -56,7 +61,7 @@ class MaskedRegression(nn.Module):
         return out
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        corrupted, mask = noise_mask(images, self.mask_fraction, self.noise_std)
+        corrupted, mask = noise_mask(images, self.mask_fraction, self.noise_std, patch=self.mask_patch)
         pred = self.reconstruct(corrupted)
         return {"loss": masked_l1(pred, images, mask)}
 
