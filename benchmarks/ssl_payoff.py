@@ -3,7 +3,9 @@
 Pretrains each method once (seed 0) on every frame of the training videos, then
 fine-tunes at each label budget with several seeds (different labelled subsets
 and initialisations of the decoder/head), evaluates on the fixed test videos,
-and appends one row per run to ``payoff.csv``. Finished runs are skipped.
+and appends one row per run to ``payoff.csv``. Finished runs are skipped. Prints
+each method's gain over random init paired by labelled subset and plots the
+gains to ``payoff.png``.
 
     .venv/bin/python benchmarks/ssl_payoff.py --methods none simclr byol regression global_local \
         regression_contrastive --budgets 1 4 --seeds 0 1 2 --pretrain-steps 400 --finetune-steps 300 \
@@ -94,16 +96,62 @@ def main() -> None:
                         w.writeheader()
                     w.writerow(row)
                 print(row, flush=True)
-    rows = list(csv.DictReader(open(csv_path)))
-    for budget in args.budgets:
-        base = [float(r["dice"]) for r in rows if r["method"] == "none" and r["budget"] == budget]
+    summarise(list(csv.DictReader(open(csv_path))), args.budgets, out / "payoff.png")
+
+
+def paired_gains(rows: list[dict], budget: str) -> dict[str, dict[str, float]]:
+    """Per method, Dice minus random init's on the same labelled subset (seed), for the seeds both ran."""
+    base = {r["seed"]: float(r["dice"]) for r in rows if r["method"] == "none" and r["budget"] == budget}
+    gains: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["method"] != "none" and r["budget"] == budget and r["seed"] in base:
+            gains.setdefault(r["method"], {})[r["seed"]] = float(r["dice"]) - base[r["seed"]]
+    return gains
+
+
+def summarise(rows: list[dict], budgets: list[str], figure: Path) -> None:
+    """Print mean Dice per method and budget with the gain over random init paired by subset; plot the gains."""
+    for budget in budgets:
+        gains = paired_gains(rows, budget)
         for method in sorted({r["method"] for r in rows}):
             ds = [float(r["dice"]) for r in rows if r["method"] == method and r["budget"] == budget]
-            if ds:
-                gain = f"{np.mean(ds) - np.mean(base):+.3f} vs random" if base and method != "none" else ""
-                print(f"budget {budget:>3} {method:<24} mean Dice {np.mean(ds):.3f} "
-                      f"({', '.join(f'{v:.3f}' for v in ds)}) {gain}")
+            if not ds:
+                continue
+            g = gains.get(method)
+            gain = (f"{np.mean(list(g.values())):+.3f} vs random on the same {len(g)} subsets, "
+                    f"ahead on {sum(v > 0 for v in g.values())}") if g else ""
+            print(f"budget {budget:>3} {method:<28} mean Dice {np.mean(ds):.3f} "
+                  f"({', '.join(f'{v:.3f}' for v in ds)}) {gain}")
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_budget = {b: paired_gains(rows, b) for b in budgets}
+    methods = sorted({m for g in per_budget.values() for m in g})
+    if not methods:
+        return
+    fig, axes = plt.subplots(1, len(budgets), figsize=(1.2 + 0.7 * len(methods) * len(budgets), 4.2),
+                             sharey=True, squeeze=False)
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        gains = per_budget[budget]
+        for i, method in enumerate(methods):
+            values = list(gains.get(method, {}).values())
+            if not values:
+                continue
+            colour = "tab:green" if np.mean(values) > 0 else "tab:red"
+            ax.scatter([i] * len(values), values, s=18, color=colour, alpha=0.6, zorder=3)
+            ax.hlines(np.mean(values), i - 0.3, i + 0.3, color=colour, lw=2.5, zorder=4)
+        ax.axhline(0, color="0.3", lw=1)
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"{budget} labelled video{'s' if budget != '1' else ''}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test Dice minus random init (same subset)")
+    fig.suptitle("Does pretraining buy labels? dots: labelled subsets, bar: mean", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=120)
+    plt.close(fig)
+    print(f"figure: {figure}")
 
 if __name__ == "__main__":
     main()
