@@ -46,9 +46,18 @@ def main() -> None:
                     help="a pretraining method option as key=value (e.g. strategy=GR), for every method")
     ap.add_argument("--tag", default="", help="appended to the method name in the folders and payoff.csv")
     ap.add_argument("--out", default="/tmp/sslseg-payoff")
+    ap.add_argument("--summary-only", action="store_true", help="run nothing; summarise payoff.csv in --out")
+    ap.add_argument("--label", action="append", default=[], metavar="RUN=TEXT",
+                    help="show the run named RUN in payoff.csv as TEXT in the summary and figure")
+    ap.add_argument("--figure", help="where to write the figure (default: payoff.png in --out)")
     args = ap.parse_args()
     options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.option)}
     out = Path(args.out)
+    figure = Path(args.figure) if args.figure else out / "payoff.png"
+    labels = dict(item.partition("=")[::2] for item in args.label)
+    if args.summary_only:
+        summarise(read_rows(out / "payoff.csv", labels), args.budgets, figure)
+        return
     cfg = RunConfig()
     cfg.data.options = {"num_cases": args.num_cases}
     cfg.model.options = {"base_channels": 16, "depth": 4, "norm": "batch"}
@@ -96,7 +105,18 @@ def main() -> None:
                         w.writeheader()
                     w.writerow(row)
                 print(row, flush=True)
-    summarise(list(csv.DictReader(open(csv_path))), args.budgets, out / "payoff.png")
+    summarise(read_rows(csv_path, labels), args.budgets, figure)
+
+
+def read_rows(path: Path, labels: dict[str, str]) -> list[dict]:
+    """The rows of payoff.csv; given labels, only the labelled runs (and random init), renamed, in the labels' order."""
+    rows = list(csv.DictReader(open(path)))
+    if labels:
+        order = {run: i for i, run in enumerate(labels)}
+        rows = sorted((r for r in rows if r["method"] == "none" or r["method"] in labels),
+                      key=lambda r: order.get(r["method"], -1))
+        rows = [{**r, "method": labels.get(r["method"], r["method"])} for r in rows]
+    return rows
 
 
 def paired_gains(rows: list[dict], budget: str) -> dict[str, dict[str, float]]:
@@ -128,7 +148,7 @@ def summarise(rows: list[dict], budgets: list[str], figure: Path) -> None:
     import matplotlib.pyplot as plt
 
     per_budget = {b: paired_gains(rows, b) for b in budgets}
-    methods = sorted({m for g in per_budget.values() for m in g})
+    methods = list(dict.fromkeys(r["method"] for r in rows if any(r["method"] in g for g in per_budget.values())))
     if not methods:
         return
     fig, axes = plt.subplots(1, len(budgets), figsize=(1.2 + 0.7 * len(methods) * len(budgets), 4.2),
