@@ -23,6 +23,7 @@ from sslseg.engine.checkpoint import load_checkpoint
 from sslseg.evaluate.probe import probe_encoder
 from sslseg.experiments.config import RunConfig
 from sslseg.experiments.pipeline import by_split, load_cases
+from sslseg.finetune.transfer import transfer_weights
 from sslseg.models.build import build_model
 
 
@@ -46,8 +47,7 @@ def main() -> None:
         else:
             ckpt = load_checkpoint(init)
             model = build_model(ckpt["arch"], **ckpt["model_kwargs"])
-            enc = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
-            model.encoder.load_state_dict(enc)
+            transfer_weights(model, ckpt["state_dict"], parts=("encoder",))
             normalizer = Normalizer.from_dict(ckpt["preprocess"]["normalizer"])
         tr, te = LabelledSet(train, size, normalizer), LabelledSet(test, size, normalizer)
         scores = probe_encoder(model.encoder, tr.images, tr.masks, te.images, te.masks)

@@ -131,9 +131,11 @@ def paired_gains(rows: list[dict], budget: str) -> dict[str, dict[str, float]]:
 
 def summarise(rows: list[dict], budgets: list[str], figure: Path) -> None:
     """Print mean Dice per method and budget with the gain over random init paired by subset; plot the gains."""
+    per_budget = {b: paired_gains(rows, b) for b in budgets}
+    methods = list(dict.fromkeys(r["method"] for r in rows))  # payoff.csv's order, or the labels'
     for budget in budgets:
-        gains = paired_gains(rows, budget)
-        for method in sorted({r["method"] for r in rows}):
+        gains = per_budget[budget]
+        for method in methods:
             ds = [float(r["dice"]) for r in rows if r["method"] == method and r["budget"] == budget]
             if not ds:
                 continue
@@ -147,8 +149,7 @@ def summarise(rows: list[dict], budgets: list[str], figure: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per_budget = {b: paired_gains(rows, b) for b in budgets}
-    methods = list(dict.fromkeys(r["method"] for r in rows if any(r["method"] in g for g in per_budget.values())))
+    methods = [m for m in methods if any(m in g for g in per_budget.values())]
     if not methods:
         return
     fig, axes = plt.subplots(1, len(budgets), figsize=(1.2 + 0.7 * len(methods) * len(budgets), 4.2),

@@ -38,11 +38,11 @@ def test_noise_mask_patches_are_aligned_squares(size):
         assert abs(m.float().mean().item() - 0.3) < 0.03
 
 
-def test_noise_mask_patch_one_is_the_pixel_mask():
+def test_noise_mask_default_masks_single_pixels():
     x = torch.randn(2, 1, 16, 16)
-    a = noise_mask(x, 0.25, 1.0, generator=torch.Generator().manual_seed(3))
-    b = noise_mask(x, 0.25, 1.0, generator=torch.Generator().manual_seed(3), patch=1)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    _, m = noise_mask(x, 0.25, 1.0, generator=torch.Generator().manual_seed(3))
+    expected = torch.rand((2, 1, 16, 16), generator=torch.Generator().manual_seed(3)) < 0.25  # one draw per pixel
+    assert torch.equal(m, expected)
 
 
 @pytest.mark.parametrize("patch", [0, 2.5, -1])

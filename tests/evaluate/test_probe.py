@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from sslseg.evaluate.probe import mean_dice, probe_encoder, ridge_fit_predict
+from sslseg.evaluate.probe import probe_encoder, ridge_fit_predict
 
 
 def test_ridge_without_penalty_is_least_squares():
@@ -16,15 +16,6 @@ def test_ridge_without_penalty_is_least_squares():
     # a penalty shrinks the fit towards the mean
     shrunk = ridge_fit_predict(x, y, xt, ridge=10.0)
     assert (shrunk - y.mean(0)).norm() < (got - y.mean(0)).norm()
-
-
-def test_mean_dice_known_overlaps():
-    p = torch.zeros(3, 4, 4)
-    t = torch.zeros(3, 4, 4)
-    p[0, :2], t[0, :2] = 1, 1  # identical: 1
-    p[1, :2], t[1, 1:3] = 1, 1  # 4 of 8 + 8 pixels shared: 2*4/16 = 0.5
-    # frame 2 empty in both: 1
-    assert abs(mean_dice(p, t) - (1 + 0.5 + 1) / 3) < 1e-6
 
 
 class _Fixed(nn.Module):

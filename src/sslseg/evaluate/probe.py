@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.metrics import compute_dice
 from torch import nn
 
 
@@ -48,13 +49,6 @@ def ridge_fit_predict(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
     return (design(x_test) @ w).to(x_test.dtype)
 
 
-def mean_dice(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean over frames of the binary Dice; ``(N, H, W)`` 0/1 tensors. A frame empty in both counts 1."""
-    p, t = pred.flatten(1).float(), target.flatten(1).float()
-    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
-    return float(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)).mean())
-
-
 def probe_encoder(encoder: nn.Module, train_images: torch.Tensor, train_masks: torch.Tensor,
                   test_images: torch.Tensor, test_masks: torch.Tensor, grid: int = 56,
                   ridge: float = 1e-2) -> dict[str, float]:
@@ -66,7 +60,8 @@ def probe_encoder(encoder: nn.Module, train_images: torch.Tensor, train_masks: t
         train_masks, test_masks: ``(N, H, W)`` label maps; every label > 0 is foreground.
 
     Returns:
-        ``{"stage0": dice, ..., "all": dice}`` on the test frames.
+        ``{"stage0": dice, ..., "all": dice}``: mean Dice over the test frames with
+        foreground (frames without are left out, as in :mod:`sslseg.evaluate.metrics`).
     """
     was_training = encoder.training
     encoder.eval()
@@ -84,6 +79,7 @@ def probe_encoder(encoder: nn.Module, train_images: torch.Tensor, train_masks: t
     pairs["all"] = (torch.cat(f_train, 1), torch.cat(f_test, 1))
     scores = {}
     for name, (a, b) in pairs.items():
-        pred = ridge_fit_predict(a, y_train.reshape(-1, 1), b, ridge) > 0.5
-        scores[name] = mean_dice(pred.reshape(y_test.shape), y_test)
+        pred = (ridge_fit_predict(a, y_train.reshape(-1, 1), b, ridge) > 0.5).float().reshape(y_test.shape)
+        dice = compute_dice(pred[:, None], y_test[:, None], include_background=True, ignore_empty=True)
+        scores[name] = float(torch.nanmean(dice))
     return scores
