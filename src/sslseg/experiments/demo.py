@@ -22,7 +22,7 @@ def demo_config(quick: bool) -> SweepConfig:
 
     Full: 48 videos at 112x112, 600 SimCLR steps, 300 fine-tuning steps, to
     stay under 15 minutes on 2 CPU cores (800 + 400 steps took 17.4 minutes);
-    ``benchmarks/ssl_payoff.py`` measures such schedules over several seeds.
+    ``studies/ssl_payoff.py`` measures such schedules over several seeds.
     Quick: 32 videos at 64x64 and short schedules, to see every stage run in
     under 3 minutes; too short for pretraining to pay off.
     """

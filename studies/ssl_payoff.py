@@ -7,7 +7,7 @@ and appends one row per run to ``payoff.csv``. Finished runs are skipped. Prints
 each method's gain over random init paired by labelled subset and plots the
 gains to ``payoff.png``.
 
-    .venv/bin/python benchmarks/ssl_payoff.py --methods none simclr byol regression global_local \
+    .venv/bin/python studies/ssl_payoff.py --methods none simclr byol regression global_local \
         regression_contrastive --budgets 1 4 --seeds 0 1 2 --pretrain-steps 400 --finetune-steps 300 \
         --out /tmp/payoff
 """

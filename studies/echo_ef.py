@@ -8,7 +8,7 @@ error. As a control, the same measurement is made on the generator's exact LV
 area curve (no segmentation error), which bounds what the phase detection and
 the area-length formula alone contribute.
 
-    python benchmarks/echo_ef.py --model sslseg-demo/runs/supervised_unet_all_seed0/checkpoint.pt \
+    python studies/echo_ef.py --model sslseg-demo/runs/supervised_unet_all_seed0/checkpoint.pt \
         --num-cases 48 --out /tmp/echo_ef
 """
 

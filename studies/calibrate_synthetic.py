@@ -2,7 +2,7 @@
 
 Target (foundation issue): one labelled case <= 0.80 mean test Dice, all labelled cases >= 0.88.
 
-    .venv/bin/python benchmarks/calibrate_synthetic.py --seeds 0 1 2 --steps 500 --out /tmp/calib
+    .venv/bin/python studies/calibrate_synthetic.py --seeds 0 1 2 --steps 500 --out /tmp/calib
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ probe is then thresholded and scored (Dice) on the test frames. No fine-tuning,
 so this separates "the encoder's features carry the target" from "fine-tuning
 gets it out of them".
 
-    .venv/bin/python benchmarks/encoder_probe.py --init random \
+    .venv/bin/python studies/encoder_probe.py --init random \
         --init /tmp/payoff/pre_simclr_1600/checkpoint.pt --out /tmp/probe
 """
 

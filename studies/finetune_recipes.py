@@ -1,6 +1,6 @@
 """Compare fine-tuning recipes for a pretrained checkpoint against random init on synthetic-echo.
 
-    .venv/bin/python benchmarks/finetune_recipes.py --init /tmp/payoff/pre_simclr/checkpoint.pt \
+    .venv/bin/python studies/finetune_recipes.py --init /tmp/payoff/pre_simclr/checkpoint.pt \
         --budgets 1 --seeds 0 1 2 --recipe default --recipe freeze=100 --out /tmp/recipes
 
 A recipe is ``name`` or ``key=value,key=value`` of FinetuneConfig fields; ``default``
