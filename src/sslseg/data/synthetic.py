@@ -692,7 +692,7 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
 
 
 def synthetic_echo(
-    num_cases: int = 24, seed: int = 0, num_frames: int = 32, size: int = 112
+    num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112
 ) -> list[Case]:
     """``num_cases`` independent synthetic A4C videos; case ``i`` does not depend on ``num_cases``."""
     return [
