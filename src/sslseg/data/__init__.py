@@ -1,6 +1,6 @@
 """Data: cases, samples, readers, splits."""
 
 from .registry import DATASETS, load_dataset
-from .sample import Case, Sample
+from .sample import Case
 
-__all__ = ["Case", "Sample", "DATASETS", "load_dataset"]
+__all__ = ["Case", "DATASETS", "load_dataset"]

@@ -1,4 +1,7 @@
-"""The two data contracts: a ``Case`` (one subject) and a ``Sample`` (one 2D image).
+"""The data contract: a ``Case`` (one subject, its frames or slices, masks and split).
+
+Batches are cut from a case's frame array as tensors (``data.batches``); there is
+no per-image object on the training path.
 
 Splits and label budgets are drawn per ``Case`` so that no subject ever leaks
 between training and test.
@@ -70,22 +73,3 @@ class Case:
     @property
     def image_shape(self) -> tuple[int, int]:
         return tuple(self.frames.shape[-2:])  # type: ignore[return-value]
-
-
-@dataclass
-class Sample:
-    """One 2D image as the model sees it.
-
-    Attributes:
-        image: float32 ``(C, H, W)``.
-        mask: int64 ``(H, W)`` label map, or ``None`` when unlabelled.
-        case_id: the subject it comes from.
-        index: frame or slice index inside the case.
-        spacing: pixel size in mm ``(row, column)``.
-    """
-
-    image: np.ndarray
-    mask: np.ndarray | None
-    case_id: str
-    index: int
-    spacing: tuple[float, float]
