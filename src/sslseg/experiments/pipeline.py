@@ -23,7 +23,7 @@ from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..engine.loop import LoopConfig, fit
 from ..engine.seed import seed_everything
-from ..evaluate.inference import evaluate_cases, per_case
+from ..evaluate.inference import score_cases
 from ..finetune.losses import segmentation_loss
 from ..finetune.task import SupervisedTask
 from ..finetune.transfer import freeze_encoder, read_init, recalibrate_batchnorm, transfer_weights
@@ -318,8 +318,14 @@ def _mean_dice(model, data: LabelledSet, num_classes: int, batch: int = 32) -> f
     return float(np.mean(dices)) if dices else float("nan")
 
 
-def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path) -> list[dict]:
-    """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs."""
+def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path,
+                 convention: str = "auto", hd95_empty: str = "diagonal") -> list[dict]:
+    """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs.
+
+    ``per_frame.csv``: one row per labelled frame and foreground class;
+    ``per_case.csv``: one row per case, scored by ``convention`` (see
+    :func:`sslseg.evaluate.inference.score_cases`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(ckpt_path)
@@ -332,10 +338,9 @@ def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: 
     test = [c for c in cases if c.split == split and c.masks]
     if not test:
         raise ValueError(f"the {split!r} split has no labelled case to evaluate")
-    rows = evaluate_cases(model, test, Normalizer.from_dict(pre["normalizer"]), pre["image_size"],
-                          ckpt["model_kwargs"]["num_classes"], device)
+    rows, cases_rows = score_cases(model, test, Normalizer.from_dict(pre["normalizer"]), pre["image_size"],
+                                   ckpt["model_kwargs"]["num_classes"], device, convention, hd95_empty)
     write_csv(out / "per_frame.csv", rows)
-    cases_rows = per_case(rows)
     write_csv(out / "per_case.csv", cases_rows)
     return cases_rows
 
