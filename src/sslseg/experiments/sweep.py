@@ -99,9 +99,20 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     for a in cfg.archs:
         if a not in MODELS:
             raise ValueError(f"sweep: unknown architecture {a!r}; choose one of {', '.join(sorted(MODELS))}")
+    from ..evaluate.inference import CONVENTIONS, HD95_EMPTY
+    from ..pretrain.build import method_options
+
     for m in cfg.methods:
         if m != "none" and m not in METHODS:
             raise ValueError(f"sweep: unknown method {m!r}; choose one of none, {', '.join(sorted(METHODS))}")
+        if m != "none":
+            # every method's options, before the first run: a sweep must not die at its third method
+            method_options(m, (cfg.pretrain or {}).get("options"))
+    ev = cfg.evaluate or {}
+    if ev.get("convention", "auto") not in CONVENTIONS:
+        raise ValueError(f"sweep: evaluate.convention must be one of {', '.join(CONVENTIONS)}, got {ev['convention']!r}")
+    if ev.get("hd95_empty", "diagonal") not in HD95_EMPTY:
+        raise ValueError(f"sweep: evaluate.hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {ev['hd95_empty']!r}")
     for b in cfg.budgets:
         parse_budget(b)
     if not cfg.seeds:
