@@ -98,8 +98,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     cfg.pretrain.options = options  # config.yaml and the checkpoint record what ran
     method = build_method(cfg.pretrain.method, model, **options)
     steps = _steps(cfg.pretrain, len(pool))
-    if getattr(method, "needs_partitions", False):
-        n_parts = int(getattr(method, "n_parts", 4))
+    n_parts = method.partitions  # declared by every method (sslseg.pretrain.build)
+    if n_parts:
 
         def next_batch(step: int):
             return pool.batch_with_meta(cfg.pretrain.batch_size, rng, n_parts)
@@ -113,7 +113,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     fit(
         method,
         next_batch,
-        _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10)),
+        _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10),
+                  restarts=tuple(method.schedule_restarts(steps)) if hasattr(method, "schedule_restarts") else ()),
         out_dir=out,
         desc=f"pretrain {cfg.pretrain.method}",
         after_step=getattr(method, "after_step", None),

@@ -1,4 +1,10 @@
-"""Pretraining method registry: ``build_method(name, model, **kwargs)``."""
+"""Pretraining method registry: ``build_method(name, model, **kwargs)``.
+
+The batch a method asks for is declared by its ``partitions`` attribute: None
+for frames drawn uniformly across the training cases (``FramePool.batch``), or
+a number of partitions per case for Chaitanya et al.'s partitioned batch
+(``FramePool.batch_with_meta``: G^D and G^{D-}).
+"""
 
 from __future__ import annotations
 
