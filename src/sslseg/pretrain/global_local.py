@@ -10,8 +10,8 @@ contrast representations of local patches in image". Three methods live here:
   ``num_blocks`` decoder blocks + g2 (two 1x1 convs); regions at the same
   position in two intensity-augmented views are positives.
 - :class:`GlobalLocal` (``global_local``): the staged schedule, global for the
-  first ``global_fraction`` of the steps, then local; the checkpoint carries
-  both encoder and decoder.
+  first ``global_fraction`` of the steps, then local with a learning-rate
+  schedule of its own; the checkpoint carries both encoder and decoder.
 
 Partitions: each case is cut into ``n_parts`` equal partitions along its slice
 axis (MRI volumes) or time axis (echo videos); a batch holds ``m`` cases x one
@@ -203,7 +203,10 @@ class GlobalLocal(nn.Module):
 
     ``after_step`` moves to the local stage after ``global_fraction`` of the steps.
     All parameters stay in the one optimiser; in each stage the other stage's
-    parameters get no gradient, and AdamW skips parameters without gradients.
+    parameters get no gradient, and AdamW skips parameters without gradients
+    (so the decoder's optimiser state starts fresh in the local stage). The lr
+    schedule restarts at the local stage (:meth:`schedule_restarts`): warm-up
+    and cosine of its own, as the reference's separate decoder run.
     """
 
     trains = ("encoder", "decoder")
