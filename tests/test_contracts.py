@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import disc_case
 
 from sslseg.data.batches import FramePool, Normalizer
 from sslseg.data.sample import Case
@@ -29,6 +28,20 @@ from sslseg.experiments.config import RunConfig
 from sslseg.experiments.pipeline import run_finetune, run_pretrain
 from sslseg.models.build import build_model
 from sslseg.pretrain.build import build_method
+
+
+def disc_case(case_id: str, n_frames: int = 6, size: int = 32, seed: int = 0) -> Case:
+    """A tiny cine: a bright disc in noise, frames 0 and 3 labelled."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.uniform(size * 0.35, size * 0.65, 2)
+    frames, masks = [], {}
+    for t in range(n_frames):
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 < (size * (0.2 + 0.08 * np.cos(2 * np.pi * t / n_frames))) ** 2
+        frames.append(np.clip(np.where(m, 180, 60) + rng.normal(0, 20, (size, size)), 0, 255).astype(np.uint8))
+        if t in (0, n_frames // 2):
+            masks[t] = m.astype(np.int64)
+    return Case(case_id, np.stack(frames), masks, (0.5, 0.5))
 
 
 class Tripwire:

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from sslseg.engine.loop import LoopConfig, lr_lambda
@@ -33,13 +34,14 @@ def test_each_stage_gets_its_own_warmup_and_cosine():
 
 
 def test_pipeline_passes_the_restart_to_the_loop(tmp_path, monkeypatch):
-    from conftest import disc_case
-
     import sslseg.experiments.pipeline as pipeline
+    from sslseg.data.sample import Case
     from sslseg.data.splits import apply_splits, assign_splits
     from sslseg.experiments.config import RunConfig
 
-    cases = [disc_case(f"c{i}", seed=i) for i in range(6)]
+    rng = np.random.default_rng(0)
+    cases = [Case(f"c{i}", rng.integers(0, 255, (6, 32, 32), dtype=np.uint8), {0: np.eye(32, dtype=np.int64)})
+             for i in range(6)]
     apply_splits(cases, assign_splits(cases, 0.2, 0.2, seed=0))
     seen = []
     monkeypatch.setattr(pipeline, "fit", lambda task, next_batch, cfg, **kw: seen.append(cfg))
