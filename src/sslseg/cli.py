@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", required=True)
+    p.add_argument("--convention", default="auto", choices=["auto", "volume", "frame"],
+                   help="auto: volumes by 3D Dice/HD95 per volume, cines by the mean of their frames")
+    p.add_argument("--hd95-empty", default="diagonal", choices=["diagonal", "nan"],
+                   help="HD95 with an empty prediction: the image diagonal in mm (counted), or left out")
 
     p = sub.add_parser("predict", help="masks for new images, volumes, DICOM and videos (+ echo measurements)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (PNG/TIFF, NIfTI, MetaImage/NRRD, DICOM, AVI)")
@@ -215,12 +219,17 @@ def cmd_evaluate(args) -> int:
     for c in cases:
         if c.case_id in unknown:
             c.split = "test"  # never seen in training: safe to evaluate on
-    rows = run_evaluate(args.model, cases, args.split, args.out)
+    rows = run_evaluate(args.model, cases, args.split, args.out, args.convention, args.hd95_empty)
+    from .evaluate.metrics import pooled_dice
+
     d = np.array([r["dice"] for r in rows], dtype=float)
     h = np.array([r["hd95"] for r in rows], dtype=float)
     hd = f"{np.nanmean(h):.2f} mm" if np.isfinite(h).any() else "undefined (empty predictions)"
-    print(f"{len(rows)} {args.split} cases: Dice {np.nanmean(d):.4f} (sd {np.nanstd(d):.4f}), "
-          f"HD95 {hd}; undefined HD95: {int(sum(r['hd95_undefined'] for r in rows))} frame(s); "
+    convs = "/".join(sorted({r["convention"] for r in rows}))
+    print(f"{len(rows)} {args.split} cases, scored per {convs}: Dice {np.nanmean(d):.4f} (sd {np.nanstd(d):.4f}), "
+          f"pooled Dice (EchoNet) {pooled_dice(rows):.4f}, HD95 {hd}; "
+          f"HD95 penalised (empty prediction): {int(sum(r['hd95_penalised'] for r in rows))}, "
+          f"undefined: {int(sum(r['hd95_undefined'] for r in rows))}; "
           f"per case: {Path(args.out) / 'per_case.csv'}")
     return 0
 

@@ -123,10 +123,6 @@ def test_other_axis(task):
 def test_bad_cases_are_skipped_and_counted(tmp_path):
     root = tmp_path / "Task"
     img, lab = volume(7)
-    bad_label = lab.copy()
-    bad_label[0, 0, 0] = 5
-    save(root / "imagesTr" / "p_bad_label.nii.gz", img)
-    save(root / "labelsTr" / "p_bad_label.nii.gz", bad_label)
     save(root / "imagesTr" / "p_shape.nii.gz", img)
     save(root / "labelsTr" / "p_shape.nii.gz", lab[:, :, :4])
     nan = img.copy()
@@ -134,17 +130,34 @@ def test_bad_cases_are_skipped_and_counted(tmp_path):
     save(root / "imagesTr" / "p_nan.nii.gz", nan)
     save(root / "labelsTr" / "p_nan.nii.gz", lab)
     extra = [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"}
-             for n in ("p_bad_label", "p_shape", "p_nan", "p_missing")]
+             for n in ("p_shape", "p_nan", "p_missing")]
     make_task(root, n=1, extra=extra)
     cases = load_decathlon(root, modality="T2", include_test=True)
     assert [c.case_id for c in cases] == ["prostate_00", "prostate_90"]
     assert len(cases[1].masks) == 0  # a test image: unlabelled, for pretraining
     skipped = "\n".join(cases[0].meta["dataset_skipped"])
-    assert "p_bad_label.nii.gz: label value(s) [5] not listed in dataset.json" in skipped
     assert "p_shape.nii.gz: label shape (12, 10, 4) differs from image shape (12, 10, 8)" in skipped
     assert "p_nan.nii.gz: 1 NaN or Inf value(s)" in skipped
     assert "p_missing.nii.gz: image listed in dataset.json not found" in skipped
-    assert len(cases[0].meta["dataset_skipped"]) == 4
+    assert len(cases[0].meta["dataset_skipped"]) == 3
+
+
+def test_label_value_outside_dataset_json_is_an_error(tmp_path):
+    # a stray 255 would make a 256-class model; it stops the load instead of being skipped
+    root = tmp_path / "Task"
+    img, lab = volume(7)
+    bad_label = lab.copy()
+    bad_label[0, 0, 0] = 255
+    save(root / "imagesTr" / "p_bad_label.nii.gz", img)
+    save(root / "labelsTr" / "p_bad_label.nii.gz", bad_label)
+    make_task(root, n=1, extra=[{"image": "./imagesTr/p_bad_label.nii.gz", "label": "./labelsTr/p_bad_label.nii.gz"}])
+    with pytest.raises(ValueError, match=r"p_bad_label.nii.gz: label value\(s\) \[255\] not listed in dataset.json"):
+        load_decathlon(root, modality="T2")
+
+
+def test_slice_spacing_recorded(task):
+    c = load_decathlon(task[0], modality="T2")[0]
+    assert c.meta["slice_spacing"] == pytest.approx(ZOOMS[2])
 
 
 def test_errors(tmp_path, task):

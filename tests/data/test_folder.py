@@ -141,3 +141,46 @@ def test_errors_and_export(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "cases: 1" in text and "classes (pixel fraction in labelled frames): 0: " in text
     assert Image.open(out / "masks" / "a_0000.png").size == (8, 8)
+
+
+def _two_labelled(tmp_path, mask_b=None):
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        png(tmp_path / "images" / f"{name}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    png(tmp_path / "masks" / "a.png", disc(16, 16, 8, 8, 4))
+    png(tmp_path / "masks" / "b.png", disc(16, 16, 8, 8, 3) if mask_b is None else mask_b)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("file,case_id\na.png,p1\na.png,p2\n", r"line 3: file 'a.png' already belongs to case 'p1', not 'p2' \(line 2\)"),
+    ("file,case_id\na.png,p1\nb.png,p1\na.png,p1\n", r"line 4: file 'a.png' listed twice for case 'p1' \(line 2\)"),
+    ("file,case_id,split\na.png,p1,train\nb.png,p1,test\n", r"line 3: case 'p1' is given split 'test' here and 'train'"),
+])
+def test_case_table_overlap_and_duplicates_are_errors(tmp_path, rows, message):
+    _two_labelled(tmp_path)
+    (tmp_path / "cases.csv").write_text(rows)
+    with pytest.raises(ValueError, match=message):
+        load_folder(tmp_path)
+
+
+def test_stray_mask_value_is_an_error_not_a_class(tmp_path):
+    m = disc(16, 16, 8, 8, 3)
+    m[0, 0] = 255  # one stray pixel in a 0/1 mask
+    _two_labelled(tmp_path, m)
+    with pytest.raises(ValueError, match=r"b.png: mask value\(s\) \[255\] outside the classes 0..1"):
+        load_folder(tmp_path)
+    assert {c.case_id for c in load_folder(tmp_path, labels=[0, 1, 255])} == {"a", "b"}  # declared: accepted
+
+
+def test_declared_labels_refuse_other_values(tmp_path):
+    _two_labelled(tmp_path, disc(16, 16, 8, 8, 3) * 2)
+    with pytest.raises(ValueError, match=r"b.png: mask value\(s\) \[2\] outside the data.options.labels \[0, 1\]"):
+        load_folder(tmp_path, labels=[1])
+
+
+def test_bad_case_table_exits_2_with_one_line(tmp_path, capsys):
+    _two_labelled(tmp_path)
+    (tmp_path / "cases.csv").write_text("file,case_id\na.png,p1\na.png,p2\n")
+    assert main(["data", f"folder:{tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already belongs to case 'p1'" in err

@@ -68,3 +68,17 @@ def test_bad_budgets_rejected(bad):
 def test_budget_larger_than_training_cases():
     with pytest.raises(ValueError, match="larger than the 5"):
         resolve_budget("6", 5)
+
+
+def test_unlabelled_cases_go_to_training_never_to_val_or_test(tiny_cases):
+    # 12 labelled + 12 unlabelled: val and test come from the labelled cases only
+    from sslseg.data.sample import Case
+
+    unlabelled = [Case(f"u{i:02d}", c.frames, {}) for i, c in enumerate(tiny_cases)]
+    s = assign_splits(tiny_cases + unlabelled, 0.2, 0.3, seed=1)
+    assert all(s[c.case_id] == "train" for c in unlabelled)
+    labelled = {c.case_id: s[c.case_id] for c in tiny_cases}
+    assert sum(v == "test" for v in labelled.values()) == round(0.3 * 12)
+    assert sum(v == "val" for v in labelled.values()) == round(0.2 * 12)
+    # the labelled draw does not depend on how many unlabelled cases there are
+    assert labelled == assign_splits(tiny_cases, 0.2, 0.3, seed=1)

@@ -227,3 +227,43 @@ def test_report_renders_in_headless_chromium(finished_sweep, tmp_path):
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert img.shape == (1600, 1200)
     assert img.std() > 10 and len(np.unique(img)) > 20  # text, tables and figures, not a blank page
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_build_every_method(path):
+    # every (arch, method) of the file is built with the options it will get, as the sweep resolves them:
+    # a sweep must not die at its second method after hours on the first
+    from sslseg.models.build import build_model
+    from sslseg.pretrain.build import build_method, resolve_options
+
+    sw = sweep.load_sweep_config(path)
+    for data in sweep.datasets(sw):
+        for arch in sw.archs:
+            rc = sweep.run_config(sw, arch, sw.seeds[0], data)
+            axis = "time" if data[0].startswith(("echonet", "camus", "synthetic-echo")) else "slice"
+            for method in sw.methods:
+                if method == "none":
+                    continue
+                options, _ = resolve_options(method, rc.pretrain.options, axis)
+                model = build_model(arch, in_channels=1, num_classes=2, **rc.model.options)
+                assert build_method(method, model, **options) is not None
+
+
+def test_pretrain_options_per_method():
+    from sslseg.pretrain.build import method_options
+
+    opts = {"simclr": {"temperature": 0.2}, "byol": {"momentum": 0.99}}
+    assert method_options("simclr", opts) == {"temperature": 0.2}
+    assert method_options("byol", opts) == {"momentum": 0.99}
+    assert method_options("regression", opts) == {}
+    # shared keys reach every method; a method's own entry overrides them
+    assert method_options("simclr", {"proj_dim": 64, "simclr": {"proj_dim": 32}}) == {"proj_dim": 32}
+    with pytest.raises(ValueError, match=r"pretrain.options.temperature: method 'byol' takes no option 'temperature'"):
+        method_options("byol", {"temperature": 0.1})
+
+
+def test_sweep_refuses_an_option_one_method_lacks_before_any_run(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(dict(CONFIG, methods=["none", "simclr", "byol"], pretrain={"options": {"temperature": 0.1}})))
+    with pytest.raises(ValueError, match="method 'byol' takes no option 'temperature'"):
+        sweep.load_sweep_config(p)

@@ -11,7 +11,7 @@ from sslseg.pretrain.ema import cosine_momentum
 
 
 def _batch(method, x):
-    if getattr(method, "needs_partitions", False):
+    if method.partitions:
         return {"images": x, "partition": torch.arange(x.shape[0]) % 4}
     return x
 

@@ -12,7 +12,8 @@ Layout (Antonelli et al., Nat. Commun. 2022, https://doi.org/10.1038/s41467-022-
 One volume is one case; its slices along ``axis`` (a voxel axis; 2 = the
 third, axial for Task05_Prostate) are the frames, all usable for pretraining,
 shown with the next-higher voxel axis as rows (see :mod:`sslseg.data.folder`).
-Slice spacing ``(row mm, column mm)`` comes from the NIfTI header.
+Pixel spacing ``(row mm, column mm)`` comes from the NIfTI header, the slice
+spacing (``meta["slice_spacing"]``, for 3D scores) too.
 
 Options:
 
@@ -44,8 +45,12 @@ from .sample import Case
 
 __all__ = ["load_decathlon", "parse_merge", "select_empty"]
 
-_VERSION = 1
+_VERSION = 2  # 2: spacing carries the slice spacing
 INTENSITY = ("scale", "zscore", "none")
+
+
+class LabelValueError(ValueError):
+    """A mask value outside the declared classes: an error for the whole data set, never a skipped case."""
 
 
 def parse_merge(merge: dict | None, where: str = "merge") -> dict[int, int]:
@@ -138,7 +143,9 @@ def _build(image: Path, label: Path | None, axis: int, modality, names: dict[int
         _channels(modality, names, max(1, len(names)), str(image))  # still validate the name
     frames, spacing = voxels_to_frames(vox, zooms, axis, chans)
     frames = _normalise(frames, intensity, str(image))
-    out = {"frames": frames, "spacing": np.array(spacing, dtype=np.float64)}
+    # (row mm, column mm, slice mm): the slice spacing scores volumes in 3D
+    slice_mm = float(zooms[axis]) if len(zooms) > axis else 1.0
+    out = {"frames": frames, "spacing": np.array([*spacing, slice_mm], dtype=np.float64)}
     if label is not None:
         lv, lz = read_voxels(label)
         if lv.ndim != 3:
@@ -152,7 +159,8 @@ def _build(image: Path, label: Path | None, axis: int, modality, names: dict[int
         lab = lab.astype(np.int64)
         vals = set(np.unique(lab).tolist())
         if allowed is not None and not vals <= allowed:
-            raise ValueError(f"{label}: label value(s) {sorted(vals - allowed)} not listed in dataset.json labels {sorted(allowed)}")
+            raise LabelValueError(f"{label}: label value(s) {sorted(vals - allowed)} not listed in dataset.json labels "
+                                  f"{sorted(allowed)}; fix the mask or map the value with the merge option")
         if merge:
             lut = np.arange(max(max(vals), max(merge)) + 1)
             for a, b in merge.items():
@@ -177,8 +185,8 @@ def load_decathlon(
 
     Raises:
         ValueError: a missing or malformed ``dataset.json``, a bad option, or
-            no usable case.  A case with a missing file, a label value that
-            dataset.json does not list, a mask whose shape differs from its
+            no usable case, or a label value that dataset.json does not list.
+            A case with a missing file, a mask whose shape differs from its
             image, or NaN/Inf is skipped and counted.
     """
     root = Path(path).expanduser()
@@ -261,6 +269,8 @@ def load_decathlon(
             arrs = cached_arrays(
                 key, lambda img=img, lab=lab: _build(img, lab, axis, modality, names, allowed, merge_map, intensity),
                 names_out, cache_dir, group="decathlon")
+        except LabelValueError:
+            raise  # a stray value (e.g. 255) would silently add classes to the model
         except ValueError as err:
             skipped.append(str(err))
             continue
@@ -275,6 +285,7 @@ def load_decathlon(
             "source": str(img),
             "label_source": str(lab) if lab else None,
             "volume": True,
+            "slice_spacing": float(sp[2]) if sp.size > 2 else 1.0,
             "axis": axis,
             "label_names": label_names,
             "modality": names,

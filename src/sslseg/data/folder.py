@@ -51,7 +51,7 @@ __all__ = [
     "voxels_to_frames",
 ]
 
-_VERSION = 1
+_VERSION = 2  # 2: parts carry the slice spacing
 PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUMES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".nhdr")
 IMAGE_EXTENSIONS = PICTURES + VOLUMES + (".dcm",)
@@ -249,17 +249,60 @@ def _read_case_csv(path: Path, known: dict[str, Path]) -> tuple[OrderedDict[str,
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (needs file, case_id[, split])")
     groups: OrderedDict[str, list[str]] = OrderedDict()
     splits: dict[str, str] = {}
+    owner: dict[str, tuple[str, int]] = {}  # file stem -> (case_id, line) that listed it first
     for n, row in enumerate(rows, start=2):
         stem = split_name(row["file"])[0]
         if stem not in known:
             raise ValueError(f"{path} line {n}: file {row['file']!r} is not in images/ or unlabelled/")
+        if stem in owner:
+            # a file in two cases could sit in train and test at once; twice in one case duplicates its frames
+            cid, first = owner[stem]
+            what = "listed twice for case" if cid == row["case_id"] else f"already belongs to case {cid!r}, not"
+            raise ValueError(f"{path} line {n}: file {row['file']!r} {what} {row['case_id']!r} (line {first})")
+        owner[stem] = (row["case_id"], n)
         groups.setdefault(row["case_id"], []).append(stem)
         s = (row.get("split") or "").strip().lower()
         if s:
             if s not in SPLITS:
                 raise ValueError(f"{path} line {n}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+            if splits.get(row["case_id"], s) != s:
+                raise ValueError(f"{path} line {n}: case {row['case_id']!r} is given split {s!r} here and "
+                                 f"{splits[row['case_id']]!r} on an earlier line")
             splits[row["case_id"]] = s
     return groups, splits
+
+
+def check_label_values(cases: list[Case], labels: list[int] | None) -> None:
+    """Every mask value must be a declared class: ``labels``, else ``0..K-1`` with no gap.
+
+    A stray value (a 255 in a 0/1 mask, say) would otherwise add classes to the model.
+
+    Raises:
+        ValueError: naming the case, its mask file and the values outside the classes.
+    """
+    seen: dict[str, set[int]] = {}
+    for c in cases:
+        idx = c.labelled_indices
+        if idx:
+            seen[c.case_id] = {int(v) for i in idx for v in np.unique(np.asarray(c.masks[i]))}
+    if not seen:
+        return
+    if labels is not None:
+        allowed = {int(v) for v in labels} | {0}
+        how = f"data.options.labels {sorted(allowed)}"
+    else:
+        values = set().union(*seen.values()) | {0}
+        top = max(values)
+        allowed = set(range(top + 1))
+        if values >= allowed:
+            return
+        allowed = set(range(min(set(range(top + 2)) - values)))  # the classes up to the first gap
+        how = f"classes 0..{max(allowed)} (declare data.options.labels if a class in between is absent)"
+    for c in cases:
+        bad = sorted(seen.get(c.case_id, set()) - allowed)
+        if bad:
+            src = (c.meta.get("mask_source") or [c.case_id])[0]
+            raise ValueError(f"{src}: mask value(s) {bad} outside the {how}; fix the mask")
 
 
 def load_folder(
@@ -269,6 +312,7 @@ def load_folder(
     axis: int = 2,
     intensity: str = "scale",
     spacing: list[float] | None = None,
+    labels: list[int] | None = None,
     cache_dir: str | None = None,
 ) -> list[Case]:
     """Cases from ``images/``, ``masks/`` and ``unlabelled/`` under ``path``.
@@ -279,11 +323,14 @@ def load_folder(
         axis: voxel axis along which volumes are cut into slices.
         intensity: ``"scale"``, ``"zscore"`` or ``"none"`` for non-8-bit images.
         spacing: ``[row mm, column mm]`` for pictures, which carry none.
+        labels: the label values masks may hold (background 0 implied); default
+            ``0..K-1`` with no gap, so a stray value is an error, not a class.
         cache_dir: cache folder (default ``$SSLSEG_CACHE`` or ``~/.cache/sslseg``).
 
     Raises:
-        ValueError: no ``images/`` or ``unlabelled/`` folder, a bad case table,
-            or nothing usable.  Single bad files are skipped and counted.
+        ValueError: no ``images/`` or ``unlabelled/`` folder, a bad case table
+            (a file in two cases or listed twice, two splits for one case), a
+            mask value outside the classes, or nothing usable.  Single bad files are skipped and counted.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -322,7 +369,7 @@ def load_folder(
         except ValueError as err:
             skipped.append(str(err))
             continue
-        # parts: one row per file: row mm, column mm, number of frames, labelled (0/1)
+        # parts: one row per file: row mm, column mm, number of frames, labelled (0/1), slice mm
         parts = np.asarray(arrs["parts"])
         if not np.allclose(parts[:, :2], parts[0, :2], rtol=1e-4):
             notes.append(f"case {cid!r}: its files have different spacing; the first file's is used")
@@ -335,12 +382,14 @@ def load_folder(
             spacing=tuple(float(v) for v in (spacing or parts[0, :2])),  # type: ignore[arg-type]
             split=fixed.get(cid),
             meta={"source": [str(img) for img, _ in srcs], "mask_source": [str(m) for _, m in srcs if m],
-                  "volume": any(split_name(img)[1] in VOLUMES for img, _ in srcs)},
+                  "volume": any(split_name(img)[1] in VOLUMES for img, _ in srcs),
+                  "slice_spacing": float(parts[0, 4])},
         ))
     index.save()
     if not cases:
         reason = f"; skipped: {skipped[0]}" if skipped else ""
         raise ValueError(f"{root}: no usable case{reason}")
+    check_label_values(cases, labels)
     cases = _common_dtype(cases, notes)
     if spacing is None and all(split_name(p)[1] in PICTURES for c in cases for p in c.meta["source"]):
         notes.append("pictures carry no pixel size: spacing is 1 pixel = 1.0 'mm' (set data.options.spacing)")
@@ -367,7 +416,8 @@ def _build_case(srcs: list[tuple[Path, Path | None]], cid: str, axis: int, inten
             mk = as_labels(mf, str(m))
         frames.append(fr)
         stack.append(mk)
-        parts.append([sp[0], sp[1], fr.shape[0], float(m is not None)])
+        z = tuple(zooms) + (1.0,) * 3
+        parts.append([sp[0], sp[1], fr.shape[0], float(m is not None), float(z[axis])])
     shapes = sorted({f.shape[1:] for f in frames})
     if len(shapes) != 1:
         raise ValueError(f"case {cid!r} ({srcs[0][0].parent}): its files have different image sizes {shapes}")

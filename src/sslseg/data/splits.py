@@ -21,14 +21,18 @@ def assign_splits(
 ) -> dict[str, str]:
     """Assign ``train/val/test`` to every case without a split; keep given splits.
 
-    The draw is a seeded permutation of the sorted case ids, so it depends only
-    on the ids and the seed. Returns ``{case_id: split}`` for all cases.
+    Validation and test are drawn from the *labelled* cases only (the fractions
+    are of the labelled cases); a case without masks can be neither validated
+    nor tested on, so it goes to ``train``, the pretraining pool. The draw is a
+    seeded permutation of the sorted labelled case ids, so it depends only on
+    the ids, which of them are labelled, and the seed. Returns
+    ``{case_id: split}`` for all cases.
     """
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"case ids must be unique; duplicated: {', '.join(dup)}")
-    free = sorted(c.case_id for c in cases if c.split is None)
+    free = sorted(c.case_id for c in cases if c.split is None and len(c.masks) > 0)
     rng = np.random.default_rng(seed)
     order = [free[i] for i in rng.permutation(len(free))]
     n_test = int(round(test_fraction * len(order)))
@@ -38,7 +42,7 @@ def assign_splits(
     drawn = {cid: "test" for cid in order[:n_test]}
     drawn.update({cid: "val" for cid in order[n_test : n_test + n_val]})
     drawn.update({cid: "train" for cid in order[n_test + n_val :]})
-    return {c.case_id: (c.split if c.split is not None else drawn[c.case_id]) for c in cases}
+    return {c.case_id: (c.split if c.split is not None else drawn.get(c.case_id, "train")) for c in cases}
 
 
 def apply_splits(cases: list[Case], splits: dict[str, str]) -> None:

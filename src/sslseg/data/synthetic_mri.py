@@ -216,6 +216,7 @@ def make_mri_case(index: int, seed: int = 0, num_slices: int = 20, size: int = 9
         "synthetic": True,
         "volume": True,
         "slice_thickness": thick,
+        "slice_spacing": thick,  # contiguous slices: spacing = thickness
         "fov_mm": fov,
         "noise_fraction": sigma / ref,  # Rician sigma relative to the median tissue signal
         "pz_tz_contrast": t2["pz"] / t2["tz"],

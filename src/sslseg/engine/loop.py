@@ -43,6 +43,9 @@ class LoopConfig:
         val_every: steps between validations (when a validation function is given).
         accelerator, devices, precision: passed to Lightning Fabric.
         grad_clip: max gradient norm (0 disables).
+        restarts: steps at which the schedule starts again (warm-up, then cosine
+            to the next restart or the end), for a staged method whose stages the
+            reference trains as separate runs (``global_local``).
     """
 
     steps: int = 1000
@@ -57,14 +60,29 @@ class LoopConfig:
     devices: int | str = 1
     precision: str = "32-true"
     grad_clip: float = 0.0
+    restarts: tuple[int, ...] = ()
 
 
 def lr_lambda(step: int, cfg: LoopConfig) -> float:
-    """Linear warm-up then cosine decay; a multiplier of the peak lr."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    t = min(1.0, (step - cfg.warmup_steps) / span)
+    """Linear warm-up then cosine decay; a multiplier of the peak lr.
+
+    With ``cfg.restarts`` each segment between restarts has its own warm-up
+    (at most half the segment) and cosine, as if it were a run of its own.
+    """
+    start, end = 0, cfg.steps
+    for r in sorted(cfg.restarts):
+        if 0 < r < cfg.steps:
+            if step >= r:
+                start = r
+            else:
+                end = min(end, r)
+                break
+    step, steps = step - start, end - start
+    warmup = min(cfg.warmup_steps, steps // 2) if cfg.restarts else cfg.warmup_steps
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, steps - warmup)
+    t = min(1.0, (step - warmup) / span)
     return cfg.final_lr_ratio + (1 - cfg.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 

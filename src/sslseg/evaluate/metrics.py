@@ -1,11 +1,25 @@
 """Segmentation metrics on label maps, with physical spacing (MONAI underneath).
 
-Undefined values (an empty ground truth, or an empty prediction for a surface
-distance) are NaN and counted by the caller, never silently 0.
+Label maps are 2D ``(H, W)`` frames or 3D ``(S, H, W)`` volumes; ``spacing``
+gives the voxel size in mm along the same axes. Only foreground classes are
+scored (the caller passes ``classes``, background excluded).
+
+Conventions (README, "How we score, and how the papers scored"):
+
+- Dice: an empty ground truth with a non-empty prediction scores 0 (an error,
+  as MONAI's ``ignore_empty=False`` and the MSD challenge count it); both empty
+  is undefined (NaN: nothing to segment, nothing predicted) and left out of
+  means, never silently 0 or 1. ``empty_truth="nan"`` gives the earlier
+  behaviour (every empty-truth frame left out, false positives included).
+- HD95: undefined when prediction or truth is empty. With ``penalty`` given,
+  an undefined value with exactly one side empty becomes ``penalty`` (we use the
+  image diagonal in mm, :func:`image_diagonal`, as BraTS does with 373.13 mm,
+  the diagonal of its 240 x 240 x 155 mm grid); callers count how often.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -15,33 +29,62 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 
 def _onehot(label: np.ndarray | torch.Tensor, classes: list[int]) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(label))
-    # (H, W) -> (1, K, H, W) binary maps, one per requested class
+    # (H, W) or (S, H, W) -> (1, K, ...) binary maps, one per requested class
     return torch.stack([(t == c) for c in classes])[None].float()
 
 
-def dice_per_class(pred: np.ndarray, gt: np.ndarray, classes: list[int]) -> list[float]:
-    """Dice of each class in ``classes`` between two label maps ``(H, W)``.
+def image_diagonal(shape: tuple[int, ...], spacing: tuple[float, ...]) -> float:
+    """Length in mm of the diagonal of a grid of ``shape`` voxels of size ``spacing``."""
+    if len(shape) != len(spacing):
+        raise ValueError(f"shape {tuple(shape)} and spacing {tuple(spacing)} differ in length")
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True))))
 
-    NaN where the class is absent from the ground truth.
+
+def dice_per_class(pred: np.ndarray, gt: np.ndarray, classes: list[int], empty_truth: str = "nan") -> list[float]:
+    """Dice of each class in ``classes`` between two label maps (2D or 3D, same shape).
+
+    Args:
+        empty_truth: ``"nan"``: NaN wherever the class is absent from the ground
+            truth; ``"score"``: 0 when the truth is empty and the prediction is
+            not (a false positive counts), NaN when both are empty.
     """
+    if empty_truth not in ("nan", "score"):
+        raise ValueError(f"empty_truth must be 'nan' or 'score', got {empty_truth!r}")
     p, g = _onehot(pred, classes), _onehot(gt, classes)
-    d = compute_dice(p, g, include_background=True, ignore_empty=True)
-    return [float(v) for v in d[0]]
+    d = compute_dice(p, g, include_background=True, ignore_empty=empty_truth == "nan")
+    out = [float(v) for v in d[0]]
+    if empty_truth == "score":
+        # MONAI gives 1 for an empty prediction of an empty truth: nothing to score, so undefined here
+        dims = tuple(range(2, p.ndim))
+        both_empty = ((p.sum(dims) + g.sum(dims)) == 0)[0]
+        out = [float("nan") if both_empty[k] else v for k, v in enumerate(out)]
+    return out
 
 
 def hd95_per_class(
-    pred: np.ndarray, gt: np.ndarray, classes: list[int], spacing: tuple[float, float] = (1.0, 1.0)
+    pred: np.ndarray,
+    gt: np.ndarray,
+    classes: list[int],
+    spacing: tuple[float, ...] = (1.0, 1.0),
+    penalty: float | None = None,
 ) -> list[float]:
     """95th-percentile symmetric Hausdorff distance (mm) for each class.
 
-    ``spacing`` is the pixel size ``(row, column)`` in mm. NaN where either the
-    prediction or the ground truth of a class is empty.
+    Args:
+        pred, gt: label maps ``(H, W)`` or ``(S, H, W)``.
+        spacing: voxel size in mm along the same axes (``(row, column)`` or
+            ``(slice, row, column)``).
+        penalty: value for a class present on one side only (empty prediction
+            or empty truth); None keeps NaN. Both empty is always NaN.
     """
+    if len(spacing) != np.asarray(gt).ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match a {np.asarray(gt).ndim}D label map")
     p, g = _onehot(pred, classes), _onehot(gt, classes)
     out = []
     for k in range(len(classes)):
-        if p[0, k].sum() == 0 or g[0, k].sum() == 0:
-            out.append(float("nan"))
+        ep, eg = bool(p[0, k].sum() == 0), bool(g[0, k].sum() == 0)
+        if ep or eg:
+            out.append(float(penalty) if penalty is not None and ep != eg else float("nan"))
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -51,3 +94,25 @@ def hd95_per_class(
             )
         out.append(float(hd[0, 0]))
     return out
+
+
+def overlap_counts(pred: np.ndarray, gt: np.ndarray, classes: list[int]) -> tuple[int, int]:
+    """``(sum |P & G|, sum |P| + |G|)`` over ``classes``: the terms of a pooled Dice.
+
+    EchoNet-Dynamic (Ouyang et al., Nature 2020) reports the Dice of a whole
+    split pooled over its frames: ``2 * sum(intersection) / sum(|P| + |G|)``.
+    """
+    p, g = np.asarray(pred), np.asarray(gt)
+    inter = total = 0
+    for c in classes:
+        pc, gc = p == c, g == c
+        inter += int(np.count_nonzero(pc & gc))
+        total += int(np.count_nonzero(pc)) + int(np.count_nonzero(gc))
+    return inter, total
+
+
+def pooled_dice(rows: list[dict]) -> float:
+    """EchoNet's pooled Dice over rows carrying ``overlap`` and ``total`` (e.g. results.csv rows)."""
+    inter = sum(float(r["overlap"]) for r in rows)
+    total = sum(float(r["total"]) for r in rows)
+    return 2 * inter / total if total > 0 else float("nan")

@@ -70,6 +70,16 @@ class FinetuneConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    # "auto": volumes (slices) by 3D Dice/HD95 per volume, cines by the mean of their frames;
+    # "volume" or "frame" force one (sslseg.evaluate.inference.score_cases)
+    convention: str = "auto"
+    # an HD95 with an empty prediction (or truth) on one side only: "diagonal" = the image
+    # diagonal in mm, counted in hd95_penalised; "nan" = left out of the means, counted in hd95_undefined
+    hd95_empty: str = "diagonal"
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     devices: int = 1
@@ -78,6 +88,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def to_dict(cfg) -> dict:

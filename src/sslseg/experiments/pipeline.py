@@ -23,7 +23,7 @@ from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..engine.loop import LoopConfig, fit
 from ..engine.seed import seed_everything
-from ..evaluate.inference import evaluate_cases, per_case
+from ..evaluate.inference import score_cases
 from ..finetune.losses import segmentation_loss
 from ..finetune.task import SupervisedTask
 from ..finetune.transfer import freeze_encoder, read_init, recalibrate_batchnorm, transfer_weights
@@ -98,8 +98,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     cfg.pretrain.options = options  # config.yaml and the checkpoint record what ran
     method = build_method(cfg.pretrain.method, model, **options)
     steps = _steps(cfg.pretrain, len(pool))
-    if getattr(method, "needs_partitions", False):
-        n_parts = int(getattr(method, "n_parts", 4))
+    n_parts = method.partitions  # declared by every method (sslseg.pretrain.build)
+    if n_parts:
 
         def next_batch(step: int):
             return pool.batch_with_meta(cfg.pretrain.batch_size, rng, n_parts)
@@ -113,7 +113,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     fit(
         method,
         next_batch,
-        _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10)),
+        _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10),
+                  restarts=tuple(method.schedule_restarts(steps)) if hasattr(method, "schedule_restarts") else ()),
         out_dir=out,
         desc=f"pretrain {cfg.pretrain.method}",
         after_step=getattr(method, "after_step", None),
@@ -318,8 +319,14 @@ def _mean_dice(model, data: LabelledSet, num_classes: int, batch: int = 32) -> f
     return float(np.mean(dices)) if dices else float("nan")
 
 
-def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path) -> list[dict]:
-    """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs."""
+def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path,
+                 convention: str = "auto", hd95_empty: str = "diagonal") -> list[dict]:
+    """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs.
+
+    ``per_frame.csv``: one row per labelled frame and foreground class;
+    ``per_case.csv``: one row per case, scored by ``convention`` (see
+    :func:`sslseg.evaluate.inference.score_cases`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(ckpt_path)
@@ -332,10 +339,9 @@ def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: 
     test = [c for c in cases if c.split == split and c.masks]
     if not test:
         raise ValueError(f"the {split!r} split has no labelled case to evaluate")
-    rows = evaluate_cases(model, test, Normalizer.from_dict(pre["normalizer"]), pre["image_size"],
-                          ckpt["model_kwargs"]["num_classes"], device)
+    rows, cases_rows = score_cases(model, test, Normalizer.from_dict(pre["normalizer"]), pre["image_size"],
+                                   ckpt["model_kwargs"]["num_classes"], device, convention, hd95_empty)
     write_csv(out / "per_frame.csv", rows)
-    cases_rows = per_case(rows)
     write_csv(out / "per_case.csv", cases_rows)
     return cases_rows
 

@@ -44,8 +44,11 @@ from ..evaluate.inference import predict_frames
 from .config import RunConfig, apply_set, dump_yaml, from_dict, load_yaml
 from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain, write_csv
 
+# dice/hd95: the case's primary scores under its convention (3D per volume for slices, frame mean for
+# cines); the per-frame means, EchoNet's pooled-Dice terms and the HD95 penalty count beside them
 RESULT_KEYS = ["method", "arch", "dataset", "budget", "labelled_cases", "seed", "case_id", "dice", "hd95",
-               "frames", "hd95_undefined", "run"]
+               "frames", "hd95_undefined", "run", "convention", "dice_frames", "hd95_frames", "dice_pooled",
+               "overlap", "total", "hd95_penalised", "empty_truth_fp"]
 
 
 @dataclass
@@ -72,6 +75,7 @@ class SweepConfig:
     test_fraction: float = 0.25
     pretrain: dict = field(default_factory=dict)  # PretrainConfig fields (steps, batch_size, lr, options ...)
     finetune: dict = field(default_factory=dict)  # FinetuneConfig fields
+    evaluate: dict = field(default_factory=dict)  # EvaluateConfig fields (convention, hd95_empty)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     devices: int = 1
     precision: str = "32-true"
@@ -95,9 +99,20 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     for a in cfg.archs:
         if a not in MODELS:
             raise ValueError(f"sweep: unknown architecture {a!r}; choose one of {', '.join(sorted(MODELS))}")
+    from ..evaluate.inference import CONVENTIONS, HD95_EMPTY
+    from ..pretrain.build import method_options
+
     for m in cfg.methods:
         if m != "none" and m not in METHODS:
             raise ValueError(f"sweep: unknown method {m!r}; choose one of none, {', '.join(sorted(METHODS))}")
+        if m != "none":
+            # every method's options, before the first run: a sweep must not die at its third method
+            method_options(m, (cfg.pretrain or {}).get("options"))
+    ev = cfg.evaluate or {}
+    if ev.get("convention", "auto") not in CONVENTIONS:
+        raise ValueError(f"sweep: evaluate.convention must be one of {', '.join(CONVENTIONS)}, got {ev['convention']!r}")
+    if ev.get("hd95_empty", "diagonal") not in HD95_EMPTY:
+        raise ValueError(f"sweep: evaluate.hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {ev['hd95_empty']!r}")
     for b in cfg.budgets:
         parse_budget(b)
     if not cfg.seeds:
@@ -145,6 +160,7 @@ def run_config(sw: SweepConfig, arch: str, seed: int, data: tuple[str, dict] | N
     rc.model.options = dict(sw.model_options)
     _assign(rc.pretrain, sw.pretrain, "pretrain")
     _assign(rc.finetune, sw.finetune, "finetune")
+    _assign(rc.evaluate, sw.evaluate, "evaluate")
     return rc
 
 
@@ -252,7 +268,7 @@ def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path
         if sw.baseline.steps:
             rc.finetune.steps, rc.finetune.epochs = int(sw.baseline.steps), None
     ckpt = run_finetune(rc, run_dir, cases, labelled_ids=labelled)
-    per_case = run_evaluate(ckpt, cases, "test", run_dir)
+    per_case = run_evaluate(ckpt, cases, "test", run_dir, rc.evaluate.convention, rc.evaluate.hd95_empty)
     rows = [{"method": r["method"], "arch": r["arch"], "dataset": r["spec"], "budget": r["budget"],
              "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r)} for pc in per_case]
     write_csv(run_dir / "rows.csv", rows)

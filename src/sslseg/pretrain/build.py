@@ -1,4 +1,10 @@
-"""Pretraining method registry: ``build_method(name, model, **kwargs)``."""
+"""Pretraining method registry: ``build_method(name, model, **kwargs)``.
+
+The batch a method asks for is declared by its ``partitions`` attribute: None
+for frames drawn uniformly across the training cases (``FramePool.batch``), or
+a number of partitions per case for Chaitanya et al.'s partitioned batch
+(``FramePool.batch_with_meta``: G^D and G^{D-}).
+"""
 
 from __future__ import annotations
 
@@ -40,6 +46,37 @@ def build_method(name: str, model: nn.Module, **kwargs) -> nn.Module:
         raise ValueError(f"method {name!r}: {err}") from None
 
 
+def method_options(name: str, options: dict | None) -> dict:
+    """The keyword arguments of method ``name`` from a config's ``pretrain.options``.
+
+    Rule: a key that names a method holds that method's own options
+    (``{simclr: {temperature: 0.1}, byol: {momentum: 0.99}}``); any other key is
+    shared by every method and must be accepted by each one it reaches, so a
+    sweep over methods that differ gives such options per method. A method's own
+    options override shared ones. An option the method does not take is an
+    error that lists the ones it does.
+
+    Raises:
+        ValueError: an unknown method, a per-method entry that is not a mapping,
+            or an option the method does not take.
+    """
+    cls = method_class(name)
+    options = dict(options or {})
+    out = {k: v for k, v in options.items() if k not in METHODS}
+    own = options.get(name) or {}
+    if not isinstance(own, dict):
+        raise ValueError(f"pretrain.options.{name} must be a mapping of option -> value, got {own!r}")
+    out.update(own)
+    params = inspect.signature(cls).parameters
+    accepted = [p for p in params if p not in ("self", "model", "augment")]
+    for key in out:
+        if key not in accepted:
+            where = f"pretrain.options.{name}.{key}" if key in own else f"pretrain.options.{key}"
+            raise ValueError(f"{where}: method {name!r} takes no option {key!r} (it takes {', '.join(accepted)}); "
+                             f"options for some methods only go under their name, e.g. {{simclr: {{{key}: ...}}}}")
+    return out
+
+
 def frame_axis(cases) -> str | None:
     """What a case's frame index runs along: ``"slice"`` (volumes), ``"time"`` (cines), or None (unknown/mixed).
 
@@ -54,7 +91,9 @@ def frame_axis(cases) -> str | None:
 
 
 def resolve_options(name: str, options: dict, axis: str | None) -> tuple[dict, str | None]:
-    """Fill the data-dependent defaults of a method's options; returns (options, why) with why None when unchanged.
+    """Method ``name``'s options (:func:`method_options`) with the data-dependent defaults filled in.
+
+    Returns (options, why) with why None when no default changed.
 
     Partition strategies: under G^D the same partition of another case is a
     positive, and under G^{D-} it is no negative. That rests on partition k
@@ -65,7 +104,7 @@ def resolve_options(name: str, options: dict, axis: str | None) -> tuple[dict, s
     synthetic-echo the G^D loss sat at log 37 = 3.611 from step 40 on (6 videos x 4
     partitions a batch). So cines get G^R unless a strategy is given.
     """
-    out = dict(options)
+    out = method_options(name, options)
     params = inspect.signature(method_class(name)).parameters
     if axis == "time" and "strategy" in params and "strategy" not in out:
         out["strategy"] = "GR"

@@ -38,6 +38,7 @@ class BYOL(nn.Module):
     """
 
     trains = ("encoder",)
+    partitions = None  # plain frames drawn across cases (the batch interface: see sslseg.pretrain.build)
 
     def __init__(
         self,

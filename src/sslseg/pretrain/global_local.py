@@ -10,8 +10,8 @@ contrast representations of local patches in image". Three methods live here:
   ``num_blocks`` decoder blocks + g2 (two 1x1 convs); regions at the same
   position in two intensity-augmented views are positives.
 - :class:`GlobalLocal` (``global_local``): the staged schedule, global for the
-  first ``global_fraction`` of the steps, then local; the checkpoint carries
-  both encoder and decoder.
+  first ``global_fraction`` of the steps, then local with a learning-rate
+  schedule of its own; the checkpoint carries both encoder and decoder.
 
 Partitions: each case is cut into ``n_parts`` equal partitions along its slice
 axis (MRI volumes) or time axis (echo videos); a batch holds ``m`` cases x one
@@ -30,6 +30,8 @@ a negative (the reference lists 5 neighbours).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,6 @@ class GlobalContrastive(nn.Module):
     ``{"images", "partition"}`` (see ``FramePool.batch_with_meta``)."""
 
     trains = ("encoder",)
-    needs_partitions = True
 
     def __init__(
         self,
@@ -75,6 +76,16 @@ class GlobalContrastive(nn.Module):
         self.augment = augment or ViewAugment(crop_scale=(0.27, 1.0), hflip_p=0.0, brightness=0.3,
                                               contrast=(0.7, 1.3), blur_p=0.0, noise_p=0.0, gamma_p=0.0)
         global_contrastive(torch.zeros(2, 1), torch.ones(2, 1), None, strategy)  # validate the name early
+
+    @property
+    def partitions(self) -> int | None:
+        """Partitions per case of the batch this method needs; None: frames drawn across all cases.
+
+        G^R is "the default SimCLR formulation, with images in a batch sampled from
+        all volumes" (Chaitanya et al.); only G^D and G^{D-} need Chaitanya's
+        partitioned batch (m cases x one frame per partition).
+        """
+        return None if self.strategy == "GR" else self.n_parts
 
     def global_loss(self, images: torch.Tensor, partition: torch.Tensor | None) -> torch.Tensor:
         v1, v2 = self.augment.views(images, 2)
@@ -133,6 +144,7 @@ class LocalContrastive(nn.Module):
     """
 
     trains = ("encoder", "decoder")
+    partitions = None  # plain frames
 
     def __init__(
         self,
@@ -191,11 +203,13 @@ class GlobalLocal(nn.Module):
 
     ``after_step`` moves to the local stage after ``global_fraction`` of the steps.
     All parameters stay in the one optimiser; in each stage the other stage's
-    parameters get no gradient, and AdamW skips parameters without gradients.
+    parameters get no gradient, and AdamW skips parameters without gradients
+    (so the decoder's optimiser state starts fresh in the local stage). The lr
+    schedule restarts at the local stage (:meth:`schedule_restarts`): warm-up
+    and cosine of its own, as the reference's separate decoder run.
     """
 
     trains = ("encoder", "decoder")
-    needs_partitions = True
 
     def __init__(self, model: nn.Module, global_fraction: float = 0.5, strategy: str = "GD",
                  temperature: float = 0.1, n_parts: int = 4, num_blocks: int = 3, num_regions: int = 13,
@@ -211,6 +225,11 @@ class GlobalLocal(nn.Module):
         self.register_buffer("in_local_stage", torch.zeros((), dtype=torch.bool))
 
     @property
+    def partitions(self) -> int | None:
+        """The global stage's batch (see :attr:`GlobalContrastive.partitions`); the local stage uses its images."""
+        return self.glob.partitions
+
+    @property
     def stage(self) -> str:
         return "local" if bool(self.in_local_stage) else "global"
 
@@ -219,6 +238,14 @@ class GlobalLocal(nn.Module):
         if self.stage == "global":
             return {"loss": self.glob.global_loss(images, partition)}
         return {"loss": self.local.local_loss(images)}
+
+    def schedule_restarts(self, total_steps: int) -> list[int]:
+        """The first step of the local stage, where the lr schedule starts again.
+
+        The reference trains the decoder in a run of its own (warm-up and decay
+        of its own, fresh optimiser state: its parameters had no gradient before).
+        """
+        return [math.ceil(self.global_fraction * total_steps)]
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.in_local_stage.fill_(step + 1 >= self.global_fraction * total_steps)

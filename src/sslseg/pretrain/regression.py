@@ -46,6 +46,7 @@ class MaskedRegression(nn.Module):
     """
 
     trains = ("encoder", "decoder")
+    partitions = None  # plain frames drawn across cases (the batch interface: see sslseg.pretrain.build)
 
     def __init__(self, model: nn.Module, mask_fraction: float = 0.25, noise_std: float = 1.0,
                  mask_patch: int = 8) -> None:

@@ -20,7 +20,6 @@ from .regression import MaskedRegression
 
 class RegressionContrastive(nn.Module):
     trains = ("encoder", "decoder")
-    needs_partitions = True
 
     def __init__(self, model: nn.Module, w_reg: float = 1.0, w_con: float = 0.1, mask_fraction: float = 0.25,
                  noise_std: float = 1.0, strategy: str = "GR", temperature: float = 0.1, n_parts: int = 4,
@@ -30,6 +29,11 @@ class RegressionContrastive(nn.Module):
         self.contrastive = GlobalContrastive(model, strategy, temperature, n_parts)
         self.n_parts = n_parts
         self.w_reg, self.w_con = w_reg, w_con
+
+    @property
+    def partitions(self) -> int | None:
+        """Partitions per case of the batch (None under G^R, this method's default)."""
+        return self.contrastive.partitions
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         images, partition = _images_and_partitions(batch)

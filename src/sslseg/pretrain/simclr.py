@@ -39,6 +39,7 @@ class SimCLR(nn.Module):
     """
 
     trains = ("encoder",)
+    partitions = None  # plain frames drawn across cases (the batch interface: see sslseg.pretrain.build)
 
     def __init__(
         self,

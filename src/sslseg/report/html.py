@@ -87,8 +87,8 @@ def write_report(sweep_dir: str | Path) -> Path:
         f"<section id='dice-curve'><h2>Dice vs labelled cases</h2>{_img(dice_png, 'Dice vs labelled cases')}"
         "<p class='note'>Mean over test cases and seeds; bands: 95% bootstrap CI of the mean.</p></section>",
         f"<section id='hd95-curve'><h2>HD95 vs labelled cases</h2>{_img(hd_png, 'HD95 vs labelled cases')}"
-        "<p class='note'>95th-percentile Hausdorff distance in mm (lower is better); frames where it is "
-        "undefined (empty prediction) are counted in results.csv, not averaged.</p></section>",
+        "<p class='note'>95th-percentile Hausdorff distance in mm (lower is better). "
+        f"{_penalty_note(rows)}</p></section>",
         f"<section id='table'><h2>Mean ± 95% CI per method and budget</h2>{_table_html(table, hd_table)}</section>",
         f"<section id='paired-tests'><h2>Paired tests against random init</h2>{_tests_html(tests)}</section>",
         f"<section id='overlays'><h2>Best, median and worst test case</h2>{_img(ov_png, 'overlays')}</section>",
@@ -103,6 +103,28 @@ def write_report(sweep_dir: str | Path) -> Path:
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def _penalty_note(rows: list[dict]) -> str:
+    """How the HD95 and Dice conventions touched these rows: penalised HD95s, pooled Dice (echo)."""
+    def count(key: str) -> int:
+        return int(sum(float(r.get(key) or 0) for r in rows))
+
+    convs = sorted({r.get("convention") for r in rows if r.get("convention")})
+    if not convs:  # results.csv written before the conventions were recorded
+        return "Cases where it is undefined (empty prediction) are counted in results.csv, not averaged."
+    text = (f"Scored per {' and per '.join(convs)} (README, 'How we score'). An HD95 left undefined by an empty "
+            f"prediction (or truth) is penalised with the image diagonal in mm: {count('hd95_penalised')} time(s) "
+            f"in {len(rows)} rows ({count('hd95_undefined')} undefined).")
+    if "frame" in convs and all(r.get("total") not in (None, "") for r in rows):
+        from ..evaluate.metrics import pooled_dice
+
+        by: dict[tuple, list[dict]] = {}
+        for r in rows:
+            by.setdefault((r["arch"], r["method"], r["labelled_cases"]), []).append(r)
+        cells = ", ".join(f"{m} {a} {k}: {pooled_dice(rs):.3f}" for (a, m, k), rs in sorted(by.items()))
+        text += f" EchoNet's pooled Dice (all test frames pooled, beside the per-case mean above): {html.escape(cells)}."
+    return text
 
 
 def _summary(table: list[dict], tests: list[dict], rows: list[dict]) -> str:
