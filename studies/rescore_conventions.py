@@ -13,7 +13,7 @@ each model is scored once and the rows are summarised four ways:
   per-frame means for echo;
 - pooled: EchoNet's Dice pooled over every test frame.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/rescore_conventions.py --out /tmp/rescore
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python studies/rescore_conventions.py --out /tmp/rescore
 """
 
 from __future__ import annotations
