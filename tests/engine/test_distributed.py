@@ -67,15 +67,15 @@ def check_gathered_losses(rank: int, world: int) -> dict:
         z1, z2 = ddp(torch.cat([x1[mine], x2[mine]])).chunk(2)
         loss = fn(z1, z2, partition[mine], True)
         loss.backward()
-        diffs = [float((loss - ref_loss).abs())]
+        diffs = [float((loss - ref_loss).detach().abs())]
         diffs += [float((p.grad - q.grad).abs().max()) for p, q in zip(net.parameters(), ref.parameters(), strict=True)]
         diffs += [float((a - b).abs().max()) for a, b in zip(net[1].running_mean, ref[1].running_mean, strict=True)]
         worst = torch.tensor(max(diffs))
         dist.all_reduce(worst, op=dist.ReduceOp.MAX)
         # without the gather each rank sees its own negatives only: a different loss (the check can fail)
         local = fn(z1.detach(), z2.detach(), partition[mine], False)
-        out[name] = {"max_abs_diff": float(worst), "loss": float(ref_loss),
-                     "local_only_diff": float((local - ref_loss).abs())}
+        out[name] = {"max_abs_diff": float(worst), "loss": float(ref_loss.detach()),
+                     "local_only_diff": float((local - ref_loss).detach().abs())}
     return out
 
 

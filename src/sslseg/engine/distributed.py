@@ -82,12 +82,16 @@ def _main_is_sslseg() -> bool:
     return os.path.basename(sys.argv[0] or "") in ("sslseg", "sslseg.exe")
 
 
-def check_request(devices, precision: str, num_nodes: int = 1, accelerator: str = "auto") -> str:
+def check_request(devices, precision: str, num_nodes: int = 1, accelerator: str = "auto",
+                  relaunch: bool = True) -> str:
     """Refuse what this machine cannot run, before any process is started; returns the Fabric precision.
 
     On GPUs ``devices`` may not exceed the visible GPUs. Without a GPU each
     device is a CPU process, at most ``os.cpu_count()`` of them: more would
     only time-share the cores.
+
+    Args:
+        relaunch: also check that this process can be re-run by Fabric's launcher.
 
     Raises:
         ValueError: a count or precision the hardware lacks, or several devices
@@ -114,7 +118,7 @@ def check_request(devices, precision: str, num_nodes: int = 1, accelerator: str 
                              f"for the CPU processes; use --devices {cores} or fewer")
         if prec == "16-mixed":
             raise ValueError("--precision 16-mixed needs a GPU; on the CPU use bf16-mixed or 32")
-    if devices * num_nodes > 1 and not _launched_externally() and not _main_is_sslseg():
+    if relaunch and devices * num_nodes > 1 and not _launched_externally() and not _main_is_sslseg():
         raise ValueError("more than one device: the other processes re-run the command line, so start it as "
                          "`sslseg ...`, `python -m sslseg.cli ...` or under torchrun")
     return prec
@@ -133,7 +137,8 @@ def start(devices: int = 1, precision: str = "32-true", num_nodes: int = 1, acce
     from lightning.fabric import Fabric
 
     # Fabric announces each rank's start on each rank; log.txt says how many processes ran
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for name in ("lightning.fabric", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     prec = check_request(devices, precision, num_nodes, accelerator)
     key = (devices, prec, num_nodes, accelerator)
     if key in _FABRICS:

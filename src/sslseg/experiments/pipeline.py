@@ -74,7 +74,7 @@ def start_processes(cfg: RunConfig, stage) -> object:
     ``batch_size / N`` samples per step, so a run's hyperparameters mean the
     same on any number of devices.
     """
-    distributed.check_request(cfg.devices, cfg.precision, int(getattr(cfg, "num_nodes", 1)))
+    distributed.check_request(cfg.devices, cfg.precision, int(getattr(cfg, "num_nodes", 1)), relaunch=False)
     procs = int(cfg.devices) * int(getattr(cfg, "num_nodes", 1))
     if procs > 1 and stage.batch_size % procs:
         raise ValueError(f"--batch-size {stage.batch_size} is the global batch and must be a multiple of the "
