@@ -11,7 +11,7 @@ from sslseg.pretrain.ddp import prepare_for_ddp
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_trainable_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model = build_model("unet", in_channels=1, num_classes=2, base_channels=4, depth=3)
+    model = build_model("unet", in_channels=1, num_classes=2, base_channels=4, depth=4)
     method = build_method(name, model)
     find_unused = prepare_for_ddp(method)
     images = torch.randn(4, 1, 32, 32)
