@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from sslseg.data.batches import (FramePool, LabelledSet, Normalizer, Prefetcher, frames_to_tensor, shard,
-                                 step_generator)
+from sslseg.data.batches import (
+    FramePool,
+    LabelledSet,
+    Normalizer,
+    Prefetcher,
+    frames_to_tensor,
+    shard,
+    step_generator,
+)
 from sslseg.data.sample import Case
 
 
