@@ -181,6 +181,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
             best = {"step": step, **{k: float(v) for k, v in metrics.items()}}
             best_state = {k: v.detach().cpu().clone() for k, v in task.state_dict().items()}
 
+    seed_rank(fabric)
     task.train()
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=False,
@@ -248,7 +249,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
 
 
 def prepare_processes(task: nn.Module, cfg: LoopConfig, fabric, desc: str) -> None:
-    """Before DDP wraps ``task``: global BatchNorm, DDP's unused-parameter search, per-rank randomness."""
+    """Before DDP wraps ``task``: global BatchNorm and DDP's unused-parameter search."""
     if fabric.world_size == 1:
         return
     from .distributed import convert_batchnorm, set_find_unused_parameters
@@ -257,8 +258,11 @@ def prepare_processes(task: nn.Module, cfg: LoopConfig, fabric, desc: str) -> No
         n = convert_batchnorm(task, gpu=fabric.device.type == "cuda")
         log.info("%s: %d BatchNorm layers normalise over the global batch of %d processes", desc, n, fabric.world_size)
     set_find_unused_parameters(fabric, cfg.find_unused_parameters)
-    if fabric.global_rank > 0:
-        # the same model on every rank (DDP copies rank 0's), but each rank augments its share differently
+
+
+def seed_rank(fabric) -> None:
+    """On ranks > 0, a torch random stream of their own: the same model everywhere, different augmentations."""
+    if fabric.world_size > 1 and fabric.global_rank > 0:
         torch.manual_seed((torch.initial_seed() + 104729 * fabric.global_rank) % 2**63)
 
 
