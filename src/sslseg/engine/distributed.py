@@ -137,7 +137,7 @@ def start(devices: int = 1, precision: str = "32-true", num_nodes: int = 1, acce
     from lightning.fabric import Fabric
 
     # Fabric announces each rank's start on each rank; log.txt says how many processes ran
-    for name in ("lightning.fabric", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.distributed"):
+    for name in ("lightning.fabric", "lightning.pytorch"):  # (rank-zero messages go through either)
         logging.getLogger(name).setLevel(logging.WARNING)
     prec = check_request(devices, precision, num_nodes, accelerator)
     key = (devices, prec, num_nodes, accelerator)
