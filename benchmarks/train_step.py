@@ -7,6 +7,7 @@ ratios compare like with like (the numbers themselves depend on the machine).
 
     python benchmarks/train_step.py                      # 112 x 112, batch 16, CPU or CUDA
     python benchmarks/train_step.py --steps 3 --warmup 1 --models unet16 monai_unet16
+    python benchmarks/train_step.py --bf16 --models unet16   # also bf16-mixed (autocast), same run: the speed-up
 
 MONAI's ``UNet`` (residual units, strided convolutions) is sized to match:
 channels 16..256 with 2 residual units per level has 1.63 M parameters against
@@ -61,9 +62,13 @@ def _sync(device: torch.device) -> None:
 
 
 def images_per_second(
-    model: nn.Module, batch: int, size: int, num_classes: int, steps: int, warmup: int, device: torch.device
+    model: nn.Module, batch: int, size: int, num_classes: int, steps: int, warmup: int, device: torch.device,
+    bf16: bool = False,
 ) -> float:
-    """Timed supervised steps on one fixed random batch; returns images per second."""
+    """Timed supervised steps on one fixed random batch; returns images per second.
+
+    ``bf16``: the forward under ``torch.autocast(bfloat16)``, as Fabric's ``bf16-mixed`` does.
+    """
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -72,7 +77,9 @@ def images_per_second(
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
         opt.step()
 
     for _ in range(warmup):
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--bf16", action="store_true", help="also time each model under bf16 autocast")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,18 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, float] = {}
     params: dict[str, int] = {}
     gflops: dict[str, float] = {}
+    bf16: dict[str, float] = {}
     for name in args.models:
         torch.manual_seed(0)
         model = MODELS[name][0](args.classes)
         params[name] = sum(p.numel() for p in model.parameters())
         gflops[name] = forward_gflops(model, args.size)
         results[name] = images_per_second(model, args.batch, args.size, args.classes, args.steps, args.warmup, device)
+        if args.bf16:
+            bf16[name] = images_per_second(model, args.batch, args.size, args.classes, args.steps, args.warmup,
+                                           device, bf16=True)
         del model
     print(f"{'model':<14}{'params':>12}{'GFLOP/img':>11}{'images/s':>10}  ratio")
     for name, ips in results.items():
         ref = MODELS[name][1]
         ratio = f"{ips / results[ref]:.2f} x {ref}" if ref in results and ref != name else ""
         print(f"{name:<14}{params[name]:>12,}{gflops[name]:>11.2f}{ips:>10.2f}  {ratio}")
+    if bf16:
+        print(f"\n{'model':<14}{'fp32 img/s':>11}{'bf16 img/s':>11}  bf16 speed-up")
+        for name, ips in bf16.items():
+            print(f"{name:<14}{results[name]:>11.2f}{ips:>11.2f}  {ips / results[name]:.2f}x")
     return 0
 
 

@@ -87,11 +87,11 @@ def test_pretraining_never_reads_a_validation_or_test_frame(tmp_path, monkeypatc
         if c.split != "train":
             c.frames = Tripwire(c.frames, c.case_id, c.split)
     used = []
-    for name in ("batch", "batch_with_meta"):
+    for name in ("indices", "meta_indices"):  # the two draws a pretraining batch comes from
         real = getattr(FramePool, name)
         monkeypatch.setattr(FramePool, name, lambda self, *a, _r=real, _n=name, **k: used.append(_n) or _r(self, *a, **k))
     run_pretrain(_cfg(method, **options), tmp_path / "pre", cases)
-    assert set(used) == {"batch_with_meta" if partitioned else "batch"}
+    assert set(used) == {"meta_indices" if partitioned else "indices"}
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--image-size", type=int, help="square side the images are resized to")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--devices", type=int, default=1)
+    g.add_argument("--devices", type=int, default=1,
+                   help="processes on this machine (GPUs, or CPU processes without a GPU); --batch-size stays the "
+                        "global batch, split between them")
+    g.add_argument("--num-nodes", type=int, default=1, help="machines, each running --devices processes (torchrun)")
     g.add_argument("--precision", default="32-true", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
     g.add_argument("--config", help="YAML file with any config fields (applied before --set)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -112,6 +115,7 @@ def _config(args, stage: str):
     cfg.model.arch = args.arch
     cfg.seed = args.seed
     cfg.devices = args.devices
+    cfg.num_nodes = args.num_nodes
     cfg.precision = args.precision
     st = getattr(cfg, stage)
     if stage == "pretrain":
@@ -172,19 +176,24 @@ def cmd_data(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    from .engine import distributed
     from .experiments.pipeline import run_pretrain
 
     cfg = _config(args, "pretrain")
     ckpt = run_pretrain(cfg, args.out)
-    print(f"pretrained checkpoint: {ckpt}")
-    return 0
+    if distributed.is_rank_zero():
+        print(f"pretrained checkpoint: {ckpt}")
+    return distributed.finish()
 
 
 def cmd_finetune(args) -> int:
+    from .engine import distributed
     from .experiments.pipeline import run_finetune
 
     cfg = _config(args, "finetune")
     ckpt = run_finetune(cfg, args.out)
+    if not distributed.is_rank_zero():
+        return distributed.finish()
     report = Path(args.out) / "transfer.json"
     if cfg.finetune.init != "random" and report.exists():
         meta = json.loads(report.read_text())
@@ -194,7 +203,7 @@ def cmd_finetune(args) -> int:
     else:
         print("weights: random initialisation")
     print(f"fine-tuned checkpoint: {ckpt}")
-    return 0
+    return distributed.finish()
 
 
 def cmd_evaluate(args) -> int:
@@ -334,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"sslseg {args.command}: error: {err}", file=sys.stderr)
+        from .engine.distributed import is_rank_zero
+
+        if is_rank_zero():  # every rank meets the same bad input; one line is enough
+            print(f"sslseg {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sslseg {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

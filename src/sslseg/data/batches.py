@@ -2,17 +2,46 @@
 
 Frames stay as stored (``uint8`` or ``float32``; memory-mapped for real data
 sets) and are converted, resized and normalised one batch at a time.
+
+The batch of optimisation step ``s`` is a pure function of ``(seed, step)``:
+:func:`step_generator` draws the *global* batch's indices, and rank ``r`` of
+``W`` processes loads only its slice (:func:`shard`). So batches do not depend
+on what ran before (a resumed run draws what an uninterrupted one would), the
+ranks together see exactly the one-process batch, and a :class:`Prefetcher`
+may build them ahead on another thread.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .sample import Case
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """The random generator of one step's draw: a pure function of ``(seed, stream, step)``."""
+    return np.random.default_rng([int(stream), int(seed), int(step)])
+
+
+def shard(n_global: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of a global batch of ``n_global`` items.
+
+    Raises:
+        ValueError: ``n_global`` is not a multiple of ``world_size``.
+    """
+    if n_global % world_size:
+        raise ValueError(f"--batch-size {n_global} (the global batch) must be a multiple of the "
+                         f"{world_size} processes")
+    n = n_global // world_size
+    return slice(rank * n, (rank + 1) * n)
 
 
 @dataclass
@@ -63,6 +92,27 @@ def frames_to_tensor(frames: np.ndarray, image_size: int | None) -> torch.Tensor
     return x
 
 
+def load_frames(frames: list[np.ndarray], image_size: int | None) -> torch.Tensor:
+    """Frames of any sizes -> float32 ``(N, C, S, S)``, resized one batch per input size.
+
+    Equal, value for value, to :func:`frames_to_tensor` applied to each frame.
+    """
+    if not frames:
+        raise ValueError("no frame to load")
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault(f.shape, []).append(i)
+    if len(groups) == 1:
+        return frames_to_tensor(np.stack(frames), image_size)
+    out: torch.Tensor | None = None
+    for idx in groups.values():
+        x = frames_to_tensor(np.stack([frames[i] for i in idx]), image_size)
+        if out is None:
+            out = x.new_empty((len(frames), *x.shape[1:]))
+        out[idx] = x
+    return out
+
+
 def masks_to_tensor(masks: np.ndarray, image_size: int | None) -> torch.Tensor:
     """``(N, H, W)`` integer masks -> int64 ``(N, S, S)`` (nearest resize)."""
     m = torch.from_numpy(np.ascontiguousarray(masks)).long()
@@ -91,15 +141,41 @@ class FramePool:
     def __len__(self) -> int:
         return self.total
 
-    def batch(self, n: int, generator: np.random.Generator) -> torch.Tensor:
-        flat = generator.integers(0, self.total, size=n)
-        ci = np.searchsorted(self.offsets, flat, side="right") - 1
-        imgs = [
-            frames_to_tensor(self.cases[c].frames[f][None], self.image_size)
-            for c, f in zip(ci, flat - self.offsets[ci], strict=True)
-        ]
-        return self.normalizer(torch.cat(imgs))
+    def indices(self, n: int, generator: np.random.Generator) -> np.ndarray:
+        """``n`` flat frame indices drawn uniformly with replacement."""
+        return generator.integers(0, self.total, size=n)
 
+    def load(self, flat: np.ndarray) -> torch.Tensor:
+        """The frames at flat indices, converted and resized as one batch, normalised: ``(n, C, S, S)``."""
+        flat = np.asarray(flat)
+        ci = np.searchsorted(self.offsets, flat, side="right") - 1
+        frames = [self.cases[c].frames[f] for c, f in zip(ci, flat - self.offsets[ci], strict=True)]
+        return self.normalizer(load_frames(frames, self.image_size))
+
+    def batch(self, n: int, generator: np.random.Generator) -> torch.Tensor:
+        return self.load(self.indices(n, generator))
+
+    def meta_indices(self, n: int, generator: np.random.Generator, n_parts: int = 4) -> dict[str, np.ndarray]:
+        """The draw of :meth:`batch_with_meta`: ``{"flat", "partition", "case"}``, each ``(m*n_parts,)``."""
+        m = max(1, n // n_parts)
+        picks = generator.choice(len(self.cases), size=m, replace=m > len(self.cases))
+        flat, parts, owners = [], [], []
+        for ci in picks:
+            t = self.cases[ci].num_frames
+            for k in range(n_parts):
+                lo, hi = (k * t) // n_parts, max((k * t) // n_parts + 1, ((k + 1) * t) // n_parts)
+                f = int(generator.integers(lo, min(hi, t)))
+                flat.append(int(self.offsets[ci]) + f)
+                parts.append(k)
+                owners.append(int(ci))
+        return {"flat": np.array(flat), "partition": np.array(parts), "case": np.array(owners)}
+
+    def load_with_meta(self, draw: dict[str, np.ndarray]) -> dict:
+        return {
+            "images": self.load(draw["flat"]),
+            "partition": torch.as_tensor(draw["partition"]),
+            "case": torch.as_tensor(draw["case"]),
+        }
 
     def batch_with_meta(self, n: int, generator: np.random.Generator, n_parts: int = 4) -> dict:
         """Chaitanya et al.'s minibatch: ``m = n // n_parts`` cases, one random frame per partition.
@@ -108,22 +184,7 @@ class FramePool:
         time) axis. Returns ``{"images": (m*n_parts, C, S, S), "partition": (m*n_parts,),
         "case": (m*n_parts,)}``.
         """
-        m = max(1, n // n_parts)
-        picks = generator.choice(len(self.cases), size=m, replace=m > len(self.cases))
-        imgs, parts, owners = [], [], []
-        for ci in picks:
-            t = self.cases[ci].num_frames
-            for k in range(n_parts):
-                lo, hi = (k * t) // n_parts, max((k * t) // n_parts + 1, ((k + 1) * t) // n_parts)
-                f = int(generator.integers(lo, min(hi, t)))
-                imgs.append(frames_to_tensor(self.cases[ci].frames[f][None], self.image_size))
-                parts.append(k)
-                owners.append(int(ci))
-        return {
-            "images": self.normalizer(torch.cat(imgs)),
-            "partition": torch.tensor(parts),
-            "case": torch.tensor(owners),
-        }
+        return self.load_with_meta(self.meta_indices(n, generator, n_parts))
 
 
 class LabelledSet:
@@ -144,6 +205,101 @@ class LabelledSet:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def batch(self, n: int, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.from_numpy(generator.integers(0, len(self), size=n))
+    def indices(self, n: int, generator: np.random.Generator) -> np.ndarray:
+        return generator.integers(0, len(self), size=n)
+
+    def take(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(np.asarray(idx))
         return self.images[idx], self.masks[idx]
+
+    def batch(self, n: int, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.take(self.indices(n, generator))
+
+
+def pin(batch: Any) -> Any:
+    """Page-locked copies of a batch's tensors, so that copies to the GPU can run asynchronously."""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {k: pin(v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(pin(v) for v in batch)
+    return batch
+
+
+class Prefetcher:
+    """Builds the batches of steps ``s, s+1, ...`` on a background thread, ``depth`` ahead of the step.
+
+    ``make(step)`` must be a pure function of the step (see :func:`step_generator`):
+    the thread runs ahead, and a call for another step than the next one (a
+    resumed run) restarts it there. Reading memory-mapped frames, converting,
+    resizing and normalising release the GIL, so they overlap the training step.
+    With ``pin_memory`` the batches come page-locked, for ``non_blocking``
+    copies to the GPU (Fabric's ``to_device`` uses them for CUDA).
+
+    Args:
+        make: ``step -> batch``.
+        stop: one past the last step.
+        depth: batches held ready.
+        pin_memory: pin each batch (only useful with CUDA).
+
+    Use as ``next_batch`` of :func:`sslseg.engine.loop.fit`; :meth:`close` (or ``with``) ends the thread.
+    """
+
+    def __init__(self, make: Callable[[int], Any], stop: int, depth: int = 3, pin_memory: bool = False) -> None:
+        self.make, self.stop, self.depth, self.pin_memory = make, stop, max(1, depth), pin_memory
+        self._next: int | None = None
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=self.depth)
+        self._halt = threading.Event()
+
+    def _work(self, first: int, q: queue.Queue, halt: threading.Event) -> None:
+        for step in range(first, self.stop):
+            try:
+                item = (step, self.make(step), None)
+                if self.pin_memory:
+                    item = (step, pin(item[1]), None)
+            except BaseException as err:  # noqa: BLE001 - handed to the training thread, raised there
+                item = (step, None, err)
+            while not halt.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if halt.is_set() or item[2] is not None:
+                return
+
+    def _restart(self, step: int) -> None:
+        self.close()
+        self._halt = threading.Event()
+        self._queue = queue.Queue(maxsize=self.depth)
+        self._thread = threading.Thread(target=self._work, args=(step, self._queue, self._halt),
+                                        name="sslseg-prefetch", daemon=True)
+        self._thread.start()
+        self._next = step
+
+    def __call__(self, step: int) -> Any:
+        if step >= self.stop:
+            return self.make(step)
+        if self._thread is None or step != self._next:
+            self._restart(step)
+        got, batch, err = self._queue.get()
+        assert got == step, (got, step)
+        if err is not None:
+            self.close()
+            raise err
+        self._next = step + 1
+        return batch
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._halt.set()
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -46,6 +46,9 @@ class LoopConfig:
         restarts: steps at which the schedule starts again (warm-up, then cosine
             to the next restart or the end), for a staged method whose stages the
             reference trains as separate runs (``global_local``).
+        sync_batchnorm: on several processes, BatchNorm statistics over the global batch.
+        find_unused_parameters: DDP's option, for tasks that leave some trainable
+            parameters without gradient at some steps.
     """
 
     steps: int = 1000
@@ -61,6 +64,8 @@ class LoopConfig:
     precision: str = "32-true"
     grad_clip: float = 0.0
     restarts: tuple[int, ...] = ()
+    sync_batchnorm: bool = False
+    find_unused_parameters: bool = False
 
 
 def lr_lambda(step: int, cfg: LoopConfig) -> float:
@@ -95,14 +100,10 @@ class LoopResult:
 
 
 def make_fabric(cfg: LoopConfig):
-    """A Lightning Fabric for the requested devices and precision."""
-    from lightning.fabric import Fabric
+    """A Lightning Fabric for the requested devices and precision (see :func:`sslseg.engine.distributed.start`)."""
+    from .distributed import start
 
-    precision = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(str(cfg.precision), cfg.precision)
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=precision)
-    if fabric.world_size > 1:
-        fabric.launch()
-    return fabric
+    return start(cfg.devices, cfg.precision, accelerator=cfg.accelerator)
 
 
 def fit(
@@ -132,6 +133,11 @@ def fit(
         monitor: a key of ``validate``'s output to maximise; the best weights are
             restored at the end.
         resume: continue from ``out_dir/last.pt`` when it exists.
+        fabric: a started Fabric (:func:`sslseg.engine.distributed.start`); default: one for ``cfg``.
+
+    On several processes every rank calls ``fit`` with its own share of the
+    batch; rank 0 alone writes ``out_dir`` and logs, and validation runs on
+    rank 0 with its result sent to all, so every rank makes the same choice.
 
     Returns:
         :class:`LoopResult` with the logged history.
@@ -139,7 +145,7 @@ def fit(
     fabric = fabric or make_fabric(cfg)
     out = Path(out_dir) if out_dir is not None else None
     handler = None
-    if out is not None:
+    if out is not None and fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         handler = _add_file_log(out / "log.txt")
     try:
@@ -152,6 +158,8 @@ def fit(
 
 def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate, monitor, resume) -> LoopResult:
 
+    rank0 = fabric.is_global_zero
+    prepare_processes(task, cfg, fabric, desc)
     if params is None:
         params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -176,8 +184,13 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
         nonlocal best, best_state
         was_training = task.training
         task.eval()
-        with torch.inference_mode():
-            metrics = validate(task)
+        metrics = None
+        if rank0:
+            with torch.inference_mode():
+                metrics = validate(task)
+        if fabric.world_size > 1:
+            # rank 0's numbers decide for all: every rank keeps the same best weights
+            metrics = fabric.broadcast(metrics, src=0)
         task.train(was_training)
         row = {"step": step, **{f"val_{k}": float(v) for k, v in metrics.items()}}
         history.append(row)
@@ -186,13 +199,17 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
             best = {"step": step, **{k: float(v) for k, v in metrics.items()}}
             best_state = {k: v.detach().cpu().clone() for k, v in task.state_dict().items()}
 
+    seed_rank(fabric)
     task.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=False, disable=None)
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=False,
+               disable=None if rank0 else True)
     running: dict[str, float] = {}
     n_running = 0
     for step in range(start, cfg.steps):
         batch = fabric.to_device(next_batch(step))
+        if step == start and fabric.world_size > 1:
+            log_rank_batches(fabric, batch, desc)
         out_dict = task_f(batch)
         loss = out_dict["loss"]
         if not torch.isfinite(loss):
@@ -210,6 +227,8 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
         n_running += 1
         bar.update(1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            if fabric.world_size > 1:
+                running = mean_over_ranks(fabric, running)
             row = {"step": step + 1, **{k: v / n_running for k, v in running.items()}}
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = round(time.perf_counter() - t0, 3)
@@ -219,7 +238,8 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
             running, n_running = {}, 0
         if validate is not None and cfg.val_every > 0 and (step + 1) % cfg.val_every == 0 and step + 1 < cfg.steps:
             run_validation(step + 1)
-        if last_path is not None and cfg.save_every > 0 and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+        if (rank0 and last_path is not None and cfg.save_every > 0 and (step + 1) % cfg.save_every == 0
+                and step + 1 < cfg.steps):
             atomic_save(
                 {
                     "task": task.state_dict(),
@@ -239,11 +259,57 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
         task.load_state_dict(best_state)
         log.info("%s: restored best weights from step %d (%s = %.4f)", desc, best["step"], monitor, best[monitor])
     seconds = time.perf_counter() - t0
-    if out is not None:
+    if out is not None and rank0:
         write_metrics_csv(out / "metrics.csv", history)
         if last_path is not None and last_path.exists():
             last_path.unlink()  # the run is complete; the final checkpoint supersedes it
     return LoopResult(steps=cfg.steps, seconds=seconds, history=history, best=best)
+
+
+def prepare_processes(task: nn.Module, cfg: LoopConfig, fabric, desc: str) -> None:
+    """Before DDP wraps ``task``: global BatchNorm and DDP's unused-parameter search."""
+    if fabric.world_size == 1:
+        return
+    from .distributed import convert_batchnorm, set_find_unused_parameters
+
+    if cfg.sync_batchnorm:
+        n = convert_batchnorm(task, gpu=fabric.device.type == "cuda")
+        log.info("%s: %d BatchNorm layers normalise over the global batch of %d processes", desc, n, fabric.world_size)
+    set_find_unused_parameters(fabric, cfg.find_unused_parameters)
+
+
+def seed_rank(fabric) -> None:
+    """On ranks > 0, a torch random stream of their own: the same model everywhere, different augmentations."""
+    if fabric.world_size > 1 and fabric.global_rank > 0:
+        torch.manual_seed((torch.initial_seed() + 104729 * fabric.global_rank) % 2**63)
+
+
+def _first_tensor(batch: Any) -> torch.Tensor:
+    if isinstance(batch, dict):
+        return batch["images"] if "images" in batch else next(iter(batch.values()))
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    return batch
+
+
+def log_rank_batches(fabric, batch: Any, desc: str) -> None:
+    """Log, once, each rank's batch size and a fingerprint of its first batch (different ranks, different data)."""
+    x = _first_tensor(batch).detach().float()
+    mine = torch.stack([x.double().sum(), x.double().pow(2).sum(), torch.tensor(float(x.shape[0]), dtype=torch.float64,
+                                                                              device=x.device)])
+    every = [torch.empty_like(mine) for _ in range(fabric.world_size)]
+    torch.distributed.all_gather(every, mine)
+    every = torch.stack(every).cpu()
+    prints = ", ".join(f"rank {r}: {int(n)} samples, sum {s:.6g}" for r, (s, _, n) in enumerate(every.tolist()))
+    log.info("%s: %d processes; first batch per rank: %s", desc, fabric.world_size, prints)
+
+
+def mean_over_ranks(fabric, running: dict[str, float]) -> dict[str, float]:
+    """The mean over ranks of each logged sum (every rank logs the same keys)."""
+    keys = list(running)  # the task's order, the same on every rank
+    vals = fabric.all_reduce(torch.tensor([running[k] for k in keys], dtype=torch.float64, device=fabric.device),
+                             reduce_op="mean")
+    return dict(zip(keys, vals.cpu().tolist(), strict=True))
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:

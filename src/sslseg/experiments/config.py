@@ -41,6 +41,8 @@ class PretrainConfig:
     weight_decay: float = 1e-6
     warmup_steps: int = 50
     options: dict = field(default_factory=dict)  # method keyword arguments (temperature, ...)
+    # on several processes, BatchNorm statistics over the global batch (SimCLR's global BN)
+    sync_batchnorm: bool = True
 
 
 @dataclass
@@ -83,6 +85,7 @@ class EvaluateConfig:
 class RunConfig:
     seed: int = 0
     devices: int = 1
+    num_nodes: int = 1
     precision: str = "32-true"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

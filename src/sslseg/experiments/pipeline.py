@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from ..augment.views import SegAugment
-from ..data.batches import FramePool, LabelledSet, Normalizer
+from ..data.batches import FramePool, LabelledSet, Normalizer, Prefetcher, shard, step_generator
 from ..data.registry import load_dataset
 from ..data.sample import Case
 from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for, write_json
+from ..engine import distributed
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..engine.loop import LoopConfig, fit
 from ..engine.seed import seed_everything
@@ -29,6 +30,7 @@ from ..finetune.task import SupervisedTask
 from ..finetune.transfer import freeze_encoder, read_init, recalibrate_batchnorm, transfer_weights
 from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
+from ..pretrain.ddp import prepare_for_ddp
 from .config import RunConfig, dump_yaml, to_dict
 
 log = logging.getLogger("sslseg")
@@ -65,6 +67,21 @@ def in_channels_of(cases: list[Case]) -> int:
     return 1 if f.ndim == 3 else int(f.shape[1])
 
 
+def start_processes(cfg: RunConfig, stage) -> object:
+    """Check the device request and the batch split, then launch the other processes (Fabric).
+
+    ``--batch-size`` is the *global* batch: with N processes each draws
+    ``batch_size / N`` samples per step, so a run's hyperparameters mean the
+    same on any number of devices.
+    """
+    distributed.check_request(cfg.devices, cfg.precision, int(getattr(cfg, "num_nodes", 1)), relaunch=False)
+    procs = int(cfg.devices) * int(getattr(cfg, "num_nodes", 1))
+    if procs > 1 and stage.batch_size % procs:
+        raise ValueError(f"--batch-size {stage.batch_size} is the global batch and must be a multiple of the "
+                         f"{procs} processes")
+    return distributed.start(cfg.devices, cfg.precision, num_nodes=int(getattr(cfg, "num_nodes", 1)))
+
+
 def _loop_cfg(cfg: RunConfig, stage, steps: int, **kw) -> LoopConfig:
     return LoopConfig(
         steps=steps, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
@@ -80,10 +97,14 @@ def _steps(stage, n_items: int) -> int:
 
 def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None = None) -> Path:
     """Self-supervised pretraining on every frame of the training cases (never val/test)."""
+    fabric = start_processes(cfg, cfg.pretrain)
+    rank0 = fabric.is_global_zero
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    cases = cases if cases is not None else load_cases(cfg, out)
+    with distributed.rank_zero_first():
+        cases = cases if cases is not None else load_cases(cfg, out)
     train = by_split(cases, "train")
     if not train:
         raise ValueError("the training split is empty; nothing to pretrain on")
@@ -98,28 +119,40 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     cfg.pretrain.options = options  # config.yaml and the checkpoint record what ran
     method = build_method(cfg.pretrain.method, model, **options)
     steps = _steps(cfg.pretrain, len(pool))
+    find_unused = prepare_for_ddp(method)  # parts the method never trains stay out of DDP
+    world, rank = fabric.world_size, fabric.global_rank
     n_parts = method.partitions  # declared by every method (sslseg.pretrain.build)
     if n_parts:
 
-        def next_batch(step: int):
-            return pool.batch_with_meta(cfg.pretrain.batch_size, rng, n_parts)
+        def make_batch(step: int):
+            # the global batch's draw, a pure function of (seed, step); this rank loads its slice
+            draw = pool.meta_indices(cfg.pretrain.batch_size, step_generator(cfg.seed, step), n_parts)
+            part = shard(len(draw["flat"]), rank, world)
+            return pool.load_with_meta({k: v[part] for k, v in draw.items()})
     else:
+        part = shard(cfg.pretrain.batch_size, rank, world)
 
-        def next_batch(step: int):
-            return pool.batch(cfg.pretrain.batch_size, rng)
-    dump_yaml(cfg, out / "config.yaml")
-    rng = np.random.default_rng(cfg.seed)
+        def make_batch(step: int):
+            return pool.load(pool.indices(cfg.pretrain.batch_size, step_generator(cfg.seed, step))[part])
+    if rank0:
+        dump_yaml(cfg, out / "config.yaml")
     log.info("pretraining %s/%s on %d frames of %d training cases", cfg.pretrain.method, cfg.model.arch, len(pool), len(train))
-    fit(
-        method,
-        next_batch,
-        _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10),
-                  restarts=tuple(method.schedule_restarts(steps)) if hasattr(method, "schedule_restarts") else ()),
-        out_dir=out,
-        desc=f"pretrain {cfg.pretrain.method}",
-        after_step=getattr(method, "after_step", None),
-    )
+    with Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda") as next_batch:
+        fit(
+            method,
+            next_batch,
+            _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10),
+                      restarts=tuple(method.schedule_restarts(steps)) if hasattr(method, "schedule_restarts") else (),
+                      sync_batchnorm=bool(getattr(cfg.pretrain, "sync_batchnorm", True)),
+                      find_unused_parameters=find_unused),
+            out_dir=out,
+            desc=f"pretrain {cfg.pretrain.method}",
+            after_step=getattr(method, "after_step", None),
+            fabric=fabric,
+        )
     ckpt = out / "checkpoint.pt"
+    if not rank0:
+        return ckpt
     save_checkpoint(
         ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="pretrain",
         splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
@@ -158,10 +191,14 @@ def run_finetune(
     cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None = None, labelled_ids: list[str] | None = None
 ) -> Path:
     """Fine-tune from ``cfg.finetune.init`` (a checkpoint or ``random``) on a label budget."""
+    fabric = start_processes(cfg, cfg.finetune)
+    rank0 = fabric.is_global_zero
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    cases = cases if cases is not None else load_cases(cfg, out)
+    with distributed.rank_zero_first():
+        cases = cases if cases is not None else load_cases(cfg, out)
     ft = cfg.finetune
     # an sslseg checkpoint, or a plain DeepLabV3 state_dict in torchvision's naming
     init_ckpt = read_init(ft.init) if ft.init != "random" else None
@@ -169,8 +206,9 @@ def run_finetune(
         # fine-tune on the pretraining run's split, so that no test case was ever seen in pretraining
         check_same_split(cases, init_ckpt["splits"], ft.init)
     if labelled_ids is None:
-        labelled_ids = select_labelled(cases, ft.labels, cfg.seed, out / "labelled.json")
-    else:
+        with distributed.rank_zero_first():
+            labelled_ids = select_labelled(cases, ft.labels, cfg.seed, out / "labelled.json")
+    elif rank0:
         write_json(out / "labelled.json", {"budget": str(ft.labels), "seed": cfg.seed,
                                            "num_cases": len(labelled_ids), "case_ids": sorted(labelled_ids)})
     ids = set(labelled_ids)
@@ -246,7 +284,7 @@ def run_finetune(
         freeze_steps = int(round(ft.freeze_encoder_fraction * steps)) if pretrained_encoder else 0
     else:
         freeze_steps = int(ft.freeze_encoder_steps)
-    if report is not None:
+    if report is not None and rank0:
         # every key by part, for a user checking what their weights moved
         write_json(out / "transfer.json", {"init": str(ft.init), "summary": report.summary(),
                                            "freeze_encoder_steps": freeze_steps, "loaded": report.loaded,
@@ -254,39 +292,50 @@ def run_finetune(
                                            "adapted": list(report.adapted)})
     if freeze_steps > 0:
         log.info("encoder frozen for the first %d of %d steps", freeze_steps, steps)
-        if cfg.devices != 1:
-            # DDP syncs only the parameters that required grad when it wrapped the model
-            raise ValueError("finetune.freeze_encoder_steps needs --devices 1")
         # the optimiser holds every parameter; a frozen one has no gradient, so AdamW skips it
         params = params if params is not None else list(task.parameters())
+
+    part = shard(ft.batch_size, fabric.global_rank, fabric.world_size)
+
+    def make_batch(step: int):
+        # the global batch's draw, a pure function of (seed, step); this rank takes its slice
+        return data.take(data.indices(ft.batch_size, step_generator(cfg.seed, step))[part])
+
+    prefetch = Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda")
 
     def next_batch(step: int):
         if freeze_steps > 0:
             # set from the step index before each step, so a resumed run freezes exactly as a fresh one
             freeze_encoder(model, step < freeze_steps)
-        return data.batch(ft.batch_size, rng)
+        return prefetch(step)
 
     num_classes = model_kwargs["num_classes"]
 
     def validate(_task) -> dict[str, float]:
         return {"dice": _mean_dice(model, val_set, num_classes)}
 
-    dump_yaml(cfg, out / "config.yaml")
-    rng = np.random.default_rng(cfg.seed)
+    if rank0:
+        dump_yaml(cfg, out / "config.yaml")
     log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))
-    result = fit(
-        task,
-        next_batch,
-        _loop_cfg(cfg, ft, steps, val_every=ft.val_every if val_set is not None else 0, save_every=max(50, steps // 5)),
-        params=params,
-        out_dir=out,
-        desc=f"finetune {Path(str(ft.init)).parent.name if init_ckpt else 'random'}",
-        validate=validate if val_set is not None else None,
-        monitor="dice" if val_set is not None else None,
-    )
+    with prefetch:
+        result = fit(
+            task,
+            next_batch,
+            # a frozen encoder gets no gradient for the first freeze_steps: DDP must look for unused parameters
+            _loop_cfg(cfg, ft, steps, val_every=ft.val_every if val_set is not None else 0,
+                      save_every=max(50, steps // 5), find_unused_parameters=freeze_steps > 0),
+            params=params,
+            out_dir=out,
+            desc=f"finetune {Path(str(ft.init)).parent.name if init_ckpt else 'random'}",
+            validate=validate if val_set is not None else None,
+            monitor="dice" if val_set is not None else None,
+            fabric=fabric,
+        )
     if freeze_steps > 0:
         freeze_encoder(model, False)
     ckpt = out / "checkpoint.pt"
+    if not rank0:
+        return ckpt
     # the labelled frames' size before resizing, when they share one: prediction tiles larger inputs
     # at this scale only when training did not resize (sslseg.predict.run)
     sizes = {tuple(int(v) for v in c.frames.shape[-2:]) for c in chosen}

@@ -117,6 +117,10 @@ def validate(cfg: SweepConfig) -> SweepConfig:
         parse_budget(b)
     if not cfg.seeds:
         raise ValueError("sweep: give at least one seed")
+    if cfg.devices != 1:
+        # a sweep writes its tables from one process; its stages do run on several (sslseg pretrain/finetune)
+        raise ValueError(f"sweep: devices {cfg.devices} is not supported; a sweep runs on one device "
+                         "(run sslseg pretrain / finetune with --devices N for multi-device stages)")
     return cfg
 
 

@@ -64,10 +64,13 @@ class GlobalContrastive(nn.Module):
         proj_hidden: int = 1024,
         proj_dim: int = 128,
         augment: ViewAugment | None = None,
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.encoder = model.encoder
+        # on several processes, positives and negatives come from every rank's images
+        self.gather_distributed = gather_distributed
         self.g1 = ProjectionHead(self.encoder.out_channels[-1], proj_hidden, proj_dim)
         self.strategy = strategy
         self.temperature = temperature
@@ -90,7 +93,7 @@ class GlobalContrastive(nn.Module):
     def global_loss(self, images: torch.Tensor, partition: torch.Tensor | None) -> torch.Tensor:
         v1, v2 = self.augment.views(images, 2)
         z1, z2 = self.g1(self.encoder(torch.cat([v1, v2]))[-1]).chunk(2)
-        return global_contrastive(z1, z2, partition, self.strategy, self.temperature)
+        return global_contrastive(z1, z2, partition, self.strategy, self.temperature, self.gather_distributed)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         images, partition = _images_and_partitions(batch)
@@ -213,11 +216,11 @@ class GlobalLocal(nn.Module):
 
     def __init__(self, model: nn.Module, global_fraction: float = 0.5, strategy: str = "GD",
                  temperature: float = 0.1, n_parts: int = 4, num_blocks: int = 3, num_regions: int = 13,
-                 region_size: int = 3) -> None:
+                 region_size: int = 3, gather_distributed: bool = True) -> None:
         super().__init__()
         if not 0 < global_fraction < 1:
             raise ValueError(f"global_fraction must be in (0, 1), got {global_fraction}")
-        self.glob = GlobalContrastive(model, strategy, temperature, n_parts)
+        self.glob = GlobalContrastive(model, strategy, temperature, n_parts, gather_distributed=gather_distributed)
         self.local = LocalContrastive(model, num_blocks, num_regions, region_size, temperature)
         self.n_parts = n_parts
         self.global_fraction = global_fraction

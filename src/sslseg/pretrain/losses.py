@@ -5,10 +5,58 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+class _Gather(torch.autograd.Function):
+    """All ranks' tensors, stacked in rank order; gradients flow back to each rank's own rows."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        # half precisions go as float32: not every backend has them, and autocast may hand in bf16
+        xf = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).contiguous()
+        parts = [torch.empty_like(xf) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, xf)
+        ctx.rows, ctx.rank, ctx.dtype = x.shape[0], dist.get_rank(), x.dtype
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # every rank computed a loss over every rank's rows; this rank's rows receive the sum of
+        # those losses' gradients. DDP then averages over the W ranks, so W identical global losses
+        # give exactly the gradient of one.
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows].to(ctx.dtype)
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process in rank order, with gradients; ``x`` itself on one process.
+
+    Batch-contrastive losses compare each sample with every other sample of the
+    *global* batch, as SimCLR does on TPUs and lightly's ``gather_distributed``
+    does for DDP. Every rank must pass the same number of rows. Integer tensors
+    (partition labels) are gathered without gradient.
+
+    Shape: ``(n, ...)`` on each of W ranks -> ``(W * n, ...)``.
+
+    Example::
+
+        z1, z2 = gather(z1), gather(z2)   # (n, D) per rank -> (W n, D)
+        loss = nt_xent(z1, z2)            # the same value on every rank
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    if not x.is_floating_point():
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+    return _Gather.apply(x)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
+            gather_distributed: bool = False) -> torch.Tensor:
     """Normalised temperature-scaled cross entropy (SimCLR's NT-Xent).
 
     "We randomly sample a minibatch of N examples and define the contrastive
@@ -23,12 +71,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> tor
         z1: ``(N, D)`` projections of the first views.
         z2: ``(N, D)`` projections of the second views (row i pairs with z1 row i).
         temperature: tau; contrastive-echo used 0.1.
+        gather_distributed: on several processes, take the negatives from every
+            rank's batch (see :func:`gather`): N is then the global batch.
 
     Returns:
         scalar loss. For N identical vectors the value is ``log(2N - 1)``.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"nt_xent expects two (N, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if gather_distributed:
+        z1, z2 = gather(z1), gather(z2)
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
     # (2N, D) @ (D, 2N) -> (2N, 2N) cosine similarities / tau; the diagonal is masked
@@ -81,6 +133,7 @@ def global_contrastive(
     partition: torch.Tensor | None = None,
     strategy: str = "GD",
     temperature: float = 0.1,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """Global contrastive loss with partition-aware positives (Chaitanya et al., NeurIPS 2020).
 
@@ -102,9 +155,14 @@ def global_contrastive(
         partition: ``(N,)`` partition index of each image (ignored for ``GR``).
         strategy: ``GR``, ``GD-`` or ``GD``.
         temperature: 0.1 in the reference code.
+        gather_distributed: on several processes, use every rank's images (and
+            partitions) as positives and negatives (see :func:`gather`).
     """
     if strategy not in GLOBAL_STRATEGIES:
         raise ValueError(f"unknown global strategy {strategy!r}; choose one of {', '.join(GLOBAL_STRATEGIES)}")
+    if gather_distributed:
+        z1, z2 = gather(z1), gather(z2)
+        partition = gather(partition) if partition is not None else None
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     sim = (z @ z.t() / temperature).float()  # (2N, 2N)

@@ -23,10 +23,11 @@ class RegressionContrastive(nn.Module):
 
     def __init__(self, model: nn.Module, w_reg: float = 1.0, w_con: float = 0.1, mask_fraction: float = 0.25,
                  noise_std: float = 1.0, strategy: str = "GR", temperature: float = 0.1, n_parts: int = 4,
-                 mask_patch: int = 1) -> None:
+                 mask_patch: int = 1, gather_distributed: bool = True) -> None:
         super().__init__()
         self.regression = MaskedRegression(model, mask_fraction, noise_std, mask_patch)
-        self.contrastive = GlobalContrastive(model, strategy, temperature, n_parts)
+        self.contrastive = GlobalContrastive(model, strategy, temperature, n_parts,
+                                             gather_distributed=gather_distributed)
         self.n_parts = n_parts
         self.w_reg, self.w_con = w_reg, w_con
 

@@ -34,6 +34,8 @@ class SimCLR(nn.Module):
         proj_hidden: hidden width of the projection head (default: encoder's deepest width).
         proj_dim: output width of the projection head (128, as in SimCLR).
         augment: the view recipe (see :class:`ViewAugment`).
+        gather_distributed: on several processes, negatives come from every rank's
+            views (SimCLR's global batch); no effect on one process.
 
     Shape: ``images`` is ``(B, C, H, W)``, normalised.
     """
@@ -48,6 +50,7 @@ class SimCLR(nn.Module):
         proj_hidden: int | None = None,
         proj_dim: int = 128,
         augment: ViewAugment | None = None,
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -56,6 +59,7 @@ class SimCLR(nn.Module):
         self.projector = ProjectionHead(feat, proj_hidden or feat, proj_dim)
         self.temperature = temperature
         self.augment = augment or ViewAugment()
+        self.gather_distributed = gather_distributed
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         v1, v2 = self.augment.views(images, 2)
@@ -63,5 +67,5 @@ class SimCLR(nn.Module):
         h = self.encoder(torch.cat([v1, v2]))[-1]
         z = self.projector(h)
         z1, z2 = z.chunk(2)
-        loss = nt_xent(z1, z2, self.temperature)
+        loss = nt_xent(z1, z2, self.temperature, self.gather_distributed)
         return {"loss": loss}
