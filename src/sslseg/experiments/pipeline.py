@@ -65,10 +65,15 @@ def in_channels_of(cases: list[Case]) -> int:
     return 1 if f.ndim == 3 else int(f.shape[1])
 
 
+# resume points: every tenth of the run and every two minutes (sslseg.engine.resume.SnapshotPolicy)
+SNAPSHOT_SECONDS = 120.0
+
+
 def _loop_cfg(cfg: RunConfig, stage, steps: int, **kw) -> LoopConfig:
     return LoopConfig(
         steps=steps, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)), **kw,
+        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)),
+        save_seconds=SNAPSHOT_SECONDS, **kw,
     )
 
 
@@ -113,10 +118,11 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     fit(
         method,
         next_batch,
-        _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10)),
+        _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(1, steps // 10)),
         out_dir=out,
         desc=f"pretrain {cfg.pretrain.method}",
         after_step=getattr(method, "after_step", None),
+        generators={"batches": rng},
     )
     ckpt = out / "checkpoint.pt"
     save_checkpoint(
@@ -276,12 +282,13 @@ def run_finetune(
     result = fit(
         task,
         next_batch,
-        _loop_cfg(cfg, ft, steps, val_every=ft.val_every if val_set is not None else 0, save_every=max(50, steps // 5)),
+        _loop_cfg(cfg, ft, steps, val_every=ft.val_every if val_set is not None else 0, save_every=max(1, steps // 10)),
         params=params,
         out_dir=out,
         desc=f"finetune {Path(str(ft.init)).parent.name if init_ckpt else 'random'}",
         validate=validate if val_set is not None else None,
         monitor="dice" if val_set is not None else None,
+        generators={"batches": rng},
     )
     if freeze_steps > 0:
         freeze_encoder(model, False)
