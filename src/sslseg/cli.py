@@ -21,16 +21,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--image-size", type=int, help="square side the images are resized to")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--devices", type=int, default=1)
-    g.add_argument("--precision", default="32-true", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
+    # no defaults here: a flag overrides --config only when given (the defaults live in experiments/config.py)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--devices", type=int)
+    g.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
     g.add_argument("--config", help="YAML file with any config fields (applied before --set)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set model.options.base_channels=32")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a run in --out made with a different configuration")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.")
+    ap = _Parser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.")
     ap.add_argument("--version", action="version", version=f"sslseg {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -48,16 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="self-supervised pretraining")
     p.add_argument("--data", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--arch", default="unet")
+    p.add_argument("--arch")
     p.add_argument("--out", required=True)
     _common(p)
 
     p = sub.add_parser("finetune", help="supervised fine-tuning on a label budget")
     p.add_argument("--data", required=True)
-    p.add_argument("--arch", default="unet")
-    p.add_argument("--init", default="random",
+    p.add_argument("--arch")
+    p.add_argument("--init",
                    help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or 'random'")
-    p.add_argument("--labels", default="4", help="labelled cases: a count (4) or a percentage (5%%)")
+    p.add_argument("--labels", help="labelled cases: a count (4) or a percentage (5%%)")
     p.add_argument("--out", required=True)
     _common(p)
 
@@ -101,31 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args, stage: str):
-    from .experiments.config import RunConfig, apply_set, from_dict, load_yaml
+    from .experiments.config import RunConfig, apply_set, from_dict, load_yaml, validate_config
 
     cfg = from_dict(RunConfig, load_yaml(args.config), args.config) if getattr(args, "config", None) else RunConfig()
+    # --config values stand unless a flag was given (None: not given)
     cfg.data.spec = args.data
-    cfg.model.arch = args.arch
-    cfg.seed = args.seed
-    cfg.devices = args.devices
-    cfg.precision = args.precision
     st = getattr(cfg, stage)
     if stage == "pretrain":
         st.method = args.method
-    else:
-        st.init = args.init
-        st.labels = str(args.labels)
-    if args.image_size:
-        cfg.data.image_size = args.image_size
+    given = {("model", "arch"): args.arch, ("", "seed"): args.seed, ("", "devices"): args.devices,
+             ("", "precision"): args.precision, ("data", "image_size"): args.image_size,
+             (stage, "batch_size"): args.batch_size, (stage, "lr"): args.lr}
+    if stage == "finetune":
+        given[("finetune", "init")] = args.init
+        given[("finetune", "labels")] = None if args.labels is None else str(args.labels)
+    for (section, key), value in given.items():
+        if value is not None:
+            setattr(getattr(cfg, section) if section else cfg, key, value)
     if args.steps is not None:
         st.steps, st.epochs = args.steps, None
     elif args.epochs is not None:
         st.epochs = args.epochs
-    if args.batch_size:
-        st.batch_size = args.batch_size
-    if args.lr:
-        st.lr = args.lr
     apply_set(cfg, args.set)
+    validate_config(cfg, "")
     _validate_names(cfg, stage)
     return cfg
 
@@ -170,8 +178,15 @@ def cmd_data(args) -> int:
 def cmd_pretrain(args) -> int:
     from .experiments.pipeline import run_pretrain
 
+    from .experiments.config import to_dict
+    from .experiments.runfolder import claim
+
     cfg = _config(args, "pretrain")
-    ckpt = run_pretrain(cfg, args.out)
+    with claim(args.out, to_dict(cfg), args.overwrite) as folder:
+        if folder.finished:
+            print(f"already finished with this configuration: {Path(args.out) / 'checkpoint.pt'}")
+            return 0
+        ckpt = run_pretrain(cfg, args.out)
     print(f"pretrained checkpoint: {ckpt}")
     return 0
 
@@ -179,8 +194,15 @@ def cmd_pretrain(args) -> int:
 def cmd_finetune(args) -> int:
     from .experiments.pipeline import run_finetune
 
+    from .experiments.config import to_dict
+    from .experiments.runfolder import claim
+
     cfg = _config(args, "finetune")
-    ckpt = run_finetune(cfg, args.out)
+    with claim(args.out, to_dict(cfg), args.overwrite) as folder:
+        if folder.finished:
+            print(f"already finished with this configuration: {Path(args.out) / 'checkpoint.pt'}")
+            return 0
+        ckpt = run_finetune(cfg, args.out)
     report = Path(args.out) / "transfer.json"
     if cfg.finetune.init != "random" and report.exists():
         meta = json.loads(report.read_text())
@@ -312,6 +334,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    """An error message on one line (library texts sometimes span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_outputs(args) -> None:
+    """Output paths that cannot be what the command writes, refused before any work."""
+    folders = [("--out", getattr(args, "out", None))] if args.command != "export" else []
+    folders.append(("--export", getattr(args, "export", None)))
+    for flag, value in folders:
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"{flag} {value}: is a file, not a folder")
+    if args.command == "export" and args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give the file to write")
+
+
 COMMANDS = {"sweep": cmd_sweep, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
 
@@ -323,9 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     for h in logging.getLogger().handlers:
         h.setLevel(logging.WARNING)
     try:
+        _check_outputs(args)
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"sslseg {args.command}: error: {err}", file=sys.stderr)
+        print(f"sslseg {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only folder, a full disk, a path that is a file: the user's to fix
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"sslseg {args.command}: error: {where}{(err.strerror or str(err)).lower()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sslseg {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

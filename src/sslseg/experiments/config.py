@@ -87,21 +87,22 @@ def to_dict(cfg) -> dict:
     return asdict(cfg)
 
 
-def from_dict(cls, data: dict | None, where: str = "config"):
-    """Build dataclass ``cls`` from a dict, rejecting unknown keys by name."""
+def from_dict(cls, data: dict | None, where: str = "config", _key: str = ""):
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and non-mapping sections by name."""
+    section = f"{where}: {_key}" if _key else where
     if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping of keys to values, got {data!r}")
+        raise ValueError(f"{section} = {data!r} is not allowed: expected a mapping of keys to values")
     data = dict(data or {})
     names = {f.name: f for f in fields(cls)}
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
+        raise ValueError(f"{section}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
     kwargs = {}
     for k, v in data.items():
         f = names[k]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if is_dataclass(default) and not is_dataclass(v):
-            kwargs[k] = from_dict(type(default), v, f"{where}.{k}")
+            kwargs[k] = from_dict(type(default), v, where, f"{_key}.{k}" if _key else k)
         else:
             kwargs[k] = v
     return cls(**kwargs)
