@@ -176,9 +176,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .experiments.pipeline import run_pretrain
-
     from .experiments.config import to_dict
+    from .experiments.pipeline import run_pretrain
     from .experiments.runfolder import claim
 
     cfg = _config(args, "pretrain")
@@ -192,9 +191,8 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .experiments.pipeline import run_finetune
-
     from .experiments.config import to_dict
+    from .experiments.pipeline import run_finetune
     from .experiments.runfolder import claim
 
     cfg = _config(args, "finetune")
@@ -288,6 +286,7 @@ def cmd_predict(args) -> int:
     from .echo.measurements import read_filelist_ef
     from .predict.run import Predictor, predict_inputs, write_summary
 
+    _check_predict_options(args)
     known = read_filelist_ef(args.filelist) if args.filelist else None
     options = {"batch_size": args.batch_size, "tta": args.tta, "overlap": args.overlap,
                "tile": "auto" if args.tile is None else args.tile}
@@ -322,6 +321,38 @@ def cmd_predict(args) -> int:
             print(f"  {r.error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_predict_options(args) -> None:
+    """predict's numbers and device, refused before the model is read."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size} is not allowed: expected an integer >= 1")
+    if not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap {args.overlap} is not allowed: expected a number >= 0 and < 1")
+    if args.max_heart_rate is not None and not 0 < args.max_heart_rate <= 600:
+        raise ValueError(f"--max-heart-rate {args.max_heart_rate} is not allowed: expected bpm > 0 and <= 600")
+    if args.lv_label < 1:
+        raise ValueError(f"--lv-label {args.lv_label} is not allowed: expected a class index >= 1")
+    if args.device:
+        check_device(args.device)
+
+
+def check_device(device: str) -> None:
+    """A torch device string that exists here, or one line saying what does."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have == 0:
+            raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= have:
+            raise ValueError(f"--device {device}: this machine has {have} GPU(s) (cuda:0 to cuda:{have - 1})")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
 
 
 def cmd_export(args) -> int:

@@ -41,7 +41,16 @@ from ..data.batches import Normalizer
 from ..data.splits import labelled_subset, read_json, resolve_budget, write_json
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..evaluate.inference import predict_frames
-from .config import PRECISIONS, RANGES, RunConfig, apply_set, dump_yaml, from_dict, load_yaml, validate_config
+from .config import (
+    PRECISIONS,
+    RANGES,
+    RunConfig,
+    apply_set,
+    dump_yaml,
+    from_dict,
+    load_yaml,
+    validate_config,
+)
 from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain, write_csv
 
 RESULT_KEYS = ["method", "arch", "dataset", "budget", "labelled_cases", "seed", "case_id", "dice", "hd95",
