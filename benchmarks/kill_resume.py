@@ -4,8 +4,8 @@
 
 Each attempt is a forked copy of this process running the command line
 (``sslseg finetune`` on synthetic echo, augmentation on, validation every few
-steps); it is sent SIGKILL after a random delay drawn over the length of a
-whole run, then started again, until ``--kills`` kills have landed. The
+steps); it is sent SIGKILL after a random delay drawn between (0.8 x) the moment
+training starts and the end of a whole run, then started again, until ``--kills`` kills have landed. The
 resumed run's ``checkpoint.pt`` (every tensor) and ``metrics.csv`` (every
 column but wall-clock seconds) are compared bitwise with the uninterrupted run.
 Prints one line per kill (the step ``last.pt`` held afterwards) and a verdict.
@@ -37,8 +37,11 @@ def command(out: Path, steps: int, arch: str) -> list[str]:
             "--set", "data.options.size=32", "--set", f"finetune.val_every={max(1, steps // 6)}"]
 
 
-def run_child(argv: list[str], delay: float | None) -> tuple[bool, float]:
-    """Fork a run; kill it after ``delay`` seconds (None: let it finish). Returns (killed, seconds)."""
+def run_child(argv: list[str], delay: float | None, watch: Path | None = None) -> tuple[bool, float]:
+    """Fork a run; kill it after ``delay`` seconds (None: let it finish). Returns (killed, seconds).
+
+    With ``watch``, the time at which that file first appears is kept in ``STARTED``.
+    """
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:
@@ -48,7 +51,10 @@ def run_child(argv: list[str], delay: float | None) -> tuple[bool, float]:
         finally:
             os._exit(code)
     if delay is None:
-        os.waitpid(pid, 0)
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if watch is not None and "t" not in STARTED and watch.exists():
+                STARTED["t"] = time.perf_counter() - t0
+            time.sleep(0.005)
         return False, time.perf_counter() - t0
     while time.perf_counter() - t0 < delay:
         done, _ = os.waitpid(pid, os.WNOHANG)
@@ -60,6 +66,9 @@ def run_child(argv: list[str], delay: float | None) -> tuple[bool, float]:
     return True, time.perf_counter() - t0
 
 
+STARTED: dict[str, float] = {}
+
+
 def weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -69,13 +78,26 @@ def metrics(path: Path) -> list[dict]:
 
 
 def snapshot_step(out: Path) -> str:
+    """The step ``last.pt`` holds, read in a forked child: this process must not touch torch's state
+    before it forks the next run (a run forked after it had read a checkpoint hung in ``torch.load``)."""
     last = out / "last.pt"
-    if last.exists():
+    if not last.exists():
+        return "finished" if (out / "checkpoint.pt").exists() else "none"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
         try:
-            return str(torch.load(last, map_location="cpu", weights_only=True)["step"])
+            text = str(torch.load(last, map_location="cpu", weights_only=True)["step"])
         except Exception as err:  # noqa: BLE001 - report, the run itself must cope
-            return f"unreadable ({type(err).__name__})"
-    return "finished" if (out / "checkpoint.pt").exists() else "none"
+            text = f"unreadable ({type(err).__name__})"
+        os.write(w, text.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return text
 
 
 def main_() -> int:
@@ -90,15 +112,17 @@ def main_() -> int:
     rnd = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="kill_resume_"))
     ref, out = work / "reference", work / "killed"
-    _, t_ref = run_child(command(ref, args.steps, args.arch), None)
-    print(f"uninterrupted run: {t_ref:.1f} s")
+    _, t_ref = run_child(command(ref, args.steps, args.arch), None, watch=ref / "log.txt")
+    # the first log line comes when training starts; most kills should land in training, not in set-up
+    t_train = STARTED.get("t", 0.0)
+    print(f"uninterrupted run: {t_ref:.1f} s, training from {t_train:.1f} s")
     kills, attempts = 0, 0
     while kills < args.kills:
         attempts += 1
         if (out / "checkpoint.pt").exists():
             # finished before all kills landed: start over in a fresh folder, same comparison
             shutil.rmtree(out)
-        killed, t = run_child(command(out, args.steps, args.arch), rnd.uniform(0, t_ref))
+        killed, t = run_child(command(out, args.steps, args.arch), rnd.uniform(0.8 * t_train, t_ref))
         if killed:
             kills += 1
             print(f"kill {kills:2d} after {t:5.2f} s: last.pt at step {snapshot_step(out)}")

@@ -160,12 +160,12 @@ def _validate_names(cfg, stage: str) -> None:
 def cmd_data(args) -> int:
     from .data.registry import load_dataset
     from .data.splits import apply_splits, assign_splits
-    from .experiments.config import DataConfig, apply_set
+    from .experiments.config import DataConfig, apply_set, validate_config
     from .experiments.inspect import export_dataset, summarise
 
     # accept the same keys as the training commands (data.options.X) and the short form (options.X)
     sets = [item[len("data."):] if item.startswith("data.") else item for item in args.set]
-    dcfg = apply_set(DataConfig(spec=args.spec, image_size=args.image_size), sets)
+    dcfg = validate_config(apply_set(DataConfig(spec=args.spec, image_size=args.image_size), sets), "data")
     cases = load_dataset(dcfg.spec, **dcfg.options)
     apply_splits(cases, assign_splits(cases, dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed))
     print(summarise(dcfg.spec, cases))

@@ -32,6 +32,7 @@ import numpy as np
 
 from .cache import KeyIndex, cached_arrays, digest
 from .folder import luma, normalise_intensity, safe_id
+from .paths import check_inside
 from .sample import Case
 
 __all__ = ["dicom_spacing", "load_dicom", "read_dicom"]
@@ -171,7 +172,7 @@ def _scan(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
     return sorted(
-        p for p in root.rglob("*")
+        check_inside(root, p) for p in root.rglob("*")  # a link out of the folder is refused
         if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
         and p.suffix.lower() in ("", ".dcm", ".dicom", ".ima")
     )

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import KeyIndex, cached_arrays, digest
+from .paths import entry_path
 from .sample import Case
 
 __all__ = [
@@ -364,7 +365,7 @@ def load_echonet(
         if len(traced) < 2:
             skipped.append(f"{name}: {len(traced)} traced frame(s), two are needed")
             continue
-        video = videos / f"{name}.avi"
+        video = entry_path(videos, f"{name}.avi", f"{filelist} line {n} FileName")  # inside Videos/
         if not video.is_file():
             skipped.append(f"{name}: video file {video} not found")
             continue

@@ -150,7 +150,12 @@ def check_same_split(cases: list[Case], splits: dict[str, str], source: str) -> 
 def select_labelled(cases: list[Case], labels: str, seed: int, path: Path | None) -> list[str]:
     """The labelled training cases for a budget; read from ``path`` when saved, else drawn and saved."""
     if path is not None and path.is_file():
-        return list(read_json(path)["case_ids"])
+        saved = read_json(path)
+        if str(saved.get("budget")) != str(labels) or saved.get("seed") != seed:
+            # never reuse a subset drawn for another budget or seed
+            raise ValueError(f"{path} holds the subset for --labels {saved.get('budget')} seed {saved.get('seed')}, "
+                             f"not --labels {labels} seed {seed}; use --overwrite or another --out")
+        return list(saved["case_ids"])
     train_ids = [c.case_id for c in by_split(cases, "train") if c.masks]
     k = resolve_budget(labels, len(train_ids))
     ids = labelled_subset(train_ids, k, seed)
@@ -166,10 +171,11 @@ def run_finetune(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    cases = cases if cases is not None else load_cases(cfg, out)
     ft = cfg.finetune
-    # an sslseg checkpoint, or a plain DeepLabV3 state_dict in torchvision's naming
+    # an sslseg checkpoint, or a plain DeepLabV3 state_dict in torchvision's naming (read first: a bad
+    # file is refused before anything is written)
     init_ckpt = read_init(ft.init) if ft.init != "random" else None
+    cases = cases if cases is not None else load_cases(cfg, out)
     if init_ckpt is not None and init_ckpt.get("splits"):
         # fine-tune on the pretraining run's split, so that no test case was ever seen in pretraining
         check_same_split(cases, init_ckpt["splits"], ft.init)
