@@ -77,19 +77,16 @@ def metrics(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(path, newline=""))]
 
 
-def snapshot_step(out: Path) -> str:
-    """The step ``last.pt`` holds, read in a forked child: this process must not touch torch's state
-    before it forks the next run (a run forked after it had read a checkpoint hung in ``torch.load``)."""
-    last = out / "last.pt"
-    if not last.exists():
-        return "finished" if (out / "checkpoint.pt").exists() else "none"
+def in_child(fn) -> str:
+    """``fn()`` run in a forked child, its text returned: this process never computes with torch
+    itself, so every run it forks starts from the same clean state."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         try:
-            text = str(torch.load(last, map_location="cpu", weights_only=True)["step"])
-        except Exception as err:  # noqa: BLE001 - report, the run itself must cope
+            text = str(fn())
+        except Exception as err:  # noqa: BLE001 - reported as text
             text = f"unreadable ({type(err).__name__})"
         os.write(w, text.encode())
         os._exit(0)
@@ -98,6 +95,13 @@ def snapshot_step(out: Path) -> str:
         text = f.read()
     os.waitpid(pid, 0)
     return text
+
+
+def snapshot_step(out: Path) -> str:
+    last = out / "last.pt"
+    if not last.exists():
+        return "finished" if (out / "checkpoint.pt").exists() else "none"
+    return in_child(lambda: torch.load(last, map_location="cpu", weights_only=True)["step"])
 
 
 def main_() -> int:
@@ -109,6 +113,7 @@ def main_() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run folders")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a forked child must not meet an OpenMP pool; same threads in every run
+    import sslseg.experiments.pipeline  # noqa: F401 - imported once here, not in every forked run (MONAI is slow)
     rnd = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="kill_resume_"))
     ref, out = work / "reference", work / "killed"
@@ -142,6 +147,10 @@ def main_() -> int:
 
 
 def compare(ref: Path, out: Path) -> bool:
+    return in_child(lambda: _compare(ref, out)) == "True"
+
+
+def _compare(ref: Path, out: Path) -> bool:
     a, b = weights(ref / "checkpoint.pt"), weights(out / "checkpoint.pt")
     same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     return same and metrics(ref / "metrics.csv") == metrics(out / "metrics.csv")
