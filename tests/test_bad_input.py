@@ -77,6 +77,14 @@ def link_out(root: Path, outside: Path) -> Path:
     return root
 
 
+def nifti_5d(path: Path) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2, 2, 2), np.float32), np.eye(4)), path)
+    return path
+
+
 def pickled_code(path: Path) -> Path:
     torch.save({"format": "sslseg/1", "thing": Path("x")}, path)  # a global that weights_only refuses
     return path
@@ -240,6 +248,10 @@ CASES = {
                                           str((t / "dir").mkdir() or t / "dir")], "dir"),
     "export missing model": (lambda t: ["export", "--model", str(t / "none.pt")], "none.pt"),
     "demo out is a file": (lambda t: ["demo", "--out", str(write(t / "f.txt", "x"))], "f.txt"),
+    "report foreign results.csv": (lambda t: ["report", str(write(t / "sw" / "results.csv", "a,b\n1,2\n").parent)],
+                                   "results.csv"),
+    "folder 5-D NIfTI": (lambda t: ["data", "folder:" + str(nifti_5d(t / "d" / "images" / "v.nii.gz").parent.parent)],
+                         "v.nii.gz"),
     # run folders
     "run folder in use": (busy, "in use"),
     "run folder other config": (other_config, "different configuration"),

@@ -266,10 +266,29 @@ def cmd_report(args) -> int:
     from .report.html import write_report
 
     out = Path(args.dir)
+    _check_results(out / "results.csv")
     path = write_report(out)
     _print_summary(out / "results.csv")
     print(f"report: {path}")
     return 0
+
+
+def _check_results(path: Path) -> None:
+    """``results.csv`` with the columns a sweep writes, or one line naming what is missing."""
+    import csv
+
+    from .experiments.sweep import RESULT_KEYS
+
+    if not path.is_file():
+        return  # write_report says so
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    missing = [k for k in RESULT_KEYS if k not in header]
+    if missing:
+        raise ValueError(f"{path}: not a sweep's results table (missing column(s) {', '.join(missing)})")
 
 
 def _print_summary(results_csv) -> None:

@@ -366,13 +366,19 @@ def _build_case(srcs: list[tuple[Path, Path | None]], cid: str, axis: int, inten
     frames, stack, parts = [], [], []
     for img, m in srcs:
         vox, zooms = read_voxels(img)
-        fr, sp = voxels_to_frames(vox, zooms, axis)
+        try:
+            fr, sp = voxels_to_frames(vox, zooms, axis)
+        except ValueError as err:
+            raise ValueError(f"{img}: {err}") from None
         if fr.ndim == 4:
             raise ValueError(f"{img}: multi-channel volumes are not supported in a folder data set")
         mk = np.zeros(fr.shape, dtype=np.int64)
         if m is not None:
             mv, mz = read_voxels(m)
-            mf, _ = voxels_to_frames(mv, mz, axis)
+            try:
+                mf, _ = voxels_to_frames(mv, mz, axis)
+            except ValueError as err:
+                raise ValueError(f"{m}: {err}") from None
             if mf.shape != fr.shape:
                 raise ValueError(f"{m}: mask shape {tuple(mf.shape)} differs from its image's {tuple(fr.shape)}")
             mk = as_labels(mf, str(m))
