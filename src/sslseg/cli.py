@@ -253,9 +253,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .experiments.sweep import run_sweep
+    from .experiments.runfolder import lock
+    from .experiments.sweep import load_sweep_config, run_sweep
 
-    results = run_sweep(args.config, args.out, args.set)
+    sweep = load_sweep_config(args.config, args.set)  # checked before anything is created
+    with lock(args.out):  # one sweep per folder at a time
+        results = run_sweep(sweep, args.out)
     out = Path(args.out)
     _print_summary(results)
     print(f"results: {results}\nreport:  {out / 'report.html'}")

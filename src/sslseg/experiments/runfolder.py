@@ -89,20 +89,7 @@ def claim(out: str | os.PathLike, config: dict, overwrite: bool = False) -> Iter
         ValueError: ``out`` is a file, is in use by another process, or holds a run with another configuration.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    lock_path = out / ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise ValueError(f"{out} is in use by {owner}; wait for it to end or choose another --out") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+    with lock(out):
         new = _comparable(config)
         saved = _saved_config(out / "config.yaml") if (out / "config.yaml").is_file() else None
         finished = False
@@ -120,6 +107,30 @@ def claim(out: str | os.PathLike, config: dict, overwrite: bool = False) -> Iter
         elif overwrite or (out / "checkpoint.pt").exists():
             clear_outputs(out)  # outputs without a readable config.yaml: nothing to resume from safely
         yield RunFolder(out, finished)
+
+
+@contextlib.contextmanager
+def lock(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``out/.lock`` (created with ``out``) or refuse in one line when another process holds it.
+
+    Raises:
+        ValueError: ``out`` is a file, or another live process owns the folder.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise ValueError(f"{out} is in use by {owner}; wait for it to end or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+        yield out
     finally:
         if fcntl is not None:
             with contextlib.suppress(OSError):
