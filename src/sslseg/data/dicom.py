@@ -142,8 +142,11 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]
     frames = _pixels(ds, path)
     if frames.dtype != np.uint8:
         frames = frames.astype(np.float32)
-    spacing, source = dicom_spacing(ds)
-    meta = _header_meta(ds)
+    try:
+        spacing, source = dicom_spacing(ds)
+        meta = _header_meta(ds)
+    except (ValueError, TypeError, OverflowError) as err:  # a tag whose text is not a number
+        raise ValueError(f"{path}: unreadable geometry tags ({err})") from None
     meta["spacing_source"] = source
     return frames, spacing, meta
 

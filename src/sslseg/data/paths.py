@@ -31,7 +31,7 @@ def entry_path(root: str | os.PathLike, entry, where: str) -> Path:
     Raises:
         ValueError: not a string, absolute, or leaving ``root`` (also through a link).
     """
-    if not isinstance(entry, str) or not entry.strip():
+    if not isinstance(entry, str) or not entry.strip() or "\x00" in entry:
         raise ValueError(f"{where}: {entry!r} is not a file path")
     if outside_allowed():
         return Path(root) / entry
