@@ -160,12 +160,14 @@ def _validate_names(cfg, stage: str) -> None:
 def cmd_data(args) -> int:
     from .data.registry import load_dataset
     from .data.splits import apply_splits, assign_splits
-    from .experiments.config import DataConfig, apply_set, validate_config
+    from .experiments.config import RANGES, DataConfig, apply_set, validate_config
     from .experiments.inspect import export_dataset, summarise
 
     # accept the same keys as the training commands (data.options.X) and the short form (options.X)
     sets = [item[len("data."):] if item.startswith("data.") else item for item in args.set]
-    dcfg = validate_config(apply_set(DataConfig(spec=args.spec, image_size=args.image_size), sets), "data")
+    # any positive size for a look at the data (training needs at least 16: experiments/config.py RANGES)
+    sizes = {**RANGES, "DataConfig": {**RANGES["DataConfig"], "image_size": (1, 8192)}}
+    dcfg = validate_config(apply_set(DataConfig(spec=args.spec, image_size=args.image_size), sets), "data", sizes)
     cases = load_dataset(dcfg.spec, **dcfg.options)
     apply_splits(cases, assign_splits(cases, dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed))
     print(summarise(dcfg.spec, cases))
