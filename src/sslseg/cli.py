@@ -6,6 +6,7 @@ Errors in what the user typed or gave end with one line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -21,19 +22,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--image-size", type=int, help="square side the images are resized to")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--devices", type=int, default=1,
+    # no defaults here: a flag overrides --config only when given (the defaults live in experiments/config.py)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--devices", type=int,
                    help="processes on this machine (GPUs, or CPU processes without a GPU); --batch-size stays the "
                         "global batch, split between them")
-    g.add_argument("--num-nodes", type=int, default=1, help="machines, each running --devices processes (torchrun)")
-    g.add_argument("--precision", default="32-true", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
+    g.add_argument("--num-nodes", type=int, help="machines, each running --devices processes (torchrun)")
+    g.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
     g.add_argument("--config", help="YAML file with any config fields (applied before --set)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set model.options.base_channels=32")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a run in --out made with a different configuration")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.")
+    ap = _Parser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.")
     ap.add_argument("--version", action="version", version=f"sslseg {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -51,16 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="self-supervised pretraining")
     p.add_argument("--data", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--arch", default="unet")
+    p.add_argument("--arch")
     p.add_argument("--out", required=True)
     _common(p)
 
     p = sub.add_parser("finetune", help="supervised fine-tuning on a label budget")
     p.add_argument("--data", required=True)
-    p.add_argument("--arch", default="unet")
-    p.add_argument("--init", default="random",
+    p.add_argument("--arch")
+    p.add_argument("--init",
                    help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or 'random'")
-    p.add_argument("--labels", default="4", help="labelled cases: a count (4) or a percentage (5%%)")
+    p.add_argument("--labels", help="labelled cases: a count (4) or a percentage (5%%)")
     p.add_argument("--out", required=True)
     _common(p)
 
@@ -108,32 +119,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args, stage: str):
-    from .experiments.config import RunConfig, apply_set, from_dict, load_yaml
+    from .experiments.config import RunConfig, apply_set, from_dict, load_yaml, validate_config
 
     cfg = from_dict(RunConfig, load_yaml(args.config), args.config) if getattr(args, "config", None) else RunConfig()
+    # --config values stand unless a flag was given (None: not given)
     cfg.data.spec = args.data
-    cfg.model.arch = args.arch
-    cfg.seed = args.seed
-    cfg.devices = args.devices
-    cfg.num_nodes = args.num_nodes
-    cfg.precision = args.precision
     st = getattr(cfg, stage)
     if stage == "pretrain":
         st.method = args.method
-    else:
-        st.init = args.init
-        st.labels = str(args.labels)
-    if args.image_size:
-        cfg.data.image_size = args.image_size
+    given = {("model", "arch"): args.arch, ("", "seed"): args.seed, ("", "devices"): args.devices,
+             ("", "num_nodes"): args.num_nodes,
+             ("", "precision"): args.precision, ("data", "image_size"): args.image_size,
+             (stage, "batch_size"): args.batch_size, (stage, "lr"): args.lr}
+    if stage == "finetune":
+        given[("finetune", "init")] = args.init
+        given[("finetune", "labels")] = None if args.labels is None else str(args.labels)
+    for (section, key), value in given.items():
+        if value is not None:
+            setattr(getattr(cfg, section) if section else cfg, key, value)
     if args.steps is not None:
         st.steps, st.epochs = args.steps, None
     elif args.epochs is not None:
         st.epochs = args.epochs
-    if args.batch_size:
-        st.batch_size = args.batch_size
-    if args.lr:
-        st.lr = args.lr
     apply_set(cfg, args.set)
+    validate_config(cfg, "")
     _validate_names(cfg, stage)
     return cfg
 
@@ -160,12 +169,14 @@ def _validate_names(cfg, stage: str) -> None:
 def cmd_data(args) -> int:
     from .data.registry import load_dataset
     from .data.splits import apply_splits, assign_splits
-    from .experiments.config import DataConfig, apply_set
+    from .experiments.config import RANGES, DataConfig, apply_set, validate_config
     from .experiments.inspect import export_dataset, summarise
 
     # accept the same keys as the training commands (data.options.X) and the short form (options.X)
     sets = [item[len("data."):] if item.startswith("data.") else item for item in args.set]
-    dcfg = apply_set(DataConfig(spec=args.spec, image_size=args.image_size), sets)
+    # any positive size for a look at the data (training needs at least 16: experiments/config.py RANGES)
+    sizes = {**RANGES, "DataConfig": {**RANGES["DataConfig"], "image_size": (1, 8192)}}
+    dcfg = validate_config(apply_set(DataConfig(spec=args.spec, image_size=args.image_size), sets), "data", sizes)
     cases = load_dataset(dcfg.spec, **dcfg.options)
     apply_splits(cases, assign_splits(cases, dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed))
     print(summarise(dcfg.spec, cases))
@@ -180,10 +191,34 @@ def cmd_pretrain(args) -> int:
     from .experiments.pipeline import run_pretrain
 
     cfg = _config(args, "pretrain")
-    ckpt = run_pretrain(cfg, args.out)
+    with _own(args, cfg) as finished:
+        if finished:
+            return 0
+        ckpt = run_pretrain(cfg, args.out)
     if distributed.is_rank_zero():
         print(f"pretrained checkpoint: {ckpt}")
     return distributed.finish()
+
+
+@contextlib.contextmanager
+def _own(args, cfg):
+    """The run folder's lock and config check, held by rank 0 (the other ranks start inside it).
+
+    Yields True when the folder already holds this run, finished.
+    """
+    from .engine import distributed
+    from .experiments.config import to_dict
+    from .experiments.runfolder import claim
+
+    if not distributed.is_rank_zero():
+        yield False
+        return
+    # a device request the machine cannot serve is refused before the folder is touched
+    distributed.check_request(cfg.devices, cfg.precision, cfg.num_nodes, relaunch=False)
+    with claim(args.out, to_dict(cfg), args.overwrite) as folder:
+        if folder.finished:
+            print(f"already finished with this configuration: {Path(args.out) / 'checkpoint.pt'}")
+        yield folder.finished
 
 
 def cmd_finetune(args) -> int:
@@ -191,7 +226,10 @@ def cmd_finetune(args) -> int:
     from .experiments.pipeline import run_finetune
 
     cfg = _config(args, "finetune")
-    ckpt = run_finetune(cfg, args.out)
+    with _own(args, cfg) as finished:
+        if finished:
+            return 0
+        ckpt = run_finetune(cfg, args.out)
     if not distributed.is_rank_zero():
         return distributed.finish()
     report = Path(args.out) / "transfer.json"
@@ -251,9 +289,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .experiments.sweep import run_sweep
+    from .experiments.runfolder import lock
+    from .experiments.sweep import load_sweep_config, run_sweep
 
-    results = run_sweep(args.config, args.out, args.set)
+    sweep = load_sweep_config(args.config, args.set)  # checked before anything is created
+    with lock(args.out):  # one sweep per folder at a time
+        results = run_sweep(sweep, args.out)
     out = Path(args.out)
     _print_summary(results)
     print(f"results: {results}\nreport:  {out / 'report.html'}")
@@ -264,10 +305,29 @@ def cmd_report(args) -> int:
     from .report.html import write_report
 
     out = Path(args.dir)
+    _check_results(out / "results.csv")
     path = write_report(out)
     _print_summary(out / "results.csv")
     print(f"report: {path}")
     return 0
+
+
+def _check_results(path: Path) -> None:
+    """``results.csv`` with the columns a sweep writes, or one line naming what is missing."""
+    import csv
+
+    from .experiments.sweep import RESULT_KEYS
+
+    if not path.is_file():
+        return  # write_report says so
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    missing = [k for k in RESULT_KEYS if k not in header]
+    if missing:
+        raise ValueError(f"{path}: not a sweep's results table (missing column(s) {', '.join(missing)})")
 
 
 def _print_summary(results_csv) -> None:
@@ -284,6 +344,7 @@ def cmd_predict(args) -> int:
     from .echo.measurements import read_filelist_ef
     from .predict.run import Predictor, predict_inputs, write_summary
 
+    _check_predict_options(args)
     known = read_filelist_ef(args.filelist) if args.filelist else None
     options = {"batch_size": args.batch_size, "tta": args.tta, "overlap": args.overlap,
                "tile": "auto" if args.tile is None else args.tile}
@@ -320,6 +381,38 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _check_predict_options(args) -> None:
+    """predict's numbers and device, refused before the model is read."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size} is not allowed: expected an integer >= 1")
+    if not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap {args.overlap} is not allowed: expected a number >= 0 and < 1")
+    if args.max_heart_rate is not None and not 0 < args.max_heart_rate <= 600:
+        raise ValueError(f"--max-heart-rate {args.max_heart_rate} is not allowed: expected bpm > 0 and <= 600")
+    if args.lv_label < 1:
+        raise ValueError(f"--lv-label {args.lv_label} is not allowed: expected a class index >= 1")
+    if args.device:
+        check_device(args.device)
+
+
+def check_device(device: str) -> None:
+    """A torch device string that exists here, or one line saying what does."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have == 0:
+            raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= have:
+            raise ValueError(f"--device {device}: this machine has {have} GPU(s) (cuda:0 to cuda:{have - 1})")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
+
+
 def cmd_export(args) -> int:
     from .export import export_model
 
@@ -328,6 +421,22 @@ def cmd_export(args) -> int:
     print(f"{args.format}: {res.path} (input: normalised images (B, {res.metadata['in_channels']}, "
           f"{res.metadata['image_size']}, {res.metadata['image_size']}){check})")
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """An error message on one line (library texts sometimes span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_outputs(args) -> None:
+    """Output paths that cannot be what the command writes, refused before any work."""
+    folders = [("--out", getattr(args, "out", None))] if args.command != "export" else []
+    folders.append(("--export", getattr(args, "export", None)))
+    for flag, value in folders:
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"{flag} {value}: is a file, not a folder")
+    if args.command == "export" and args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give the file to write")
 
 
 COMMANDS = {"sweep": cmd_sweep, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
@@ -341,12 +450,17 @@ def main(argv: list[str] | None = None) -> int:
     for h in logging.getLogger().handlers:
         h.setLevel(logging.WARNING)
     try:
+        _check_outputs(args)
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as err:
         from .engine.distributed import is_rank_zero
 
         if is_rank_zero():  # every rank meets the same bad input; one line is enough
-            print(f"sslseg {args.command}: error: {err}", file=sys.stderr)
+            print(f"sslseg {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only folder, a full disk, a path that is a file: the user's to fix
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"sslseg {args.command}: error: {where}{(err.strerror or str(err)).lower()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sslseg {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

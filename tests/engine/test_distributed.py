@@ -234,7 +234,7 @@ def test_devices_beyond_the_machine_refused_before_launch(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--precision", "16-mixed"], "16-mixed needs a GPU"),
-    (["--devices", "0"], "--devices must be a whole number of at least 1"),
+    (["--devices", "0"], "devices = 0 is not allowed"),
     (["--devices", "2", "--batch-size", "5"], "must be a multiple of the 2 processes"),
 ])
 def test_bad_device_requests_are_one_line(argv, needle, tmp_path, capsys):

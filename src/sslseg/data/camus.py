@@ -46,6 +46,7 @@ from scipy import ndimage
 
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
 from .folder import read_voxels, voxels_to_frames
+from .paths import check_inside
 from .sample import Case
 
 __all__ = ["load_camus", "read_cfg"]
@@ -240,6 +241,10 @@ def _patients(root: Path) -> list[Path]:
     if _PATIENT.match(root.name) and root.is_dir():
         return [root]
     found = [p for p in root.rglob("patient*") if p.is_dir() and _PATIENT.match(p.name)]
+    for p in found:
+        check_inside(root, p)  # a patient folder linked in from elsewhere is refused
+        for f in p.iterdir():
+            check_inside(root, f)
     return sorted(found, key=lambda p: (p.name.lower(), str(p)))
 
 

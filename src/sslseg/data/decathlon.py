@@ -41,6 +41,7 @@ import numpy as np
 
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
 from .folder import mask_dtype, read_voxels, split_name, voxels_to_frames
+from .paths import entry_path
 from .sample import Case
 
 __all__ = ["load_decathlon", "parse_merge", "select_empty"]
@@ -239,8 +240,9 @@ def load_decathlon(
     for n, item in enumerate(spec["training"]):
         if not isinstance(item, dict) or "image" not in item:
             raise ValueError(f"{spec_path}: training entry {n} has no 'image'")
-        img = (root / item["image"]).resolve()
-        lab = (root / item["label"]).resolve() if item.get("label") else None
+        # entries stay inside the task folder (sslseg.data.paths)
+        img = entry_path(root, item["image"], f"{spec_path} training[{n}].image").resolve()
+        lab = entry_path(root, item["label"], f"{spec_path} training[{n}].label").resolve() if item.get("label") else None
         if not img.is_file():
             skipped.append(f"{img}: image listed in dataset.json not found")
             continue
@@ -251,7 +253,7 @@ def load_decathlon(
     if include_test:
         for item in spec.get("test") or []:
             p = item.get("image") if isinstance(item, dict) else item
-            img = (root / p).resolve()
+            img = entry_path(root, p, f"{spec_path} test entry").resolve()
             if img.is_file():
                 entries.append((img, None))
             else:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .cache import KeyIndex, cached_arrays, digest
 from .folder import luma, normalise_intensity, safe_id
+from .paths import check_inside
 from .sample import Case
 
 __all__ = ["dicom_spacing", "load_dicom", "read_dicom"]
@@ -141,8 +142,11 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]
     frames = _pixels(ds, path)
     if frames.dtype != np.uint8:
         frames = frames.astype(np.float32)
-    spacing, source = dicom_spacing(ds)
-    meta = _header_meta(ds)
+    try:
+        spacing, source = dicom_spacing(ds)
+        meta = _header_meta(ds)
+    except (ValueError, TypeError, OverflowError) as err:  # a tag whose text is not a number
+        raise ValueError(f"{path}: unreadable geometry tags ({err})") from None
     meta["spacing_source"] = source
     return frames, spacing, meta
 
@@ -171,7 +175,7 @@ def _scan(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
     return sorted(
-        p for p in root.rglob("*")
+        check_inside(root, p) for p in root.rglob("*")  # a link out of the folder is refused
         if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
         and p.suffix.lower() in ("", ".dcm", ".dicom", ".ima")
     )

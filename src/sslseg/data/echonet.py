@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import KeyIndex, cached_arrays, digest
+from .paths import entry_path
 from .sample import Case
 
 __all__ = [
@@ -184,15 +185,26 @@ def _stem(name: str) -> str:
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     if not path.is_file():
         raise ValueError(f"{path}: file not found (is PATH the EchoNet-Dynamic folder?)")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in cols]
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(cols) or 'none'}"
-            )
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in cols]
+            if missing:
+                raise ValueError(
+                    f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(cols) or 'none'}"
+                )
+            rows = []
+            for row in reader:
+                if None in row:  # more fields than the header names
+                    raise ValueError(f"{path} line {reader.line_num}: {len(cols) + len(row[None])} fields, "
+                                     f"the header names {len(cols)}")
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
+            return rows
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV table ({err})") from None
 
 
 def read_tracings(path: str | os.PathLike) -> dict[str, dict[int, np.ndarray]]:
@@ -212,7 +224,7 @@ def read_tracings(path: str | os.PathLike) -> dict[str, dict[int, np.ndarray]]:
         try:
             vals = [float(row[c]) for c in ("X1", "Y1", "X2", "Y2")]
             frame = int(float(row["Frame"]))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: a frame of inf
             raise ValueError(
                 f"{path} line {n}: X1, Y1, X2, Y2 and Frame must be numbers, got "
                 f"{[row[c] for c in TRACING_COLUMNS[1:]]}"
@@ -364,7 +376,7 @@ def load_echonet(
         if len(traced) < 2:
             skipped.append(f"{name}: {len(traced)} traced frame(s), two are needed")
             continue
-        video = videos / f"{name}.avi"
+        video = entry_path(videos, f"{name}.avi", f"{filelist} line {n} FileName")  # inside Videos/
         if not video.is_file():
             skipped.append(f"{name}: video file {video} not found")
             continue

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
+from .paths import check_inside, entry_path
 from .sample import SPLITS, Case
 
 __all__ = [
@@ -234,6 +235,7 @@ def _find(folder: Path) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.is_file():
             continue
+        check_inside(folder.parent, p)  # a link out of the data set's folder is refused
         stem, ext = split_name(p)
         if ext in IMAGE_EXTENSIONS:
             out.setdefault(stem, p)
@@ -241,9 +243,15 @@ def _find(folder: Path) -> dict[str, Path]:
 
 
 def _read_case_csv(path: Path, known: dict[str, Path]) -> tuple[OrderedDict[str, list[str]], dict[str, str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-        cols = rows[0].keys() if rows else []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first column
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            cols = reader.fieldnames or []
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV table ({err})") from None
     missing = [c for c in ("file", "case_id") if c not in cols]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (needs file, case_id[, split])")
@@ -251,6 +259,9 @@ def _read_case_csv(path: Path, known: dict[str, Path]) -> tuple[OrderedDict[str,
     splits: dict[str, str] = {}
     owner: dict[str, tuple[str, int]] = {}  # file stem -> (case_id, line) that listed it first
     for n, row in enumerate(rows, start=2):
+        if row.get("file") is None or row.get("case_id") is None or None in row:
+            raise ValueError(f"{path} line {n}: expected the {len(cols)} columns of the header ({', '.join(cols)})")
+        entry_path(path.parent, row["file"], f"{path} line {n} file")  # no absolute or '..' path
         stem = split_name(row["file"])[0]
         if stem not in known:
             raise ValueError(f"{path} line {n}: file {row['file']!r} is not in images/ or unlabelled/")
@@ -404,13 +415,19 @@ def _build_case(srcs: list[tuple[Path, Path | None]], cid: str, axis: int, inten
     frames, stack, parts = [], [], []
     for img, m in srcs:
         vox, zooms = read_voxels(img)
-        fr, sp = voxels_to_frames(vox, zooms, axis)
+        try:
+            fr, sp = voxels_to_frames(vox, zooms, axis)
+        except ValueError as err:
+            raise ValueError(f"{img}: {err}") from None
         if fr.ndim == 4:
             raise ValueError(f"{img}: multi-channel volumes are not supported in a folder data set")
         mk = np.zeros(fr.shape, dtype=np.int64)
         if m is not None:
             mv, mz = read_voxels(m)
-            mf, _ = voxels_to_frames(mv, mz, axis)
+            try:
+                mf, _ = voxels_to_frames(mv, mz, axis)
+            except ValueError as err:
+                raise ValueError(f"{m}: {err}") from None
             if mf.shape != fr.shape:
                 raise ValueError(f"{m}: mask shape {tuple(mf.shape)} differs from its image's {tuple(fr.shape)}")
             mk = as_labels(mf, str(m))

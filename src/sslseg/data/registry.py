@@ -60,7 +60,30 @@ def _call_reader(fn, name: str, *args, **options) -> list[Case]:
     unknown = [k for k in options if k not in valid]
     if unknown:
         raise ValueError(f"{name}: unknown option {unknown[0]!r}; valid options: {', '.join(valid)}")
+    check_options(name, {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}, options)
     return fn(*args, **options)
+
+
+# options whose values have a floor (the built-in generators cannot draw less)
+OPTION_MINIMUM = {"num_cases": 1, "num_frames": 1, "num_slices": 1, "size": 16}
+
+
+def check_options(name: str, defaults: dict, options: dict) -> None:
+    """A reader option of the wrong type, or below its floor, as one line naming it.
+
+    The type is the default's where that is plain (an integer option takes an integer,
+    a flag true or false); options that take several types are checked by their reader.
+    """
+    for k, v in options.items():
+        d = defaults.get(k)
+        if isinstance(d, bool) and not isinstance(v, bool):
+            raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected true or false")
+        if isinstance(d, int) and not isinstance(d, bool) and (not isinstance(v, int) or isinstance(v, bool)):
+            raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected an integer")
+        if isinstance(d, float) and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected a number")
+        if k in OPTION_MINIMUM and isinstance(v, int) and v < OPTION_MINIMUM[k]:
+            raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected an integer >= {OPTION_MINIMUM[k]}")
 
 
 @register("synthetic-mri", False, "built-in synthetic T2 prostate MRI volumes (slices; 1 PZ, 2 TZ)")

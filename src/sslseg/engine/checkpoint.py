@@ -70,7 +70,13 @@ def read_torch_file(path: str | os.PathLike):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+        text = str(err)
+        if "weights_only" in text or "Unsupported global" in text:
+            # torch's explanation spans many lines; what matters: the file holds code, and it was not run
+            why = "it holds Python objects beyond tensors and plain values, refused without running them"
+        else:
+            why = f"{type(err).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({why})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -89,7 +95,16 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     """Rebuild the model stored in a checkpoint and load its weights (strict)."""
     from ..models.build import build_model
 
-    kwargs = dict(ckpt["model_kwargs"])
-    model = build_model(ckpt["arch"], **kwargs)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    try:
+        kwargs = dict(ckpt["model_kwargs"])
+        model = build_model(ckpt["arch"], **kwargs)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint: cannot rebuild its model ({type(err).__name__}: {err})") from None
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        # torch lists every mismatched tensor over many lines; the first one says enough
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        first = next((ln for ln in lines[1:] if "size mismatch" in ln or "key(s)" in ln), lines[0] if lines else "")
+        raise ValueError(f"checkpoint: its weights do not fit its model_kwargs ({first})") from None
     return model

@@ -41,8 +41,14 @@ def global_rank() -> int:
 
 
 def is_rank_zero() -> bool:
-    """True in the one process that writes files and prints."""
-    return global_rank() == 0
+    """True in the one process that writes files and prints.
+
+    Before the process group exists, a process started by Fabric's launcher knows
+    only ``LOCAL_RANK`` and ``NODE_RANK`` (torchrun also sets ``RANK``).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def barrier() -> None:

@@ -14,7 +14,7 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save
+from . import resume as resume_
 
 log = logging.getLogger("sslseg")
 
@@ -40,6 +40,8 @@ class LoopConfig:
         final_lr_ratio: floor of the cosine schedule relative to ``lr``.
         log_every: steps between rows of ``metrics.csv``.
         save_every: steps between ``last.pt`` snapshots (resume points); 0 disables.
+        save_seconds: wall-clock seconds between snapshots as well (0 disables); see
+            :class:`sslseg.engine.resume.SnapshotPolicy`.
         val_every: steps between validations (when a validation function is given).
         accelerator, devices, precision: passed to Lightning Fabric.
         grad_clip: max gradient norm (0 disables).
@@ -58,6 +60,7 @@ class LoopConfig:
     final_lr_ratio: float = 0.0
     log_every: int = 10
     save_every: int = 0
+    save_seconds: float = 0.0
     val_every: int = 0
     accelerator: str = "auto"
     devices: int | str = 1
@@ -119,6 +122,7 @@ def fit(
     monitor: str | None = None,
     resume: bool = True,
     fabric=None,
+    generators: Mapping[str, Any] | None = None,
 ) -> LoopResult:
     """Train ``task`` for ``cfg.steps`` optimiser steps.
 
@@ -134,6 +138,8 @@ def fit(
             restored at the end.
         resume: continue from ``out_dir/last.pt`` when it exists.
         fabric: a started Fabric (:func:`sslseg.engine.distributed.start`); default: one for ``cfg``.
+        generators: the random generators ``next_batch`` draws from (NumPy ``Generator``
+            or ``torch.Generator``, by name); their states go into ``last.pt`` for exact resume.
 
     On several processes every rank calls ``fit`` with its own share of the
     batch; rank 0 alone writes ``out_dir`` and logs, and validation runs on
@@ -149,14 +155,16 @@ def fit(
         out.mkdir(parents=True, exist_ok=True)
         handler = _add_file_log(out / "log.txt")
     try:
-        return _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate, monitor, resume)
+        return _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate, monitor, resume,
+                    generators)
     finally:
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
 
 
-def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate, monitor, resume) -> LoopResult:
+def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate, monitor, resume,
+         generators=None) -> LoopResult:
 
     rank0 = fabric.is_global_zero
     prepare_processes(task, cfg, fabric, desc)
@@ -167,17 +175,19 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
     task_f, optimizer_f = fabric.setup(task, optimizer)
 
     start, history, best, best_state = 0, [], None, None
+    running: dict[str, float] = {}
+    n_running, elapsed = 0, 0.0
     last_path = out / "last.pt" if out is not None else None
-    if resume and last_path is not None and last_path.is_file():
-        snap = torch.load(last_path, map_location="cpu", weights_only=True)
-        task.load_state_dict(snap["task"])
-        optimizer.load_state_dict(snap["optimizer"])
-        scheduler.load_state_dict(snap["scheduler"])
+    policy = resume_.SnapshotPolicy(cfg.save_every, cfg.save_seconds)
+    snap = resume_.read_snapshot(last_path) if resume and last_path is not None else None
+    if snap is not None and resume_.restore_run(snap, last_path, task, optimizer, scheduler, generators):
+        # everything the next step depends on: weights, optimiser, schedule, every RNG, the partial log row
         start = int(snap["step"])
-        history = [dict(h) for h in snap.get("history", [])]
+        history = [dict(h) for h in snap["history"]]
         best = dict(snap["best"]) if snap.get("best") else None
         best_state = snap.get("best_state")
-        torch.manual_seed(int(snap.get("seed_base", 0)) + start)
+        running, n_running = dict(snap["running"]), int(snap["n_running"])
+        elapsed = float(snap["elapsed"])
         log.info("%s: resumed from %s at step %d", desc, last_path, start)
 
     def run_validation(step: int) -> None:
@@ -201,11 +211,9 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
 
     seed_rank(fabric)
     task.train()
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=False,
                disable=None if rank0 else True)
-    running: dict[str, float] = {}
-    n_running = 0
     for step in range(start, cfg.steps):
         batch = fabric.to_device(next_batch(step))
         if step == start and fabric.world_size > 1:
@@ -238,9 +246,8 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
             running, n_running = {}, 0
         if validate is not None and cfg.val_every > 0 and (step + 1) % cfg.val_every == 0 and step + 1 < cfg.steps:
             run_validation(step + 1)
-        if (rank0 and last_path is not None and cfg.save_every > 0 and (step + 1) % cfg.save_every == 0
-                and step + 1 < cfg.steps):
-            atomic_save(
+        if rank0 and last_path is not None and policy.due(step + 1, cfg.steps):
+            policy.save(
                 {
                     "task": task.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -249,6 +256,10 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
                     "history": history,
                     "best": best,
                     "best_state": best_state,
+                    "running": running,
+                    "n_running": n_running,
+                    "elapsed": time.perf_counter() - t0,
+                    "rng": resume_.capture_rng(generators),
                 },
                 last_path,
             )
@@ -319,12 +330,15 @@ def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
             if k not in keys:
                 keys.append(k)
     tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for row in history:
-            w.writerow(row)
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for row in history:
+                w.writerow(row)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves the old file, and no stray temporary
 
 
 def _add_file_log(path: Path) -> logging.Handler:

@@ -7,6 +7,9 @@ plain typed arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -98,19 +101,22 @@ def to_dict(cfg) -> dict:
     return asdict(cfg)
 
 
-def from_dict(cls, data: dict | None, where: str = "config"):
-    """Build dataclass ``cls`` from a dict, rejecting unknown keys by name."""
+def from_dict(cls, data: dict | None, where: str = "config", _key: str = ""):
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and non-mapping sections by name."""
+    section = f"{where}: {_key}" if _key else where
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{section} = {data!r} is not allowed: expected a mapping of keys to values")
     data = dict(data or {})
     names = {f.name: f for f in fields(cls)}
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
+        raise ValueError(f"{section}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
     kwargs = {}
     for k, v in data.items():
         f = names[k]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-        if is_dataclass(default):
-            kwargs[k] = from_dict(type(default), v, f"{where}.{k}")
+        if is_dataclass(default) and not is_dataclass(v):
+            kwargs[k] = from_dict(type(default), v, where, f"{_key}.{k}" if _key else k)
         else:
             kwargs[k] = v
     return cls(**kwargs)
@@ -121,9 +127,14 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -169,3 +180,117 @@ def dump_yaml(cfg, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(to_dict(cfg) if is_dataclass(cfg) else cfg, sort_keys=False))
     tmp.replace(path)
+
+
+# What each field allows beyond its type: (low, high) bounds (None: open), or a tuple of choices.
+PRECISIONS = ("32", "32-true", "16", "16-mixed", "bf16", "bf16-mixed")
+RANGES: dict[str, dict[str, Any]] = {
+    "RunConfig": {"seed": (0, None), "devices": (1, None), "precision": PRECISIONS},
+    "DataConfig": {"image_size": (16, 8192), "val_fraction": (0.0, 0.95), "test_fraction": (0.0, 0.95),
+                   "split_seed": (0, None)},
+    "PretrainConfig": {"steps": (1, None), "epochs": (1, None), "batch_size": (1, None), "lr": ("(0", None),
+                       "weight_decay": (0.0, None), "warmup_steps": (0, None)},
+    "FinetuneConfig": {"steps": (1, None), "epochs": (1, None), "batch_size": (1, None), "lr": ("(0", None),
+                       "weight_decay": (0.0, None), "warmup_steps": (0, None), "loss": ("dice", "dice_ce", "ce"),
+                       "augment": (0.0, None), "val_every": (0, None), "encoder_lr_ratio": (0.0, None),
+                       "freeze_encoder_steps": (0, None), "freeze_encoder_epochs": (0, None),
+                       "freeze_encoder_fraction": (0.0, 1.0)},
+}
+
+
+def _type_names(hint) -> list:
+    """``int | None`` -> [int, None]; ``list`` -> [list]."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return [None if a is type(None) else a for a in typing.get_args(hint)]
+    return [typing.get_origin(hint) or hint]
+
+
+def _coerce(value, allowed: list):
+    """``value`` as one of the ``allowed`` types, or raise TypeError; YAML's ``1e-3`` (a string) is a float."""
+    if value is None and None in allowed:
+        return value
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                break
+            return float(value)
+        if t is float and isinstance(value, str):
+            try:
+                v = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(v):
+                return v
+        if t is str and isinstance(value, str):
+            return value
+        if t is str and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # labels: 4
+        if t in (dict, list) and isinstance(value, t):
+            return value
+    raise TypeError
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               dict: "a mapping", list: "a list", None: "null"}
+
+
+def _describe(allowed: list, rule) -> str:
+    base = " or ".join(_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in allowed)
+    if isinstance(rule, tuple) and rule and isinstance(rule[0], str) and not rule[0].startswith("("):
+        return f"one of {', '.join(rule)}"
+    if isinstance(rule, tuple):
+        lo, hi = rule
+        parts = []
+        if lo is not None:
+            parts.append(f"> {lo[1:]}" if isinstance(lo, str) else f">= {lo}")
+        if hi is not None:
+            parts.append(f"<= {hi}")
+        return f"{base} {' and '.join(parts)}"
+    return base
+
+
+def _in_range(value, rule) -> bool:
+    if rule is None or value is None:
+        return True
+    if isinstance(rule[0], str) and not rule[0].startswith("("):
+        return value in rule
+    lo, hi = rule
+    if isinstance(lo, str):
+        if not value > float(lo[1:]):
+            return False
+    elif lo is not None and value < lo:
+        return False
+    return hi is None or value <= hi
+
+
+def validate_config(cfg, where: str = "config", ranges: dict[str, dict[str, Any]] | None = None):
+    """Check every field of a config tree against its type and allowed range, once, at the edge.
+
+    Values are coerced where the meaning is plain (an integer where a number is
+    expected; YAML's ``1e-3``, read as a string, as a float; a count of labels as text).
+
+    Raises:
+        ValueError: one line naming the key, the value and what is allowed.
+    """
+    ranges = RANGES if ranges is None else ranges
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        key = f"{where}.{f.name}" if where else f.name
+        value = raw = getattr(cfg, f.name)
+        if is_dataclass(value):
+            validate_config(value, key, ranges)
+            continue
+        allowed = _type_names(hints[f.name])
+        rule = ranges.get(type(cfg).__name__, {}).get(f.name)
+        try:
+            value = _coerce(value, allowed)
+        except TypeError:
+            raise ValueError(f"{key} = {raw!r} is not allowed: expected {_describe(allowed, rule)}") from None
+        if not _in_range(value, rule):
+            raise ValueError(f"{key} = {raw!r} is not allowed: expected {_describe(allowed, rule)}")
+        setattr(cfg, f.name, value)
+    return cfg

@@ -82,10 +82,15 @@ def start_processes(cfg: RunConfig, stage) -> object:
     return distributed.start(cfg.devices, cfg.precision, num_nodes=int(getattr(cfg, "num_nodes", 1)))
 
 
+# resume points: every tenth of the run and every two minutes (sslseg.engine.resume.SnapshotPolicy)
+SNAPSHOT_SECONDS = 120.0
+
+
 def _loop_cfg(cfg: RunConfig, stage, steps: int, **kw) -> LoopConfig:
     return LoopConfig(
         steps=steps, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)), **kw,
+        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)),
+        save_seconds=SNAPSHOT_SECONDS, **kw,
     )
 
 
@@ -141,7 +146,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
         fit(
             method,
             next_batch,
-            _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(50, steps // 10),
+            _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(1, steps // 10),
                       restarts=tuple(method.schedule_restarts(steps)) if hasattr(method, "schedule_restarts") else (),
                       sync_batchnorm=bool(getattr(cfg.pretrain, "sync_batchnorm", True)),
                       find_unused_parameters=find_unused),
@@ -178,7 +183,12 @@ def check_same_split(cases: list[Case], splits: dict[str, str], source: str) -> 
 def select_labelled(cases: list[Case], labels: str, seed: int, path: Path | None) -> list[str]:
     """The labelled training cases for a budget; read from ``path`` when saved, else drawn and saved."""
     if path is not None and path.is_file():
-        return list(read_json(path)["case_ids"])
+        saved = read_json(path)
+        if str(saved.get("budget")) != str(labels) or saved.get("seed") != seed:
+            # never reuse a subset drawn for another budget or seed
+            raise ValueError(f"{path} holds the subset for --labels {saved.get('budget')} seed {saved.get('seed')}, "
+                             f"not --labels {labels} seed {seed}; use --overwrite or another --out")
+        return list(saved["case_ids"])
     train_ids = [c.case_id for c in by_split(cases, "train") if c.masks]
     k = resolve_budget(labels, len(train_ids))
     ids = labelled_subset(train_ids, k, seed)
@@ -197,11 +207,12 @@ def run_finetune(
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
+    ft = cfg.finetune
+    # an sslseg checkpoint, or a plain DeepLabV3 state_dict in torchvision's naming (read first: a bad
+    # file is refused before anything is written)
+    init_ckpt = read_init(ft.init) if ft.init != "random" else None
     with distributed.rank_zero_first():
         cases = cases if cases is not None else load_cases(cfg, out)
-    ft = cfg.finetune
-    # an sslseg checkpoint, or a plain DeepLabV3 state_dict in torchvision's naming
-    init_ckpt = read_init(ft.init) if ft.init != "random" else None
     if init_ckpt is not None and init_ckpt.get("splits"):
         # fine-tune on the pretraining run's split, so that no test case was ever seen in pretraining
         check_same_split(cases, init_ckpt["splits"], ft.init)
@@ -323,7 +334,7 @@ def run_finetune(
             next_batch,
             # a frozen encoder gets no gradient for the first freeze_steps: DDP must look for unused parameters
             _loop_cfg(cfg, ft, steps, val_every=ft.val_every if val_set is not None else 0,
-                      save_every=max(50, steps // 5), find_unused_parameters=freeze_steps > 0),
+                      save_every=max(1, steps // 10), find_unused_parameters=freeze_steps > 0),
             params=params,
             out_dir=out,
             desc=f"finetune {Path(str(ft.init)).parent.name if init_ckpt else 'random'}",

@@ -41,7 +41,16 @@ from ..data.batches import Normalizer
 from ..data.splits import labelled_subset, read_json, resolve_budget, write_json
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..evaluate.inference import predict_frames
-from .config import RunConfig, apply_set, dump_yaml, from_dict, load_yaml
+from .config import (
+    PRECISIONS,
+    RANGES,
+    RunConfig,
+    apply_set,
+    dump_yaml,
+    from_dict,
+    load_yaml,
+    validate_config,
+)
 from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain, write_csv
 
 # dice/hd95: the case's primary scores under its convention (3D per volume for slices, frame mean for
@@ -93,6 +102,14 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     from ..models.build import MODELS
     from ..pretrain.build import METHODS
 
+    validate_config(cfg, "sweep", SWEEP_RANGES)
+    for key in ("archs", "methods"):
+        bad = [v for v in getattr(cfg, key) if not isinstance(v, str)]
+        if bad:
+            raise ValueError(f"sweep.{key}: {bad[0]!r} is not allowed: expected names")
+    bad_seeds = [s for s in cfg.seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad_seeds:
+        raise ValueError(f"sweep.seeds: {bad_seeds[0]!r} is not allowed: expected integers >= 0")
     for spec, _options in datasets(cfg):
         if spec.partition(":")[0] not in DATASETS:
             raise ValueError(f"sweep: unknown data set {spec!r}; choose one of {valid_specs()}")
@@ -121,7 +138,16 @@ def validate(cfg: SweepConfig) -> SweepConfig:
         # a sweep writes its tables from one process; its stages do run on several (sslseg pretrain/finetune)
         raise ValueError(f"sweep: devices {cfg.devices} is not supported; a sweep runs on one device "
                          "(run sslseg pretrain / finetune with --devices N for multi-device stages)")
+    for arch in cfg.archs:
+        # the pretrain/finetune sections as every run will receive them
+        validate_config(run_config(cfg, arch, cfg.seeds[0]), "sweep")
     return cfg
+
+
+SWEEP_RANGES = {**RANGES, "SweepConfig": {"image_size": (16, 8192), "val_fraction": (0.0, 0.95),
+                                          "test_fraction": (0.0, 0.95), "split_seed": (0, None),
+                                          "devices": (1, None), "precision": PRECISIONS},
+                "BaselineConfig": {"augment": (0.0, None), "steps": (1, None)}}
 
 
 def datasets(sw: SweepConfig) -> list[tuple[str, dict]]:

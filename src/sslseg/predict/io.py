@@ -171,7 +171,11 @@ def read_study(path: str | os.PathLike, channels: int = 1) -> Study:
     elif ext in ITK:
         study = _read_itk(path, channels)
     elif ext in DICOM or (ext == "" and is_dicom_file(path)):
-        study = _read_dicom(path, channels)
+        try:
+            study = _read_dicom(path, channels)
+        except (ValueError, TypeError, OverflowError) as err:  # e.g. a geometry tag whose text is not a number
+            msg = " ".join(str(err).split())
+            raise ValueError(msg if str(path) in msg else f"{path}: unreadable DICOM ({msg})") from None
     elif ext in VIDEOS:
         study = _read_video(path, channels)
     else:

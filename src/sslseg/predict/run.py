@@ -402,7 +402,9 @@ def predict_inputs(
             msg = str(e)
             yield FileResult(path, error=msg if str(path) in msg else f"{path}: {msg}")
         except (OSError, RuntimeError, MemoryError) as e:  # e.g. a full disk, a tensor the model refuses
-            yield FileResult(path, error=f"{path}: {type(e).__name__}: {e}")
+            yield FileResult(path, error=f"{path}: {type(e).__name__}: {' '.join(str(e).split())}")
+        except Exception as e:  # noqa: BLE001 - one bad file (e.g. a decompression bomb) never stops the others
+            yield FileResult(path, error=f"{path}: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
 def write_summary(results: list[FileResult], out_dir: str | os.PathLike,

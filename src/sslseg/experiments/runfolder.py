@@ -1,0 +1,154 @@
+"""One owner per run folder: a lock, the same configuration or an explicit overwrite, a finished run left alone.
+
+``claim(out, config)`` is called by the command line before a training run
+starts writing. It
+
+- takes ``out/.lock`` (an OS file lock: released by the kernel when the owning
+  process ends in any way, so a lock left by a killed run is never stale) and
+  refuses a second process with one line;
+- compares the resolved configuration with the folder's ``config.yaml``: a
+  different one is refused (``--overwrite`` clears the run's outputs first);
+- reports a finished run (``checkpoint.pt`` beside the same ``config.yaml``) so
+  the caller can say so and stop without training again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+try:  # POSIX; elsewhere a folder has no lock (the configuration checks still apply)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+# what a training run writes; cleared together by --overwrite, so no old file outlives its run
+RUN_OUTPUTS = ("checkpoint.pt", "last.pt", "last.pt.damaged", "metrics.csv", "labelled.json", "transfer.json",
+               "splits.json", "config.yaml", "log.txt")
+
+
+class RunFolder:
+    """The state of a claimed folder: ``finished`` when a whole run with this configuration is there."""
+
+    def __init__(self, path: Path, finished: bool) -> None:
+        self.path = path
+        self.finished = finished
+
+
+def first_difference(old, new, key: str = "") -> str | None:
+    """The first dotted key whose value differs between two config dicts (None: the same)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in list(new) + [k for k in old if k not in new]:
+            d = first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else str(k))
+            if d is not None:
+                return d
+        return None
+    return None if old == new else key
+
+
+def _comparable(cfg: dict) -> dict:
+    """A resolved config as YAML writes and reads it back; the data-dependent method defaults left out."""
+    out = yaml.safe_load(yaml.safe_dump(cfg, sort_keys=False)) or {}
+    return out
+
+
+def _saved_config(path: Path) -> dict | None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _loosen_resolved(saved: dict, new: dict) -> dict:
+    """Pretraining records the method options it filled in from the data (e.g. ``strategy``);
+    an option the new request leaves unset is not a difference."""
+    saved = dict(saved)
+    old_pre, new_pre = saved.get("pretrain"), new.get("pretrain")
+    if isinstance(old_pre, dict) and isinstance(new_pre, dict):
+        old_opt, new_opt = old_pre.get("options"), new_pre.get("options")
+        if isinstance(old_opt, dict) and isinstance(new_opt, dict):
+            saved["pretrain"] = {**old_pre, "options": {k: v for k, v in old_opt.items() if k in new_opt}}
+    return saved
+
+
+@contextlib.contextmanager
+def claim(out: str | os.PathLike, config: dict, overwrite: bool = False) -> Iterator[RunFolder]:
+    """Own ``out`` for the duration of a run.
+
+    Args:
+        out: the run folder (created when missing).
+        config: the fully resolved configuration of the requested run.
+        overwrite: clear a previous run's outputs when its configuration differs.
+
+    Raises:
+        ValueError: ``out`` is a file, is in use by another process, or holds a run with another configuration.
+    """
+    out = Path(out)
+    with lock(out):
+        new = _comparable(config)
+        saved = _saved_config(out / "config.yaml") if (out / "config.yaml").is_file() else None
+        finished = False
+        if saved is not None:
+            diff = first_difference(_loosen_resolved(saved, new), new)
+            if diff is not None and not overwrite:
+                raise ValueError(
+                    f"{out} holds a run with a different configuration ({diff}: "
+                    f"{_get(saved, diff)!r} there, {_get(new, diff)!r} now); add --overwrite to replace it "
+                    "or choose another --out")
+            if diff is None:
+                finished = (out / "checkpoint.pt").is_file() and not (out / "last.pt").is_file()
+            else:
+                clear_outputs(out)
+        elif overwrite or (out / "checkpoint.pt").exists():
+            clear_outputs(out)  # outputs without a readable config.yaml: nothing to resume from safely
+        yield RunFolder(out, finished)
+
+
+@contextlib.contextmanager
+def lock(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``out/.lock`` (created with ``out``) or refuse in one line when another process holds it.
+
+    Raises:
+        ValueError: ``out`` is a file, or another live process owns the folder.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise ValueError(f"{out} is in use by {owner}; wait for it to end or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+        yield out
+    finally:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove a previous run's outputs (and stray temporaries), so nothing old is taken for new."""
+    for name in RUN_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
