@@ -255,11 +255,14 @@ def cmd_report(args) -> int:
 def _print_summary(results_csv) -> None:
     import csv
 
-    from .report.tables import format_text, summary_table
+    from .report.tables import format_gains, format_text, subset_gains, summary_table
 
     rows = list(csv.DictReader(open(results_csv, newline="")))
     if rows:
         print(format_text(summary_table(rows, "dice"), "dice"))
+        gains = format_gains(subset_gains(rows, "dice"))
+        if gains:
+            print("\n" + gains)
 
 
 def cmd_predict(args) -> int:

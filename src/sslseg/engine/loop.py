@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save
+from .progress import Progress
 
 log = logging.getLogger("sslseg")
 
@@ -43,6 +44,8 @@ class LoopConfig:
         val_every: steps between validations (when a validation function is given).
         accelerator, devices, precision: passed to Lightning Fabric.
         grad_clip: max gradient norm (0 disables).
+        logger: ``csv`` (metrics.csv only) or ``tensorboard`` as well (:mod:`sslseg.engine.progress`).
+        progress_seconds: seconds between plain progress lines when no progress bar is shown.
     """
 
     steps: int = 1000
@@ -57,6 +60,8 @@ class LoopConfig:
     devices: int | str = 1
     precision: str = "32-true"
     grad_clip: float = 0.0
+    logger: str = "csv"
+    progress_seconds: float = 30.0
 
 
 def lr_lambda(step: int, cfg: LoopConfig) -> float:
@@ -163,6 +168,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
         task.train(was_training)
         row = {"step": step, **{f"val_{k}": float(v) for k, v in metrics.items()}}
         history.append(row)
+        progress.log(row)
         log.info("%s step %d validation %s", desc, step, metrics)
         if monitor is not None and (best is None or metrics[monitor] > best[monitor]):
             best = {"step": step, **{k: float(v) for k, v in metrics.items()}}
@@ -171,6 +177,9 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
     task.train()
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=False, disable=None)
+    # plain lines where tqdm shows no bar (output to a file or pipe); optional TensorBoard
+    progress = Progress(desc, cfg.steps, start, show=bool(bar.disable) and getattr(fabric, "global_rank", 0) == 0,
+                        every_seconds=cfg.progress_seconds, out_dir=out, logger=cfg.logger)
     running: dict[str, float] = {}
     n_running = 0
     for step in range(start, cfg.steps):
@@ -191,11 +200,13 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
             running[k] = running.get(k, 0.0) + float(v.detach())
         n_running += 1
         bar.update(1)
+        progress.update(step + 1, float(out_dict["loss"].detach()))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             row = {"step": step + 1, **{k: v / n_running for k, v in running.items()}}
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
+            progress.log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             log.info("%s step %d loss %.5f", desc, step + 1, row["loss"])
             running, n_running = {}, 0
@@ -217,6 +228,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
     bar.close()
     if validate is not None and start < cfg.steps:
         run_validation(cfg.steps)
+    progress.close()
     if monitor is not None and best_state is not None:
         task.load_state_dict(best_state)
         log.info("%s: restored best weights from step %d (%s = %.4f)", desc, best["step"], monitor, best[monitor])

@@ -46,8 +46,15 @@ def evaluate_cases(
     image_size: int,
     num_classes: int,
     device: torch.device | str = "cpu",
+    postprocess: dict | None = None,
 ) -> list[dict]:
-    """Per labelled frame and foreground class: Dice and HD95 (mm), on the native grid."""
+    """Per labelled frame and foreground class: Dice and HD95 (mm), on the native grid.
+
+    ``postprocess``: keyword arguments of :func:`sslseg.evaluate.postprocess.postprocess`
+    (``largest_component``, ``fill_holes``) applied to the predictions before scoring; None = raw.
+    """
+    from .postprocess import postprocess as clean
+
     rows = []
     classes = list(range(1, num_classes))
     for case in cases:
@@ -55,6 +62,8 @@ def evaluate_cases(
         if not idx:
             continue
         pred = predict_frames(model, case.frames[idx], normalizer, image_size, device=device)
+        if postprocess and any(postprocess.values()):
+            pred = clean(pred, num_classes, **postprocess)
         phases = case.meta.get("phase", {})
         for j, i in enumerate(idx):
             gt = case.masks[i]

@@ -30,6 +30,7 @@ from ..finetune.transfer import freeze_encoder, read_init, recalibrate_batchnorm
 from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
 from .config import RunConfig, dump_yaml, to_dict
+from .provenance import resolved_options, write_provenance
 
 log = logging.getLogger("sslseg")
 
@@ -68,7 +69,8 @@ def in_channels_of(cases: list[Case]) -> int:
 def _loop_cfg(cfg: RunConfig, stage, steps: int, **kw) -> LoopConfig:
     return LoopConfig(
         steps=steps, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)), **kw,
+        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)), logger=cfg.logger,
+        **kw,
     )
 
 
@@ -108,6 +110,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
         def next_batch(step: int):
             return pool.batch(cfg.pretrain.batch_size, rng)
     dump_yaml(cfg, out / "config.yaml")
+    write_provenance(out, {"pretrain": {"steps": steps, "options": resolved_options(method, options)}})
     rng = np.random.default_rng(cfg.seed)
     log.info("pretraining %s/%s on %d frames of %d training cases", cfg.pretrain.method, cfg.model.arch, len(pool), len(train))
     fit(
@@ -271,6 +274,9 @@ def run_finetune(
         return {"dice": _mean_dice(model, val_set, num_classes)}
 
     dump_yaml(cfg, out / "config.yaml")
+    write_provenance(out, {"finetune": {"steps": steps, "freeze_encoder_steps": freeze_steps,
+                                        "labelled_cases": sorted(ids), "labelled_frames": len(data),
+                                        "weights": report.summary() if report else "random initialisation"}})
     rng = np.random.default_rng(cfg.seed)
     log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))
     result = fit(
@@ -318,8 +324,13 @@ def _mean_dice(model, data: LabelledSet, num_classes: int, batch: int = 32) -> f
     return float(np.mean(dices)) if dices else float("nan")
 
 
-def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path) -> list[dict]:
-    """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs."""
+def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path,
+                 postprocess: dict | None = None) -> list[dict]:
+    """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs.
+
+    ``postprocess``: steps applied to the predictions before scoring
+    (:func:`sslseg.evaluate.postprocess.postprocess` keywords); None = raw predictions.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(ckpt_path)
@@ -333,7 +344,7 @@ def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: 
     if not test:
         raise ValueError(f"the {split!r} split has no labelled case to evaluate")
     rows = evaluate_cases(model, test, Normalizer.from_dict(pre["normalizer"]), pre["image_size"],
-                          ckpt["model_kwargs"]["num_classes"], device)
+                          ckpt["model_kwargs"]["num_classes"], device, postprocess=postprocess)
     write_csv(out / "per_frame.csv", rows)
     cases_rows = per_case(rows)
     write_csv(out / "per_case.csv", cases_rows)
