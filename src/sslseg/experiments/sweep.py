@@ -241,9 +241,10 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
                 continue
             bar.set_postfix_str(run_key(r))
             if bar.disable:  # no bar on a file or pipe: a plain line per run
-                print(f"sweep: run {bar.n + 1}/{total}: {run_key(r)}", flush=True)
+                print(f"sweep: run {done + 1}/{total}: {run_key(r)}", flush=True)
             _run_one(sw, r, cases, subsets[(r["budget"], r["seed"])], run_dir, out)
             bar.update(1)
+            done += 1
     bar.close()
     results = collect_results(out)
     for cases, runs, _ in todo:
