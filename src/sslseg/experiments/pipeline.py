@@ -276,6 +276,7 @@ def run_finetune(
     dump_yaml(cfg, out / "config.yaml")
     write_provenance(out, {"finetune": {"steps": steps, "freeze_encoder_steps": freeze_steps,
                                         "labelled_cases": sorted(ids), "labelled_frames": len(data),
+                                        "augment": task.augment,
                                         "weights": report.summary() if report else "random initialisation"}})
     rng = np.random.default_rng(cfg.seed)
     log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))

@@ -59,10 +59,9 @@ def git_commit(path: str | Path | None = None) -> tuple[str | None, bool | None]
 def command_line(argv: list[str] | None = None) -> str:
     """The command as typed: ``sslseg ARGS`` for the console script, else the interpreter and its arguments."""
     argv = list(sys.argv if argv is None else argv)
-    if argv and Path(argv[0]).name == "sslseg":
+    if argv and (Path(argv[0]).name == "sslseg" or argv[0] == "-c" or argv[0].endswith(("__main__.py", "cli.py"))):
+        # the console script, ``python -m sslseg``, or ``main()`` called from code: the CLI's arguments
         argv[0] = "sslseg"
-    elif argv and argv[0].endswith(("__main__.py", "cli.py")):
-        argv = ["python", "-m", "sslseg", *argv[1:]]
     else:
         argv = [Path(sys.executable).name, *argv]
     return shlex.join(argv)

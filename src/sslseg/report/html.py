@@ -45,6 +45,11 @@ def _fmt(x: float, nd: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def _s(x: float) -> str:
+    """Signed to 3 decimals, with no ``-0.000``."""
+    return f"{round(x, 3) + 0.0:+.3f}"
+
+
 def _label(m: str) -> str:
     return "random init" if m == REFERENCE else m
 
@@ -128,7 +133,7 @@ def _summary(table: list[dict], gains: list[dict], rows: list[dict]) -> str:
         word = "beats" if d > 0 else ("loses to" if d < 0 else "ties with")
         cls = "pos" if d > 0 else ("neg" if d < 0 else "")
         if g["n"] >= 2:
-            detail = (f"95% CI across {g['n']} labelled subsets {g['ci_low']:+.3f} to {g['ci_high']:+.3f}; "
+            detail = (f"95% CI across {g['n']} labelled subsets {_s(g['ci_low'])} to {_s(g['ci_high'])}; "
                       f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}")
         else:
             detail = "one labelled subset: no interval, no test"
@@ -164,12 +169,12 @@ def _gains_html(gains: list[dict]) -> str:
     body = []
     for g in gains:
         d = g["mean_gain"]
-        ci = f"[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]" if g["n"] >= 2 else "–"
-        per = ", ".join(f"seed {s}: {v:+.3f}" for s, v in g["gains"].items())
+        ci = f"[{_s(g['ci_low'])}, {_s(g['ci_high'])}]" if g["n"] >= 2 else "–"
+        per = ", ".join(f"seed {s}: {_s(v)}" for s, v in g["gains"].items())
         body.append(f"<tr><td class='l'>{html.escape(g['arch'])}</td><td class='l'>{html.escape(g['method'])}</td>"
                     f"<td>{g['labelled_cases']}</td><td>{g['n']}</td><td>{_fmt(g['method_mean'])}</td>"
                     f"<td>{_fmt(g['ref_mean'])}</td><td class='{'pos' if d > 0 else ('neg' if d < 0 else '')}'>"
-                    f"{d:+.3f}</td><td>{ci}</td><td>{g['wins']}/{g['n']}</td><td>{format_p(g['p_value'])}</td>"
+                    f"{_s(d)}</td><td>{ci}</td><td>{g['wins']}/{g['n']}</td><td>{format_p(g['p_value'])}</td>"
                     f"<td class='l'>{html.escape(per)}</td></tr>")
     return (f"<table>{head}{''.join(body)}</table><p class='note'>Per labelled subset (seed): mean test Dice of "
             "the method minus that of random init fine-tuned on the same labelled cases. Interval: Student t "
@@ -196,7 +201,7 @@ def _table_html(table: list[dict], hd: dict, gains: list[dict]) -> str:
     body = []
     for r in table:
         g = paired.get((r["arch"], r["method"], r["labelled_cases"]), math.nan)
-        gain = "" if math.isnan(g) else f"<span class='{'pos' if g > 0 else ('neg' if g < 0 else '')}'>{g:+.3f}</span>"
+        gain = "" if math.isnan(g) else f"<span class='{'pos' if g > 0 else ('neg' if g < 0 else '')}'>{_s(g)}</span>"
         h = hd.get((r["arch"], r["method"], r["labelled_cases"]))
         body.append(f"<tr class='{'best' if r['best'] else ''}'><td class='l'>{html.escape(r['arch'])}</td>"
                     f"<td class='l'>{html.escape(_label(r['method']))}{' ★' if r['best'] else ''}</td>"
@@ -214,8 +219,8 @@ def _tests_html(tests: list[dict]) -> str:
     head = ("<tr><th class='l'>arch</th><th class='l'>method</th><th>labelled cases</th><th>pairs</th>"
             "<th>mean Dice difference</th><th>95% CI</th><th>wins</th><th>Wilcoxon</th></tr>")
     body = [f"<tr><td class='l'>{html.escape(t['arch'])}</td><td class='l'>{html.escape(t['method'])}</td>"
-            f"<td>{t['labelled_cases']}</td><td>{t['n']}</td><td>{t['mean_diff']:+.3f}</td>"
-            f"<td>[{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]</td><td>{t['wins']}/{t['n']}</td>"
+            f"<td>{t['labelled_cases']}</td><td>{t['n']}</td><td>{_s(t['mean_diff'])}</td>"
+            f"<td>[{_s(t['ci_low'])}, {_s(t['ci_high'])}]</td><td>{t['wins']}/{t['n']}</td>"
             f"<td>{format_p(t['p_value'])}</td></tr>" for t in tests]
     return (f"<table>{head}{''.join(body)}</table><p class='note'>Pairs are matched on (seed, test case); "
             "the difference is method minus random init. Test cases of one labelled subset share that subset's "

@@ -48,7 +48,7 @@ def dice_vs_labels(rows: list[dict], path: str | Path, metric: str = "dice", tit
             mean, lo, hi = bootstrap_ci(by_k[k])
             colour = f"C{(len(groups) + i) % 10}"
             ax.axhline(mean, color=colour, linestyle="--", lw=1.2, label=f"{method}, all {k} labelled")
-            ax.axhspan(lo, hi, color=colour, alpha=0.1)
+            ax.axhspan(lo, hi, color=colour, alpha=0.06)
     if not allk:
         allk = sorted({k for g in refs.values() for k in g})
     groups.update(refs)
@@ -194,7 +194,7 @@ def subset_gains_figure(gains: list[dict], path: str | Path, metric: str = "Dice
     budgets = sorted({g["labelled_cases"] for g in gains})
     archs = {g["arch"] for g in gains}
     names = list(dict.fromkeys(g["method"] + (f"\n{g['arch']}" if len(archs) > 1 else "") for g in gains))
-    fig, axes = plt.subplots(1, len(budgets), figsize=(1.6 + 1.0 * len(names) * len(budgets), 4.4),
+    fig, axes = plt.subplots(1, len(budgets), figsize=(max(6.5, 1.6 + 1.0 * len(names) * len(budgets)), 4.4),
                              sharey=True, squeeze=False, dpi=110)
     for ax, k in zip(axes[0], budgets, strict=True):
         for g in (g for g in gains if g["labelled_cases"] == k):
@@ -214,7 +214,8 @@ def subset_gains_figure(gains: list[dict], path: str | Path, metric: str = "Dice
         ax.set_title(f"{k} labelled case{'s' if k != 1 else ''}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(f"test {metric} minus random init\n(same labelled subset)")
-    fig.suptitle("Does pretraining buy labels? dots: labelled subsets, bar: mean, whisker: 95% CI", fontsize=10)
+    fig.suptitle("Does pretraining buy labels?\ndots: labelled subsets (seeds), bar: mean, whisker: 95% CI (t)",
+                 fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
