@@ -78,7 +78,7 @@ def postprocess(
         flat = arr.reshape(-1, 1, *arr.shape[-2:])
         out = np.empty_like(flat)
         for i in range(flat.shape[0]):
-            m = flat[i]
+            m = flat[i].copy()  # MONAI's transforms write into their input
             if m.any():  # an empty map has nothing to clean
                 for step in steps:
                     m = np.asarray(step(m))
