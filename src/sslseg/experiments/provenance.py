@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import inspect
 import os
 import platform
@@ -29,15 +30,21 @@ PACKAGES = ("sslseg", "torch", "monai", "lightning", "numpy", "scipy", "matplotl
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     """Installed version of each distribution (None when it is not installed)."""
+    return dict(_versions(tuple(names)))
+
+
+@functools.lru_cache(maxsize=4)
+def _versions(names: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
+    # read once per process: a sweep writes provenance.json for every run
     from importlib.metadata import PackageNotFoundError, version
 
-    out: dict[str, str | None] = {}
+    out: list[tuple[str, str | None]] = []
     for n in names:
         try:
-            out[n] = version(n)
+            out.append((n, version(n)))
         except PackageNotFoundError:
-            out[n] = None
-    return out
+            out.append((n, None))
+    return tuple(out)
 
 
 def git_commit(path: str | Path | None = None) -> tuple[str | None, bool | None]:
