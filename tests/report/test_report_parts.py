@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from sslseg.evaluate import inference
 from sslseg.experiments import sweep
 from sslseg.experiments.provenance import git_commit
 from sslseg.report.html import write_report
@@ -31,12 +32,22 @@ CONFIG = {
 }
 
 
+def _dark_pixels(model, frames, normalizer, image_size, batch_size=32, device="cpu"):
+    """A stand-in for the networks' predictions (a few steps predict nothing): dark pixels, which differ
+    from frame to frame, so that each frame has its own Dice."""
+    f = np.asarray(frames, dtype=float)
+    return (f < np.median(f, axis=(-2, -1), keepdims=True)).astype(np.int64)
+
+
 @pytest.fixture(scope="module")
 def two_subsets(tmp_path_factory):
     out = tmp_path_factory.mktemp("subsets")
     cfg = out / "sweep.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
-    sweep.run_sweep(cfg, out / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "predict_frames", _dark_pixels)  # evaluation
+        mp.setattr(sweep, "predict_frames", _dark_pixels)  # the overlays' frames
+        sweep.run_sweep(cfg, out / "run")
     return out / "run"
 
 
@@ -59,6 +70,7 @@ def test_every_method_on_the_same_frames_titled_with_that_frames_dice(two_subset
     ref = _frame_dice(two_subsets / "runs" / "none_unet_1_seed0" / "per_frame.csv")
     ranked = sorted((v, k) for k, v in ref.items())
     assert frames[0] == ranked[-1][1] and frames[-1] == ranked[0][1]
+    assert len({float(data[f"dice_{i}_0"]) for i in range(len(frames))}) == len(frames)  # frames differ
     # each panel's Dice is that frame's own, as the evaluation scored it for that run
     for j, col in enumerate(columns):
         scored = _frame_dice(two_subsets / "runs" / runs[col] / "per_frame.csv")
