@@ -54,6 +54,11 @@ def git_commit(path: str | Path | None = None) -> tuple[str | None, bool | None]
     """
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
+        if path is None:
+            # this file must be tracked: a package installed into a venv inside some other repository
+            # would otherwise report that repository's commit
+            subprocess.run(["git", "-C", str(where), "ls-files", "--error-unmatch", Path(__file__).name],
+                           capture_output=True, timeout=10, check=True)
         commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
         status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
