@@ -47,8 +47,13 @@ def two_subsets(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inference, "predict_frames", _dark_pixels)  # evaluation
         mp.setattr(sweep, "predict_frames", _dark_pixels)  # the overlays' frames
-        sweep.run_sweep(cfg, out / "run")
+        sweep.run_sweep(cfg, out / "run", write_report_at_end=False)
     return out / "run"
+
+
+@pytest.fixture(scope="module")
+def report(two_subsets):
+    return write_report(two_subsets)
 
 
 def _frame_dice(per_frame: Path) -> dict[tuple[str, int], float]:
@@ -102,8 +107,8 @@ def test_every_folder_records_what_a_rerun_needs(two_subsets):
     assert ft["augment"]["strength"] == 1.0
 
 
-def test_report_gives_gains_by_subset_with_an_interval_and_every_config(two_subsets):
-    page = write_report(two_subsets).read_text()
+def test_report_gives_gains_by_subset_with_an_interval_and_every_config(two_subsets, report):
+    page = report.read_text()
     assert "95% CI across 2 labelled subsets" in page and "One labelled subset" not in page
     assert not re.search(r"p = 0\.000", page)
     n_runs = len(list((two_subsets / "runs").iterdir())) + len(list((two_subsets / "pretrain").iterdir()))
@@ -142,11 +147,11 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def test_new_report_parts_render_in_headless_chromium(two_subsets, tmp_path):
+def test_new_report_parts_render_in_headless_chromium(report, tmp_path):
     browser = shutil.which("chromium")
     if browser is None:
         pytest.skip("chromium is not installed (.ci/run installs the Debian package)")
-    page = write_report(two_subsets).read_text()
+    page = report.read_text()
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", PROBE + "</body>"))
     dom = subprocess.run(
