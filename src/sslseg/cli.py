@@ -15,20 +15,84 @@ from pathlib import Path
 from . import __version__
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one (not None/False/[]); ``{methods}``, ``{archs}``, ``{data}`` filled
+    from the registries only when help is printed (they import torch); epilogs kept as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        for key, names in _LISTS.items():
+            if key in text:
+                text = text.replace(key, names())
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _names(module: str) -> str:
+    import importlib
+
+    return ", ".join(sorted(importlib.import_module(module).DESCRIPTIONS))
+
+
+def _data_names() -> str:
+    from .data.registry import valid_specs
+
+    return valid_specs()
+
+
+_LISTS = {"{methods}": lambda: _names("sslseg.pretrain.build"), "{archs}": lambda: _names("sslseg.models.build"),
+          "{data}": _data_names}
+
+DATA_HELP = "data set spec: one of {data} (sslseg data --list)"
+EXAMPLES = {
+    "demo": "sslseg demo --quick --out demo-quick",
+    "data": "sslseg data synthetic-echo --export exported/\n  sslseg data echonet:/data/EchoNet-Dynamic\n  "
+            "sslseg data --list",
+    "pretrain": "sslseg pretrain --data echonet:/data/EchoNet-Dynamic --method simclr --arch deeplabv3 "
+                "--out runs/simclr --steps 2000 --batch-size 64",
+    "finetune": "sslseg finetune --data echonet:/data/EchoNet-Dynamic --init runs/simclr/checkpoint.pt "
+                "--labels 5% --out runs/ft-5pct",
+    "sweep": "sslseg sweep configs/echonet_contrastive_echo.yaml --out runs/payoff --set 'seeds=[0,1,2]'",
+    "report": "sslseg report runs/payoff",
+    "evaluate": "sslseg evaluate --data echonet:/data/EchoNet-Dynamic --model runs/ft-5pct/checkpoint.pt "
+                "--out runs/ft-5pct/eval --postprocess largest_component",
+    "predict": "sslseg predict --model runs/ft-5pct/checkpoint.pt study.avi dicoms/ --out predictions/",
+    "export": "sslseg export --model runs/ft-5pct/checkpoint.pt --format onnx",
+    "methods": "sslseg methods",
+    "archs": "sslseg archs",
+}
+
+
+def _sub(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows defaults and ends with an example."""
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=_Help,
+                          epilog=f"example:\n  {EXAMPLES[name]}")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    from .experiments.config import DataConfig
+    from .experiments.config import FinetuneConfig as F
+    from .experiments.config import PretrainConfig as P
+
     g = p.add_argument_group("common")
-    g.add_argument("--steps", type=int, help="optimiser steps (overrides epochs)")
+    g.add_argument("--steps", type=int,
+                   help=f"optimiser steps, overrides --epochs (config default: {P.steps} pretrain, {F.steps} finetune)")
     g.add_argument("--epochs", type=int, help="epochs over the training images")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--image-size", type=int, help="square side the images are resized to")
+    g.add_argument("--batch-size", type=int, help=f"images per optimiser step, the global batch over all devices "
+                                                  f"(config default: {P.batch_size} pretrain, {F.batch_size} finetune)")
+    g.add_argument("--lr", type=float, help=f"peak learning rate, AdamW (config default: {P.lr:g} pretrain, "
+                                            f"{F.lr:g} finetune)")
+    g.add_argument("--image-size", type=int,
+                   help=f"square side the images are resized to (config default: {DataConfig.image_size})")
     # no defaults here: a flag overrides --config only when given (the defaults live in experiments/config.py)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="seed of the labelled subset, initialisation and batches (config default: 0)")
     g.add_argument("--devices", type=int,
                    help="processes on this machine (GPUs, or CPU processes without a GPU); --batch-size stays the "
-                        "global batch, split between them")
-    g.add_argument("--num-nodes", type=int, help="machines, each running --devices processes (torchrun)")
-    g.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"])
+                        "global batch, split between them (config default: 1)")
+    g.add_argument("--num-nodes", type=int, help="machines, each running --devices processes (torchrun; config default: 1)")
+    g.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"],
+                   help="numeric precision of training; 16-mixed needs a GPU (config default: 32-true)")
     g.add_argument("--config", help="YAML file with any config fields (applied before --set)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set model.options.base_channels=32")
@@ -44,77 +108,88 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.")
+    ap = _Parser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.",
+                 formatter_class=_Help, epilog="start with:\n  sslseg demo --quick\n  sslseg COMMAND --help")
     ap.add_argument("--version", action="version", version=f"sslseg {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic echo")
-    p.add_argument("--out", default="sslseg-demo")
+    p = _sub(sub, "demo", "the whole pipeline on built-in synthetic echo")
+    p.add_argument("--out", default="sslseg-demo", help="folder for results.csv, figures and report.html")
     p.add_argument("--quick", action="store_true", help="a smaller run (under 3 minutes on 2 CPU cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets and training")
 
-    p = sub.add_parser("data", help="summarise a data set; --export writes what the model sees")
-    p.add_argument("spec")
-    p.add_argument("--export", metavar="DIR")
-    p.add_argument("--image-size", type=int, default=112)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = _sub(sub, "data", "summarise a data set; --export writes what the model sees; --list names them all")
+    p.add_argument("spec", nargs="?", help=DATA_HELP)
+    p.add_argument("--list", action="store_true", help="list the data sets that can be read, one line each")
+    p.add_argument("--export", metavar="DIR", help="write every labelled frame and mask, as the model sees them")
+    p.add_argument("--image-size", type=int, default=112, help="square side for --export")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a data option, e.g. --set options.num_cases=8")
 
-    p = sub.add_parser("pretrain", help="self-supervised pretraining")
-    p.add_argument("--data", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--arch")
-    p.add_argument("--out", required=True)
+    p = _sub(sub, "pretrain", "self-supervised pretraining")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--method", required=True, help="pretext task: one of {methods} (sslseg methods)")
+    p.add_argument("--arch", help="architecture: one of {archs} (sslseg archs; config default: unet)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)
 
-    p = sub.add_parser("finetune", help="supervised fine-tuning on a label budget")
-    p.add_argument("--data", required=True)
-    p.add_argument("--arch")
-    p.add_argument("--init",
-                   help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or 'random'")
-    p.add_argument("--labels", help="labelled cases: a count (4) or a percentage (5%%)")
-    p.add_argument("--out", required=True)
+    p = _sub(sub, "finetune", "supervised fine-tuning on a label budget")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--arch", help="architecture: one of {archs} (sslseg archs; config default: unet)")
+    p.add_argument("--init", help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or "
+                                  "'random' (config default: random)")
+    p.add_argument("--labels", help="labelled cases: a count (4) or a percentage (5%%) (config default: 4)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)
 
-    p = sub.add_parser("sweep", help="label-efficiency study from a YAML config (resumable)")
-    p.add_argument("config")
-    p.add_argument("--out", required=True)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = _sub(sub, "sweep", "label-efficiency study from a YAML config (resumable)")
+    p.add_argument("config", help="sweep YAML (see configs/): data, archs, methods, budgets, seeds, ...")
+    p.add_argument("--out", required=True, help="sweep folder; the same command resumes an interrupted sweep")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sweep key, e.g. --set 'seeds=[0,1,2]'")
 
-    p = sub.add_parser("report", help="rebuild report.html and figures of a sweep folder")
-    p.add_argument("dir")
+    p = _sub(sub, "report", "rebuild report.html and figures of a sweep folder")
+    p.add_argument("dir", help="a sweep folder (with results.csv)")
 
-    p = sub.add_parser("evaluate", help="Dice and HD95 per test case")
-    p.add_argument("--data", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--out", required=True)
+    p = _sub(sub, "evaluate", "Dice and HD95 per test case")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--model", required=True, help="a fine-tuned checkpoint")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="which cases of the checkpoint's split to score")
+    p.add_argument("--out", required=True, help="folder for per_case.csv and per_frame.csv")
     p.add_argument("--convention", default="auto", choices=["auto", "volume", "frame"],
                    help="auto: volumes by 3D Dice/HD95 per volume, cines by the mean of their frames")
     p.add_argument("--hd95-empty", default="diagonal", choices=["diagonal", "nan"],
                    help="HD95 with an empty prediction: the image diagonal in mm (counted), or left out")
+    p.add_argument("--postprocess", default="none",
+                   help="clean predictions before scoring: none, all, or a comma list of largest_component, "
+                        "fill_holes (MONAI)")
 
-    p = sub.add_parser("predict", help="masks for new images, volumes, DICOM and videos (+ echo measurements)")
+    p = _sub(sub, "predict", "masks for new images, volumes, DICOM and videos (+ echo measurements)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (PNG/TIFF, NIfTI, MetaImage/NRRD, DICOM, AVI)")
     p.add_argument("--model", required=True, help="a fine-tuned checkpoint")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for masks, predictions.csv and echo measurements")
     p.add_argument("--tta", action="store_true", help="average with the left-right flip; writes an uncertainty map")
     p.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
                    help="--tile: inputs are at the model's pixel scale: no resizing, sliding windows of the "
                         "training size; --no-tile: resize like training; default: tile larger inputs only when "
                         "the model was trained on frames that were not resized")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap with --tile")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--dicom-masks", default="nifti", choices=["nifti", "png"])
+    p.add_argument("--dicom-masks", default="nifti", choices=["nifti", "png"], help="mask format for DICOM inputs")
     p.add_argument("--no-echo", action="store_true", help="skip the LV measurements on videos and cines")
     p.add_argument("--lv-label", type=int, default=1, help="the LV class for the echo measurements")
     p.add_argument("--max-heart-rate", type=float, help="bpm; sets the shortest ED-to-ED distance (default 140)")
     p.add_argument("--filelist", help="EchoNet-Dynamic FileList.csv: report the EF mean absolute error")
 
-    p = sub.add_parser("export", help="ONNX or TorchScript, checked against PyTorch")
+    p = _sub(sub, "export", "ONNX or TorchScript, checked against PyTorch")
     p.add_argument("--model", required=True, help="a fine-tuned checkpoint")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"], help="file format")
     p.add_argument("--out", help="output file (default: next to the checkpoint)")
+
+    _sub(sub, "methods", "list the pretraining methods, one line each")
+    _sub(sub, "archs", "list the architectures, one line each")
     return ap
 
 
@@ -172,6 +247,13 @@ def cmd_data(args) -> int:
     from .experiments.config import RANGES, DataConfig, apply_set, validate_config
     from .experiments.inspect import export_dataset, summarise
 
+    if args.list:
+        from .data.registry import DATASETS
+
+        _print_list({f"{n}:PATH" if needs else n: text for n, (_, needs, text) in DATASETS.items()})
+        return 0
+    if not args.spec:
+        raise ValueError("give a data set spec, or --list to see them")
     # accept the same keys as the training commands (data.options.X) and the short form (options.X)
     sets = [item[len("data."):] if item.startswith("data.") else item for item in args.set]
     # any positive size for a look at the data (training needs at least 16: experiments/config.py RANGES)
@@ -184,6 +266,27 @@ def cmd_data(args) -> int:
         n = export_dataset(cases, args.export, dcfg.image_size)
         print(f"exported {n} labelled frames to {args.export}")
     return 0
+
+
+def cmd_methods(args) -> int:
+    from .pretrain.build import DESCRIPTIONS, METHODS
+
+    _print_list({n: DESCRIPTIONS.get(n, "") for n in METHODS})
+    print("\nnone (in a sweep): random initialisation, the reference every method is compared with")
+    return 0
+
+
+def cmd_archs(args) -> int:
+    from .models.build import DESCRIPTIONS, MODELS
+
+    _print_list({n: DESCRIPTIONS.get(n, "") for n in MODELS})
+    return 0
+
+
+def _print_list(items: dict[str, str]) -> None:
+    width = max(len(n) for n in items)
+    for name, text in items.items():
+        print(f"{name:<{width}}  {text}")
 
 
 def cmd_pretrain(args) -> int:
@@ -266,9 +369,11 @@ def cmd_evaluate(args) -> int:
     for c in cases:
         if c.case_id in unknown:
             c.split = "test"  # never seen in training: safe to evaluate on
-    rows = run_evaluate(args.model, cases, args.split, args.out, args.convention, args.hd95_empty)
     from .evaluate.metrics import pooled_dice
+    from .evaluate.postprocess import parse_steps
 
+    rows = run_evaluate(args.model, cases, args.split, args.out, args.convention, args.hd95_empty,
+                        postprocess=parse_steps(args.postprocess))
     d = np.array([r["dice"] for r in rows], dtype=float)
     h = np.array([r["hd95"] for r in rows], dtype=float)
     hd = f"{np.nanmean(h):.2f} mm" if np.isfinite(h).any() else "undefined (empty predictions)"
@@ -333,11 +438,14 @@ def _check_results(path: Path) -> None:
 def _print_summary(results_csv) -> None:
     import csv
 
-    from .report.tables import format_text, summary_table
+    from .report.tables import format_gains, format_text, subset_gains, summary_table
 
     rows = list(csv.DictReader(open(results_csv, newline="")))
     if rows:
         print(format_text(summary_table(rows, "dice"), "dice"))
+        gains = format_gains(subset_gains(rows, "dice"))
+        if gains:
+            print("\n" + gains)
 
 
 def cmd_predict(args) -> int:
@@ -440,7 +548,8 @@ def _check_outputs(args) -> None:
 
 
 COMMANDS = {"sweep": cmd_sweep, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "methods": cmd_methods,
+            "archs": cmd_archs}
 
 
 def main(argv: list[str] | None = None) -> int:

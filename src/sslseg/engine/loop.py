@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import resume as resume_
+from .progress import Progress
 
 log = logging.getLogger("sslseg")
 
@@ -51,6 +52,8 @@ class LoopConfig:
         sync_batchnorm: on several processes, BatchNorm statistics over the global batch.
         find_unused_parameters: DDP's option, for tasks that leave some trainable
             parameters without gradient at some steps.
+        logger: ``csv`` (metrics.csv only) or ``tensorboard`` as well (:mod:`sslseg.engine.progress`).
+        progress_seconds: seconds between plain progress lines when no progress bar is shown.
     """
 
     steps: int = 1000
@@ -69,6 +72,8 @@ class LoopConfig:
     restarts: tuple[int, ...] = ()
     sync_batchnorm: bool = False
     find_unused_parameters: bool = False
+    logger: str = "csv"
+    progress_seconds: float = 30.0
 
 
 def lr_lambda(step: int, cfg: LoopConfig) -> float:
@@ -204,6 +209,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
         task.train(was_training)
         row = {"step": step, **{f"val_{k}": float(v) for k, v in metrics.items()}}
         history.append(row)
+        progress.log(row)
         log.info("%s step %d validation %s", desc, step, metrics)
         if monitor is not None and (best is None or metrics[monitor] > best[monitor]):
             best = {"step": step, **{k: float(v) for k, v in metrics.items()}}
@@ -214,6 +220,10 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=False,
                disable=None if rank0 else True)
+    # plain lines where tqdm shows no bar (output to a file or pipe); optional TensorBoard
+    progress = Progress(desc, cfg.steps, start, show=bool(bar.disable) and rank0,
+                        every_seconds=cfg.progress_seconds, out_dir=out if rank0 else None,
+                        logger=cfg.logger)
     for step in range(start, cfg.steps):
         batch = fabric.to_device(next_batch(step))
         if step == start and fabric.world_size > 1:
@@ -234,6 +244,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
             running[k] = running.get(k, 0.0) + float(v.detach())
         n_running += 1
         bar.update(1)
+        progress.update(step + 1, float(out_dict["loss"].detach()))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             if fabric.world_size > 1:
                 running = mean_over_ranks(fabric, running)
@@ -241,6 +252,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
+            progress.log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             log.info("%s step %d loss %.5f", desc, step + 1, row["loss"])
             running, n_running = {}, 0
@@ -266,6 +278,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
     bar.close()
     if validate is not None and start < cfg.steps:
         run_validation(cfg.steps)
+    progress.close()
     if monitor is not None and best_state is not None:
         task.load_state_dict(best_state)
         log.info("%s: restored best weights from step %d (%s = %.4f)", desc, best["step"], monitor, best[monitor])

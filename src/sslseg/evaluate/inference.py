@@ -77,6 +77,7 @@ def score_cases(
     device: torch.device | str = "cpu",
     convention: str = "auto",
     hd95_empty: str = "diagonal",
+    postprocess: dict | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Score every labelled case: rows per (frame, foreground class) and one row per case.
 
@@ -95,10 +96,15 @@ def score_cases(
             image diagonal in mm and is counted in ``hd95_penalised``; ``nan``:
             it stays undefined and is left out of the means (counted in
             ``hd95_undefined`` either way).
+        postprocess: keyword arguments of :func:`sslseg.evaluate.postprocess.postprocess`
+            (``largest_component``, ``fill_holes``) applied to the predictions before
+            scoring; None: raw predictions, as the papers score.
 
     Returns:
         ``(frame_rows, case_rows)``.
     """
+    from .postprocess import postprocess as clean
+
     if hd95_empty not in HD95_EMPTY:
         raise ValueError(f"hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {hd95_empty!r}")
     classes = list(range(1, num_classes))  # foreground only: background is never scored
@@ -110,6 +116,8 @@ def score_cases(
             continue
         conv = case_convention(case, convention)
         pred = predict_frames(model, case.frames[idx], normalizer, image_size, device=device)
+        if postprocess and any(postprocess.values()):
+            pred = clean(pred, num_classes, **postprocess)
         gt = np.stack([np.asarray(case.masks[i]) for i in idx]).astype(np.int64)
         phases = case.meta.get("phase", {})
         sp2 = tuple(float(s) for s in case.spacing)
@@ -166,9 +174,10 @@ def evaluate_cases(
     image_size: int,
     num_classes: int,
     device: torch.device | str = "cpu",
+    postprocess: dict | None = None,
 ) -> list[dict]:
     """Per labelled frame and foreground class: Dice and HD95 (mm), on the native grid (see :func:`score_cases`)."""
-    return score_cases(model, cases, normalizer, image_size, num_classes, device)[0]
+    return score_cases(model, cases, normalizer, image_size, num_classes, device, postprocess=postprocess)[0]
 
 
 def per_case(rows: list[dict]) -> list[dict]:

@@ -90,6 +90,7 @@ class RunConfig:
     devices: int = 1
     num_nodes: int = 1
     precision: str = "32-true"
+    logger: str = "csv"  # csv (metrics.csv), or tensorboard as well (sslseg.engine.progress)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)

@@ -13,7 +13,7 @@ import csv
 import time
 from pathlib import Path
 
-from ..report.tables import format_text, summary_table
+from ..report.tables import format_gains, format_text, subset_gains, summary_table
 from .sweep import BaselineConfig, SweepConfig, run_sweep
 
 
@@ -63,14 +63,10 @@ def run_demo(out_dir: str | Path = "sslseg-demo", quick: bool = False, seed: int
 
 
 def format_table(rows: list[dict]) -> str:
-    """Mean Dice (95% CI) per initialisation and budget, and where pretraining wins or loses."""
+    """Mean Dice (95% CI over test cases) per initialisation and budget, and where pretraining wins or loses."""
     table = summary_table(rows, "dice")
-    notes = []
-    for r in table:
-        if r["method"] not in ("none", "supervised") and r["gain"] == r["gain"]:
-            word = "beats" if r["gain"] > 0 else "loses to"
-            notes.append(f"{r['method']} {word} random init by {abs(r['gain']):.3f} Dice "
-                         f"at {r['labelled_cases']} labelled case(s)")
+    # the gain paired by labelled subset (seed), with its interval across subsets when there are several
+    notes = format_gains(subset_gains(rows, "dice")).splitlines()
     hd = {(h["method"], h["labelled_cases"]): h["mean"] for h in summary_table(rows, "hd95")}
     text = format_text(table, "dice").splitlines()
     text[0] += f" {'HD95 mm':>8}"

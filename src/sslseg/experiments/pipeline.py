@@ -32,6 +32,7 @@ from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
 from ..pretrain.ddp import prepare_for_ddp
 from .config import RunConfig, dump_yaml, to_dict
+from .provenance import resolved_options, write_provenance
 
 log = logging.getLogger("sslseg")
 
@@ -89,7 +90,7 @@ SNAPSHOT_SECONDS = 120.0
 def _loop_cfg(cfg: RunConfig, stage, steps: int, **kw) -> LoopConfig:
     return LoopConfig(
         steps=steps, lr=stage.lr, weight_decay=stage.weight_decay, warmup_steps=stage.warmup_steps,
-        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)),
+        devices=cfg.devices, precision=cfg.precision, log_every=max(1, min(50, steps // 20)), logger=cfg.logger,
         save_seconds=SNAPSHOT_SECONDS, **kw,
     )
 
@@ -141,6 +142,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
             return pool.load(pool.indices(cfg.pretrain.batch_size, step_generator(cfg.seed, step))[part])
     if rank0:
         dump_yaml(cfg, out / "config.yaml")
+        write_provenance(out, {"pretrain": {"steps": steps, "options": resolved_options(method, options)}})
     log.info("pretraining %s/%s on %d frames of %d training cases", cfg.pretrain.method, cfg.model.arch, len(pool), len(train))
     with Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda") as next_batch:
         fit(
@@ -327,6 +329,10 @@ def run_finetune(
 
     if rank0:
         dump_yaml(cfg, out / "config.yaml")
+        write_provenance(out, {"finetune": {"steps": steps, "freeze_encoder_steps": freeze_steps,
+                                            "labelled_cases": sorted(ids), "labelled_frames": len(data),
+                                            "augment": task.augment,
+                                            "weights": report.summary() if report else "random initialisation"}})
     log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))
     with prefetch:
         result = fit(
@@ -380,12 +386,15 @@ def _mean_dice(model, data: LabelledSet, num_classes: int, batch: int = 32) -> f
 
 
 def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path,
-                 convention: str = "auto", hd95_empty: str = "diagonal") -> list[dict]:
+                 convention: str = "auto", hd95_empty: str = "diagonal",
+                 postprocess: dict | None = None) -> list[dict]:
     """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs.
 
     ``per_frame.csv``: one row per labelled frame and foreground class;
     ``per_case.csv``: one row per case, scored by ``convention`` (see
-    :func:`sslseg.evaluate.inference.score_cases`).
+    :func:`sslseg.evaluate.inference.score_cases`). ``postprocess``: steps applied
+    to the predictions before scoring (:func:`sslseg.evaluate.postprocess.postprocess`
+    keywords); None = raw predictions.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -400,7 +409,8 @@ def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: 
     if not test:
         raise ValueError(f"the {split!r} split has no labelled case to evaluate")
     rows, cases_rows = score_cases(model, test, Normalizer.from_dict(pre["normalizer"]), pre["image_size"],
-                                   ckpt["model_kwargs"]["num_classes"], device, convention, hd95_empty)
+                                   ckpt["model_kwargs"]["num_classes"], device, convention, hd95_empty,
+                                   postprocess=postprocess)
     write_csv(out / "per_frame.csv", rows)
     write_csv(out / "per_case.csv", cases_rows)
     return cases_rows

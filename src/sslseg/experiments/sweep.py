@@ -41,6 +41,7 @@ from ..data.batches import Normalizer
 from ..data.splits import labelled_subset, read_json, resolve_budget, write_json
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..evaluate.inference import predict_frames
+from ..evaluate.postprocess import parse_steps
 from .config import (
     PRECISIONS,
     RANGES,
@@ -52,6 +53,7 @@ from .config import (
     validate_config,
 )
 from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain, write_csv
+from .provenance import write_provenance
 
 # dice/hd95: the case's primary scores under its convention (3D per volume for slices, frame mean for
 # cines); the per-frame means, EchoNet's pooled-Dice terms and the HD95 penalty count beside them
@@ -88,6 +90,9 @@ class SweepConfig:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     devices: int = 1
     precision: str = "32-true"
+    # applied to predictions before scoring: none, all, or a list of largest_component, fill_holes
+    postprocess: str | list = "none"
+    logger: str = "csv"  # training logs: csv (metrics.csv), or tensorboard as well
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
@@ -141,6 +146,11 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     for arch in cfg.archs:
         # the pretrain/finetune sections as every run will receive them
         validate_config(run_config(cfg, arch, cfg.seeds[0]), "sweep")
+    from ..engine.progress import check_logger
+    from ..evaluate.postprocess import parse_steps
+
+    parse_steps(cfg.postprocess)
+    check_logger(cfg.logger)
     return cfg
 
 
@@ -184,6 +194,7 @@ def run_config(sw: SweepConfig, arch: str, seed: int, data: tuple[str, dict] | N
     spec, options = data if data is not None else datasets(sw)[0]
     rc = RunConfig()
     rc.seed, rc.devices, rc.precision = int(seed), sw.devices, sw.precision
+    rc.logger = sw.logger
     rc.data.spec, rc.data.options, rc.data.image_size = spec, dict(options), sw.image_size
     rc.data.split_seed, rc.data.val_fraction, rc.data.test_fraction = sw.split_seed, sw.val_fraction, sw.test_fraction
     rc.model.arch = arch
@@ -236,6 +247,7 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
         if asdict(prev) != asdict(sw):
             raise ValueError(f"{out} holds a sweep with a different config; use a new --out or the same config")
     dump_yaml(asdict(sw), saved)
+    write_provenance(out)  # the command line, commit and packages of the latest invocation
 
     sets = datasets(sw)
     todo = []  # per data set: its cases, its runs, its labelled subsets
@@ -274,10 +286,16 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
             if (run_dir / "done.json").exists():
                 continue
             bar.set_postfix_str(run_key(r))
+            if bar.disable:  # no bar on a file or pipe: a plain line per run
+                print(f"sweep: run {done + 1}/{total}: {run_key(r)}", flush=True)
             _run_one(sw, r, cases, subsets[(r["budget"], r["seed"])], run_dir, out)
             bar.update(1)
+            done += 1
     bar.close()
     results = collect_results(out)
+    for cases, runs, _ in todo:
+        for arch in sw.archs:
+            save_comparison(out, [r for r in runs if r["arch"] == arch], cases, parse_steps(sw.postprocess))
     if write_report_at_end:
         from ..report.html import write_report
 
@@ -298,7 +316,8 @@ def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path
         if sw.baseline.steps:
             rc.finetune.steps, rc.finetune.epochs = int(sw.baseline.steps), None
     ckpt = run_finetune(rc, run_dir, cases, labelled_ids=labelled)
-    per_case = run_evaluate(ckpt, cases, "test", run_dir, rc.evaluate.convention, rc.evaluate.hd95_empty)
+    per_case = run_evaluate(ckpt, cases, "test", run_dir, rc.evaluate.convention, rc.evaluate.hd95_empty,
+                            postprocess=parse_steps(sw.postprocess))
     rows = [{"method": r["method"], "arch": r["arch"], "dataset": r["spec"], "budget": r["budget"],
              "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r)} for pc in per_case]
     write_csv(run_dir / "rows.csv", rows)
@@ -361,3 +380,90 @@ def save_examples(ckpt_path: Path, cases, per_case: list[dict], path: Path) -> N
     tmp = path.with_name(".examples.tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
+
+
+def comparison_path(out: Path, runs: list[dict]) -> Path:
+    """Where :func:`save_comparison` writes the frames of a data set and arch: ``DIR/examples/<...>.npz``."""
+    r = runs[0]
+    prefix = f"{r['data']}_" if r.get("data") else ""
+    return out / "examples" / f"{prefix}{r['arch']}.npz"
+
+
+def save_comparison(out: Path, runs: list[dict], cases, postprocess: dict | None = None) -> Path | None:
+    """Every method's prediction on the same frames, for the report's side-by-side overlays.
+
+    At the smallest budget and the first seed, the labelled test frames are
+    ranked by random init's Dice (its ``per_frame.csv``; the first method's when
+    there is no random init) and the best, median and worst are kept. Each finished
+    run at that budget and seed, and the supervised baseline, predicts them; each
+    prediction is stored with that frame's own Dice (mean over the classes present
+    in the ground truth), post-processed as the sweep scores.
+
+    Args:
+        out: the sweep folder.
+        runs: the planned runs of one data set and arch (:func:`plan` rows with ``data``).
+        cases: that data set's cases.
+        postprocess: :func:`sslseg.evaluate.postprocess.postprocess` keywords, or None.
+
+    Returns:
+        The ``.npz`` written, or None when no run at that budget has finished.
+    """
+    from ..evaluate.metrics import dice_per_class
+    from ..evaluate.postprocess import postprocess as clean
+
+    finetune = [r for r in runs if r["kind"] == "finetune"]
+    if not finetune:
+        return None
+    k0, s0 = min(r["k"] for r in finetune), finetune[0]["seed"]
+    cols = [r for r in finetune if r["k"] == k0 and r["seed"] == s0]
+    cols = sorted(cols, key=lambda r: r["method"] != "none")  # random init first
+    cols += [r for r in runs if r["kind"] == "baseline" and r["seed"] == s0]
+    cols = [r for r in cols if (out / "runs" / run_key(r) / "done.json").exists()]
+    ref_csv = out / "runs" / run_key(cols[0]) / "per_frame.csv" if cols else None
+    if ref_csv is None or not ref_csv.exists():
+        return None
+    frame_dice: dict[tuple[str, int], list[float]] = {}
+    for row in csv.DictReader(open(ref_csv, newline="")):
+        frame_dice.setdefault((row["case_id"], int(row["index"])), []).append(float(row["dice"]))
+    scored = sorted((float(np.nanmean(v)), key) for key, v in frame_dice.items() if not np.isnan(v).all())
+    if not scored:
+        return None
+    picks = {"worst": scored[0][1], "median": scored[len(scored) // 2][1], "best": scored[-1][1]}
+    rows = [(name, key) for name, key in (("best", picks["best"]), ("median", picks["median"]),
+                                          ("worst", picks["worst"]))]
+    rows = [rk for i, rk in enumerate(rows) if rk[1] not in [k for _, k in rows[:i]]]  # distinct frames only
+    ref_name = "random init" if cols[0]["method"] == "none" else cols[0]["method"]
+    labels = []
+    for r in cols:
+        name = {"none": "random init", "supervised": f"supervised (all {r['k']})"}.get(r["method"], r["method"])
+        labels.append(name)
+    by_id = {c.case_id: c for c in cases}
+    arrays: dict[str, np.ndarray] = {"rows": np.array([f"{n} for {ref_name}" for n, _ in rows]),
+                                     "columns": np.array(labels)}
+    for i, (_, (case_id, idx)) in enumerate(rows):
+        case = by_id[case_id]
+        frame = np.asarray(case.frames[idx : idx + 1])
+        arrays[f"image_{i}"] = (frame[0] if frame.ndim == 3 else frame[0, 0]).astype(np.float32)
+        arrays[f"gt_{i}"] = np.asarray(case.masks[idx]).astype(np.uint8)
+        arrays[f"info_{i}"] = np.array([case_id, str(idx)])
+    for j, r in enumerate(cols):
+        ckpt = load_checkpoint(out / "runs" / run_key(r) / "checkpoint.pt")
+        model = model_from_checkpoint(ckpt)
+        pre = ckpt["preprocess"]
+        norm = Normalizer.from_dict(pre["normalizer"])
+        num_classes = int(ckpt["model_kwargs"]["num_classes"])
+        for i, (_, (case_id, idx)) in enumerate(rows):
+            frame = np.asarray(by_id[case_id].frames[idx : idx + 1])
+            pred = predict_frames(model, frame, norm, pre["image_size"])
+            if postprocess and any(postprocess.values()):
+                pred = clean(pred, num_classes, **postprocess)
+            gt = arrays[f"gt_{i}"]
+            d = dice_per_class(pred[0], gt, list(range(1, num_classes)))
+            arrays[f"pred_{i}_{j}"] = pred[0].astype(np.uint8)
+            arrays[f"dice_{i}_{j}"] = np.array(np.nanmean(d) if not np.isnan(d).all() else np.nan)
+    path = comparison_path(out, runs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path

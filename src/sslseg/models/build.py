@@ -28,6 +28,12 @@ def build_unet(
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"unet": build_unet, "deeplabv3": build_deeplabv3}
 
+# one line per architecture, for ``sslseg archs`` and ``--help``
+DESCRIPTIONS: dict[str, str] = {
+    "unet": "UNet (options: base_channels 16, depth 4, norm batch); encoder and decoder pretrainable",
+    "deeplabv3": "DeepLabV3, ResNet-50 dilated (output stride 8, ASPP); loads torchvision-named weights",
+}
+
 
 def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs) -> SegmentationModel:
     """Build a segmentation model by registry name.

@@ -29,6 +29,17 @@ METHODS: dict[str, Callable[..., nn.Module]] = {
     "regression_contrastive": RegressionContrastive,
 }
 
+# one line per method, for ``sslseg methods`` and ``--help``
+DESCRIPTIONS: dict[str, str] = {
+    "simclr": "SimCLR: NT-Xent between two augmented views of each frame (encoder; Chen et al. 2020)",
+    "byol": "BYOL: online network predicts an EMA target's projection of another view (encoder; Grill et al. 2020)",
+    "regression": "masked-noise regression: L1 on pixels replaced by Gaussian noise (encoder + decoder; Umapathy 2022)",
+    "global_contrastive": "global contrastive on partitions of volumes (encoder; Chaitanya et al. 2020)",
+    "local_contrastive": "local contrastive on decoder feature-map regions, encoder frozen (Chaitanya et al. 2020)",
+    "global_local": "global contrastive (encoder), then local contrastive (decoder): the staged schedule",
+    "regression_contrastive": "masked-noise regression and global contrastive together (beyond both papers)",
+}
+
 
 def method_class(name: str) -> Callable[..., nn.Module]:
     """The pretext task registered as ``name``; an unknown name lists the valid ones."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from .stats import bootstrap_ci, paired_test
+import numpy as np
+
+from .stats import bootstrap_ci, format_p, paired_test, subset_test
 
 REFERENCE = "none"  # random initialisation
 
@@ -64,3 +66,63 @@ def format_text(table: list[dict], metric: str = "dice") -> str:
         lines.append(f"{r['arch']:<10} {r['method']:<24} {r['labelled_cases']:>8d} {r['mean']:>7.3f} "
                      f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] {gain:>10}{mark}")
     return "\n".join(lines + ["* best at that number of labelled cases"])
+
+
+def subset_means(rows: list[dict], metric: str = "dice") -> dict[tuple, float]:
+    """Mean ``metric`` over test cases per ``(arch, method, labelled cases, seed)`` (NaN-aware)."""
+    by: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        by[(r["arch"], r["method"], int(r["labelled_cases"]), str(r["seed"]))].append(_f(r[metric]))
+    out = {}
+    for key, vals in by.items():
+        v = [x for x in vals if not math.isnan(x)]
+        out[key] = float(np.mean(v)) if v else math.nan
+    return out
+
+
+def subset_gains(rows: list[dict], metric: str = "dice") -> list[dict]:
+    """Each method's gain over random init, paired by labelled subset, at each budget.
+
+    A labelled subset is one seed of a budget: the same labelled cases for every
+    method. Per subset the gain is the method's mean over test cases minus random
+    init's on that subset; the interval and the test run across subsets
+    (:func:`sslseg.report.stats.subset_test`).
+
+    Returns:
+        One dict per (arch, method, labelled cases) with a random-init partner:
+        ``gains`` ({seed: gain}), ``method_mean``, ``ref_mean`` (means over the
+        paired subsets) and the keys of :func:`~sslseg.report.stats.subset_test`.
+    """
+    means = subset_means(rows, metric)
+    cells = sorted({k[:3] for k in means}, key=lambda c: (c[0], c[2], c[1]))
+    out = []
+    for arch, method, k in cells:
+        if method == REFERENCE:
+            continue
+        seeds = sorted(s for (a, m, kk, s) in means if (a, m, kk) == (arch, method, k)
+                       and (arch, REFERENCE, k, s) in means)
+        if not seeds:
+            continue
+        gains = {s: means[(arch, method, k, s)] - means[(arch, REFERENCE, k, s)] for s in seeds}
+        t = subset_test(list(gains.values()))
+        out.append({"arch": arch, "method": method, "labelled_cases": k, "gains": gains,
+                    "method_mean": float(np.nanmean([means[(arch, method, k, s)] for s in seeds])),
+                    "ref_mean": float(np.nanmean([means[(arch, REFERENCE, k, s)] for s in seeds])), **t})
+    return out
+
+
+def gain_sentence(g: dict, metric: str = "Dice") -> str:
+    """One line: how a method does against random init across labelled subsets, with its interval."""
+    d = g["mean_gain"]
+    word = "beats" if d > 0 else ("loses to" if d < 0 else "ties with")
+    text = f"{g['method']} {word} random init by {abs(d):.3f} {metric} at {g['labelled_cases']} labelled case(s)"
+    if g["n"] < 2:
+        return text + " [one labelled subset: no interval; run more seeds]"
+    return (text + f" [95% CI across {g['n']} labelled subsets {g['ci_low']:+.3f} to {g['ci_high']:+.3f}; "
+            f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}]")
+
+
+def format_gains(gains: list[dict], metric: str = "Dice") -> str:
+    """The gain lines of :func:`gain_sentence`, one per method and budget (with the arch when several)."""
+    archs = {g["arch"] for g in gains}
+    return "\n".join((f"{g['arch']}: " if len(archs) > 1 else "") + gain_sentence(g, metric) for g in gains)
