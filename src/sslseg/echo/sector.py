@@ -239,7 +239,8 @@ def restore_probabilities(prob: torch.Tensor, sector: Sector, shape: tuple[int, 
     r0, r1 = max(top, 0), min(top + side, h)
     c0, c1 = max(left, 0), min(left + side, w)
     out[..., r0:r1, c0:c1] = p[..., r0 - top : r1 - top, c0 - left : c1 - left]
-    inside = torch.from_numpy(sector.mask).to(p.device)
+    inside = torch.zeros((h, w), dtype=torch.bool, device=p.device)
+    inside[r0:r1, c0:c1] = torch.from_numpy(sector.mask[r0:r1, c0:c1]).to(p.device)
     out = out * inside
     if not single:
         out[:, 0] += (~inside).to(out.dtype)
