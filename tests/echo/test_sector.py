@@ -133,11 +133,17 @@ def test_masked_crop_resize_of_a_fan_round_trip():
     s = find_sector(clip)
     out = prepare_frames(clip, s, 64)
     assert out.shape == (8, 64, 64) and out.dtype == np.uint8
-    # the overlays are gone: top corners of the square (outside the fan) are black
-    assert out[:, :4, :4].max() == 0 and out[:, :4, -4:].max() == 0
+    # the overlays inside the square are gone: the ECG trace (row 114, below the fan) is masked to black
+    top, _, side = s.box
+    row = round((114 - top + 0.5) * 64 / side - 0.5)
+    assert prepare_frames(clip, Sector(np.ones((H, W), bool), s.box, "image", []), 64)[:, row].max() > 0
+    assert out[:, row].max() == 0
     # a 'model' that labels the prepared sector pixels: mapped back, it covers the sector, nothing outside
     inside = torch.from_numpy(prepare_frames(s.mask[None].astype(np.uint8) * 200, s, 64) > 100).float()
-    back = restore_probabilities(torch.stack([1 - inside, inside], 1), s, (H, W)).argmax(1)[0].numpy()
+    prob = restore_probabilities(torch.stack([1 - inside, inside], 1), s, (H, W))
+    assert (prob[0, 1][torch.from_numpy(~s.mask)] == 0).all()
+    torch.testing.assert_close(prob.sum(1), torch.ones(1, H, W))
+    back = prob.argmax(1)[0].numpy()
     assert not back[~s.mask].any() and iou(back.astype(bool), s.mask) > 0.97
     assert prepared_spacing((0.3, 0.2), s, 64) == pytest.approx((0.3 * s.box[2] / 64, 0.2 * s.box[2] / 64))
     assert prepared_spacing(None, s, 64) is None
