@@ -99,11 +99,20 @@ def _convex_fill(mask: np.ndarray) -> np.ndarray:
         hull = ConvexHull(pts)
     except (QhullError, ValueError):  # a line or a point: nothing to fill
         return mask.copy()
-    r, c = np.mgrid[: mask.shape[0], : mask.shape[1]]
-    grid = np.stack([r.ravel(), c.ravel()], 1).astype(np.float64)
-    # inside: every facet's outward normal . p + offset <= 0
-    inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2]).max(1) <= 1e-6
-    return inside.reshape(mask.shape) | mask
+    # a convex polygon meets each row in one interval: its ends from the edges crossing that row
+    h, w = mask.shape
+    lo, hi = np.full(h, np.inf), np.full(h, -np.inf)
+    v = pts[hull.vertices]
+    for (r0, c0), (r1, c1) in zip(v, np.roll(v, -1, axis=0), strict=True):
+        rows = np.arange(int(np.ceil(min(r0, r1))), int(np.floor(max(r0, r1))) + 1)
+        cols = np.array([c0, c1]) if r0 == r1 else c0 + (rows - r0) * (c1 - c0) / (r1 - r0)
+        if r0 == r1:
+            rows = np.array([int(r0), int(r0)])
+        np.minimum.at(lo, rows, cols)
+        np.maximum.at(hi, rows, cols)
+    c = np.arange(w)
+    inside = (c[None, :] >= np.ceil(lo - 1e-6)[:, None]) & (c[None, :] <= np.floor(hi + 1e-6)[:, None])
+    return inside | mask
 
 
 def find_sector(
