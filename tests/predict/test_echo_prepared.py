@@ -136,3 +136,28 @@ def test_explicit_preparation_and_bad_options(threshold):
         threshold(32, tile=True, prepare="echo")
     with pytest.raises(ValueError, match="training frames must be one of"):
         choose_preparation("echo", True, (10, 10), 8)
+
+
+def test_echo_video_prepared_with_tta(tmp_path, threshold):
+    """An AVI is an echo clip: sector prepared, masks and TTA uncertainty empty outside it, frames kept."""
+    from fractions import Fraction
+
+    from sslseg.predict.io import read_mask_video, write_video
+    from sslseg.predict.run import predict_file
+
+    rng = np.random.default_rng(0)
+    h, w, n = 90, 120, 6
+    r, c = np.mgrid[:h, :w]
+    fan = (np.hypot(r - 5, c - 60) <= 80) & (np.abs(np.arctan2(c - 60, r - 5)) <= np.pi / 4)
+    clip = np.where(fan, rng.integers(0, 256, (n, h, w)), 0).astype(np.uint8)
+    clip[:, 2:8, 2:30] = 255  # static text: bright, so a whole-frame threshold model would mark it
+    src = tmp_path / "clip.avi"
+    write_video(clip, src, Fraction(25), lossless=True)
+    p = threshold(32, tta=True, trained_on="echo-sector")
+    res = predict_file(p, src, tmp_path / "out" / "clip", echo=False)
+    assert res.preparation == "echo" and res.sector is not None
+    labels = read_mask_video(res.outputs["mask_video"], 2)
+    assert labels.shape == (n, h, w) and labels.any()
+    assert not labels[:, ~res.sector.mask].any() and not labels[:, 2:8, 2:30].any()
+    var = np.asarray(nib.load(res.outputs["uncertainty"]).dataobj).transpose(2, 1, 0)
+    assert var.shape == (n, h, w) and (var[:, ~res.sector.mask] == 0).all()
