@@ -40,6 +40,7 @@ def screen(frames: int = 8, seed: int = 0, doppler: bool = False) -> np.ndarray:
         f = np.where(sector, rng.integers(30, 200, (H, W)), 0)
         f[pool] = 0
         f[40:43, 100:103] = 255  # static marker inside the sector
+        f[20:61:10, 125] = 255  # depth-scale dots beside the sector
         f[2:9, 2:40] = 220  # static text block (patient name)
         f[2:9, 120:158] = 180  # static logo
         # ECG trace: a 1-pixel line with a moving blip, below the sector
@@ -97,9 +98,10 @@ def test_single_frame_and_blank_clip():
 @pytest.mark.parametrize(
     "rows, cols, box",
     [
-        ((10, 29), (5, 54), (10, 5, 50)),  # wide: side = width, apex row at the top
-        ((0, 49), (10, 19), (0, -10, 50)),  # tall: side = height, centred left-right (may leave the frame)
+        ((10, 29), (5, 54), (10, 20, 20)),  # wide: side = height, centred: the lateral edges are cut
+        ((0, 49), (10, 19), (0, -10, 50)),  # tall: centred left-right (the square may leave the frame)
         ((3, 12), (7, 16), (3, 7, 10)),  # square
+        ((3, 12), (7, 17), (3, 7, 10)),  # one column wider: the extra column is cut on the right
     ],
 )
 def test_sector_box(rows, cols, box):
@@ -133,17 +135,20 @@ def test_masked_crop_resize_of_a_fan_round_trip():
     s = find_sector(clip)
     out = prepare_frames(clip, s, 64)
     assert out.shape == (8, 64, 64) and out.dtype == np.uint8
-    # the overlays inside the square are gone: the ECG trace (row 114, below the fan) is masked to black
-    top, _, side = s.box
-    row = round((114 - top + 0.5) * 64 / side - 0.5)
-    assert prepare_frames(clip, Sector(np.ones((H, W), bool), s.box, "image", []), 64)[:, row].max() > 0
-    assert out[:, row].max() == 0
+    # the overlays inside the square are gone: the depth-scale dot at (40, 125), beside the fan, is black
+    top, left, side = s.box
+    r, c = (round((v - o + 0.5) * 64 / side - 0.5) for v, o in ((40, top), (125, left)))
+    assert prepare_frames(clip, Sector(np.ones((H, W), bool), s.box, "image", []), 64)[:, r, c].min() > 0
+    assert out[:, r - 1 : r + 2, c - 1 : c + 2].max() == 0
     # a 'model' that labels the prepared sector pixels: mapped back, it covers the sector, nothing outside
     inside = torch.from_numpy(prepare_frames(s.mask[None].astype(np.uint8) * 200, s, 64) > 100).float()
     prob = restore_probabilities(torch.stack([1 - inside, inside], 1), s, (H, W))
     assert (prob[0, 1][torch.from_numpy(~s.mask)] == 0).all()
     torch.testing.assert_close(prob.sum(1), torch.ones(1, H, W))
     back = prob.argmax(1)[0].numpy()
-    assert not back[~s.mask].any() and iou(back.astype(bool), s.mask) > 0.97
+    seen = s.mask.copy()
+    seen[:, : max(left, 0)] = False  # the fan's lateral tips, outside the square, are not shown to the model
+    seen[:, left + side :] = False
+    assert not back[~seen].any() and iou(back.astype(bool), seen) > 0.97
     assert prepared_spacing((0.3, 0.2), s, 64) == pytest.approx((0.3 * s.box[2] / 64, 0.2 * s.box[2] / 64))
     assert prepared_spacing(None, s, 64) is None

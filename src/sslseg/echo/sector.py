@@ -20,12 +20,16 @@ The steps, each a pure function:
    largest connected piece kept, and its convex hull taken (a sector is convex,
    and the hull fills the dark blood pool and any static marker inside it).  A
    single frame has no motion: its non-dark pixels are used instead.
-2. :func:`sector_box`: the square crop around the sector, as EchoNet's frames
-   are square: side = the longer side of the sector's bounding box, top edge
-   at the sector's top (the apex), centred left-right on the sector.  Parts of
-   the square outside the frame are zero.  EchoNet's script cut a fixed
-   fraction of a fixed screen layout instead; the bounding square follows the
-   sector on any scanner.
+2. :func:`sector_box`: the square crop, as EchoNet's frames are square: side =
+   the sector's height (its depth), top edge at the sector's top (the apex),
+   centred left-right on the sector.  EchoNet's script cut a centred square of
+   the screen's height, so a sector wider than it is deep lost its lateral
+   edges and filled the square, as the synthetic echo's sector fills its frame
+   (a square as wide as the sector left a black band under it, where a model
+   trained on such frames has never seen black, and one did mark it).  Parts
+   of the square outside the frame are zero.  EchoNet's script cut fixed
+   fractions of a fixed screen layout; this square follows the sector on any
+   scanner.
 3. :func:`prepare_frames`: pixels outside the sector set to 0, the square cut
    out and resized to the training size by bicubic interpolation (Keys'
    a = -0.75 without antialiasing, as OpenCV's ``INTER_CUBIC`` that EchoNet
@@ -183,16 +187,15 @@ def _sector_mask(signal: np.ndarray, search: np.ndarray, short_side: int) -> np.
 
 
 def sector_box(mask: np.ndarray) -> tuple[int, int, int]:
-    """The square crop ``(top, left, side)`` around a sector mask (module notes, step 2)."""
+    """The square crop ``(top, left, side)`` of a sector mask: its height, centred on it (module notes, step 2)."""
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
     if rows.size == 0:
         h, w = mask.shape
         rows, cols = np.arange(h), np.arange(w)
     top, bottom, left, right = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-    bh, bw = bottom - top + 1, right - left + 1
-    side = max(bh, bw)
-    # the apex stays at the top edge; a tall sector is centred left-right
-    return top, left - (side - bw) // 2, side
+    side, bw = bottom - top + 1, right - left + 1
+    # the apex stays at the top edge; a wide sector loses its lateral edges, a narrow one gets black sides
+    return top, left + (bw - side) // 2, side
 
 
 def _crop_square(x: torch.Tensor, box: tuple[int, int, int]) -> torch.Tensor:
