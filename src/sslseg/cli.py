@@ -288,7 +288,8 @@ def cmd_predict(args) -> int:
             if r.echo:
                 v = r.echo["ef_percent"]
                 ef = f", EF {v:.1f}% over {r.echo['beats']} beat(s)" if v == v else ", EF undefined (no LV change found)"
-            print(f"ok      {r.path} ({r.kind}, {r.frames} frame(s){ef}) -> {r.outputs.get('mask') or r.outputs.get('mask_video')}")
+            print(f"ok      {r.path} ({r.kind}, {r.frames} frame(s), prepared: {r.preparation}{ef}) -> "
+                  f"{r.outputs.get('mask') or r.outputs.get('mask_video')}")
         else:
             print(f"FAILED  {r.error}", file=sys.stderr)
     summary = write_summary(results, args.out, known)

@@ -43,7 +43,7 @@ def _everywhere_checkpoint(path, frames: str | None):
     return path
 
 
-def test_real_echo_cine_through_predict(tmp_path):
+def test_real_echo_cine_through_predict(tmp_path, capsys):
     """pydicom's 30-frame SonoSite cine: sector found, masks inside it, geometry and frames kept, LV measured."""
     import pydicom
 
@@ -51,6 +51,7 @@ def test_real_echo_cine_through_predict(tmp_path):
     ds = pydicom.dcmread(src)
     ck = _everywhere_checkpoint(tmp_path / "echo.pt", "echo-sector")
     assert main(["predict", "--model", str(ck), src, "--out", str(tmp_path / "out")]) == 0
+    assert "(dicom, 30 frame(s), prepared: echo, EF" in capsys.readouterr().out
     row = next(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert row["prepared"] == "echo" and "echo sector from the image" in row["notes"]
     # the file's calibration describes a 640 x 480 screen; the pixels were halved afterwards
