@@ -170,10 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a fine-tuned checkpoint")
     p.add_argument("--out", required=True, help="folder for masks, predictions.csv and echo measurements")
     p.add_argument("--tta", action="store_true", help="average with the left-right flip; writes an uncertainty map")
+    p.add_argument("--prepare", default="auto", choices=["auto", "echo", "tile", "resize"],
+                   help="how frames reach the model: echo = find the ultrasound sector, crop, mask and resize "
+                        "it as EchoNet-Dynamic did; tile = sliding windows at the input's own pixel scale; "
+                        "resize = the whole frame to the training size; auto (default) = echo for echo clips "
+                        "given to a model trained on echo, tile for inputs at the scale of a model trained on "
+                        "unresized frames, else resize (README: 'How predict prepares frames')")
     p.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
-                   help="--tile: inputs are at the model's pixel scale: no resizing, sliding windows of the "
-                        "training size; --no-tile: resize like training; default: tile larger inputs only when "
-                        "the model was trained on frames that were not resized")
+                   help="the older spelling of --prepare tile (--tile) and --prepare resize (--no-tile)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap with --tile")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -454,7 +458,9 @@ def cmd_predict(args) -> int:
 
     _check_predict_options(args)
     known = read_filelist_ef(args.filelist) if args.filelist else None
-    options = {"batch_size": args.batch_size, "tta": args.tta, "overlap": args.overlap,
+    if args.tile is not None and args.prepare != "auto":
+        raise ValueError("--tile/--no-tile and --prepare given together; use --prepare alone")
+    options = {"batch_size": args.batch_size, "tta": args.tta, "overlap": args.overlap, "prepare": args.prepare,
                "tile": "auto" if args.tile is None else args.tile}
     if args.device:
         options["device"] = args.device
@@ -469,7 +475,8 @@ def cmd_predict(args) -> int:
             if r.echo:
                 v = r.echo["ef_percent"]
                 ef = f", EF {v:.1f}% over {r.echo['beats']} beat(s)" if v == v else ", EF undefined (no LV change found)"
-            print(f"ok      {r.path} ({r.kind}, {r.frames} frame(s){ef}) -> {r.outputs.get('mask') or r.outputs.get('mask_video')}")
+            print(f"ok      {r.path} ({r.kind}, {r.frames} frame(s), prepared: {r.preparation}{ef}) -> "
+                  f"{r.outputs.get('mask') or r.outputs.get('mask_video')}")
         else:
             print(f"FAILED  {r.error}", file=sys.stderr)
     summary = write_summary(results, args.out, known)

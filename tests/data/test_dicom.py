@@ -117,3 +117,28 @@ def test_unknown_spacing_is_noted_and_spec_works(tmp_path):
         load_dicom(empty)
     with pytest.raises(ValueError, match="not found"):
         load_dicom(tmp_path / "nope")
+
+
+def test_echo_cines_prepared_as_echonet_for_pretraining(tmp_path):
+    """``sector=True``: the ultrasound cine becomes masked 112 x 112 sector squares; the MR image is left alone."""
+    from sslseg.echo.sector import find_sector, prepare_frames
+
+    cine = tmp_path / "cine.dcm"
+    shutil.copy(_data_file("examples_ybr_color.dcm"), cine)
+    cases = {c.case_id: c for c in load_dataset(f"dicom:{cine}", sector=True, sector_size=112)}
+    raw, spacing, meta = read_dicom(cine)
+    sec = find_sector(raw, meta["us_region"])
+    c = cases["cine"]
+    assert c.frames.shape == (30, 112, 112) and c.frames.dtype == np.uint8
+    np.testing.assert_array_equal(c.frames, prepare_frames(raw, sec, 112))
+    assert c.meta["sector_box"] == list(sec.box) and 150 < sec.box[2] < 240  # the sector's depth, 187 pixels
+    # the spacing follows the resize: one prepared pixel spans side / 112 original pixels
+    assert c.spacing == pytest.approx((spacing[0] * sec.box[2] / 112, spacing[1] * sec.box[2] / 112))
+    assert c.frames[:, :8, :8].max() == 0  # outside the sector: black, as EchoNet's mask
+    (mr,) = load_dicom(_data_file("MR_small.dcm"), sector=True)
+    assert mr.frames.shape[-2:] == (64, 64) and "sector_box" not in mr.meta
+    # the plain reading is still the whole screen (its own cache entry)
+    (plain,) = load_dicom(cine)
+    assert plain.frames.shape == (30, 240, 320)
+    with pytest.raises(ValueError, match="sector_size must be an integer of at least 8"):
+        load_dicom(cine, sector=True, sector_size=4)

@@ -17,11 +17,9 @@ from sslseg.evaluate.inference import predict_frames
 from sslseg.predict.io import read_mask_video, write_video
 from sslseg.predict.run import (
     Predictor,
-    gaussian_importance,
     predict_file,
     training_range,
     tta_probabilities,
-    window_starts,
 )
 
 av = pytest.importorskip("av")
@@ -50,28 +48,6 @@ def test_training_range():
         training_range(np.array([[[np.nan, 1.0]]], np.float32), 1.0, where="scan")
     with pytest.raises(ValueError, match="intensity must be one of"):
         training_range(x, 1.0, "minmax")
-
-
-@pytest.mark.parametrize("length,size,overlap", [(32, 32, 0.5), (20, 32, 0.5), (100, 32, 0.5), (77, 32, 0.25), (33, 32, 0.5)])
-def test_windows_cover_with_overlap(length, size, overlap):
-    starts = window_starts(length, size, overlap)
-    covered = np.zeros(length, int)
-    for s in starts:
-        covered[s : s + size] += 1
-    assert covered.min() >= 1 and starts[0] == 0
-    if length > size:
-        assert starts[-1] == length - size
-        assert all(b - a <= size * (1 - overlap) for a, b in zip(starts, starts[1:], strict=False))
-    else:
-        assert starts == [0]
-
-
-def test_gaussian_importance():
-    g = gaussian_importance(32, 20)
-    assert g.shape == (32, 20) and g.max() == 1.0 and g.min() > 0
-    torch.testing.assert_close(g, g.flip(0))
-    torch.testing.assert_close(g, g.flip(1))
-    assert g[16, 10] > g[0, 10] > 0
 
 
 # --------------------------------------------------------------------------- #
@@ -143,7 +119,11 @@ def test_finetuning_records_the_native_frame_size(tmp_path):
     cfg.finetune.steps, cfg.finetune.batch_size, cfg.finetune.labels = 2, 2, "1"
     pre = load_checkpoint(run_finetune(cfg, tmp_path / "ft"))["preprocess"]
     assert pre["native_size"] == [112, 112] and pre["image_size"] == 32
-    assert Predictor.from_checkpoint(tmp_path / "ft" / "checkpoint.pt", device="cpu").native_size == (112, 112)
+    # synthetic echo: sector squares, as EchoNet-Dynamic's frames; its pixel size (mm) is recorded
+    assert pre["frames"] == "echo-sector" and len(pre["spacing"]) == 2 and 0.5 < pre["spacing"][0] < 3
+    p = Predictor.from_checkpoint(tmp_path / "ft" / "checkpoint.pt", device="cpu")
+    assert p.native_size == (112, 112) and p.trained_on == "echo-sector"
+    assert p.preparation((480, 640), echo=True) == "echo" and p.preparation((480, 640)) == "resize"
 
 
 class _Ramp(nn.Module):

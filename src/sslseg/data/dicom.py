@@ -20,6 +20,11 @@ Pixel spacing, ``(row mm, column mm)``, from the first of: ``PixelSpacing``;
 the ultrasound region calibration (``SequenceOfUltrasoundRegions``: the largest
 2D region whose physical units are cm, ``PhysicalDeltaY``/``PhysicalDeltaX`` x
 10); ``ImagerPixelSpacing``; else ``(1, 1)`` and a note that it is unknown.
+
+With ``sector=True`` (``--set data.options.sector=true``) ultrasound cines are
+prepared as EchoNet-Dynamic's videos (:mod:`sslseg.echo.sector`), so that
+pretraining on unlabelled cines sees frames as a model for EchoNet-style data
+is later given them by ``sslseg predict``.
 """
 
 from __future__ import annotations
@@ -35,18 +40,21 @@ from .folder import luma, normalise_intensity, safe_id
 from .paths import check_inside
 from .sample import Case
 
-__all__ = ["dicom_spacing", "load_dicom", "read_dicom"]
+__all__ = ["dicom_spacing", "load_dicom", "read_dicom", "ultrasound_region"]
 
 _VERSION = 1
 _CM = 3  # PhysicalUnitsX/YDirection code for centimetres (DICOM PS3.3 C.8.5.5.1.15)
 _REGION_2D = 1  # RegionSpatialFormat code for a 2D (tissue or colour flow) region
 
 
-def dicom_spacing(ds) -> tuple[tuple[float, float], str]:
-    """Pixel spacing ``(row mm, column mm)`` and the tag it came from (see the module notes)."""
-    ps = ds.get("PixelSpacing")
-    if ps is not None and len(ps) >= 2 and float(ps[0]) > 0 and float(ps[1]) > 0:
-        return (float(ps[0]), float(ps[1])), "PixelSpacing"
+def ultrasound_region(ds) -> dict | None:
+    """The largest 2D ultrasound region calibrated in cm (``SequenceOfUltrasoundRegions``), or None.
+
+    Returns:
+        ``{"box": (x0, y0, x1, y1), "delta_mm": (row mm, column mm)}``: the
+        region's pixel bounds (inclusive, ``RegionLocationMinX0`` ...) and its
+        pixel size (``PhysicalDeltaY``/``PhysicalDeltaX`` x 10).
+    """
     best, area = None, -1.0
     for r in ds.get("SequenceOfUltrasoundRegions", []) or []:
         try:
@@ -55,13 +63,24 @@ def dicom_spacing(ds) -> tuple[tuple[float, float], str]:
             if int(r.get("PhysicalUnitsXDirection", 0)) != _CM or int(r.get("PhysicalUnitsYDirection", 0)) != _CM:
                 continue
             dx, dy = abs(float(r.PhysicalDeltaX)), abs(float(r.PhysicalDeltaY))
-            a = float(r.RegionLocationMaxX1 - r.RegionLocationMinX0) * float(r.RegionLocationMaxY1 - r.RegionLocationMinY0)
+            box = tuple(int(v) for v in (r.RegionLocationMinX0, r.RegionLocationMinY0,
+                                         r.RegionLocationMaxX1, r.RegionLocationMaxY1))
+            a = float(box[2] - box[0]) * float(box[3] - box[1])
         except (AttributeError, TypeError, ValueError):
             continue
         if dx > 0 and dy > 0 and a > area:
-            best, area = (dy * 10.0, dx * 10.0), a
-    if best is not None:
-        return best, "SequenceOfUltrasoundRegions"
+            best, area = {"box": box, "delta_mm": (dy * 10.0, dx * 10.0)}, a
+    return best
+
+
+def dicom_spacing(ds) -> tuple[tuple[float, float], str]:
+    """Pixel spacing ``(row mm, column mm)`` and the tag it came from (see the module notes)."""
+    ps = ds.get("PixelSpacing")
+    if ps is not None and len(ps) >= 2 and float(ps[0]) > 0 and float(ps[1]) > 0:
+        return (float(ps[0]), float(ps[1])), "PixelSpacing"
+    region = ultrasound_region(ds)
+    if region is not None:
+        return region["delta_mm"], "SequenceOfUltrasoundRegions"
     ips = ds.get("ImagerPixelSpacing")
     if ips is not None and len(ips) >= 2 and float(ips[0]) > 0 and float(ips[1]) > 0:
         return (float(ips[0]), float(ips[1])), "ImagerPixelSpacing"
@@ -163,6 +182,9 @@ def _header_meta(ds) -> dict:
     }
     if ft:
         meta["frame_time_ms"] = float(ft)
+    region = ultrasound_region(ds)
+    if region is not None:
+        meta["us_region"] = list(region["box"])
     if ds.get("ImagePositionPatient") is not None and ds.get("ImageOrientationPatient") is not None:
         ipp = np.array([float(v) for v in ds.ImagePositionPatient])
         iop = np.array([float(v) for v in ds.ImageOrientationPatient])
@@ -186,6 +208,8 @@ def load_dicom(
     *,
     group_series: bool = True,
     intensity: str = "scale",
+    sector: bool = False,
+    sector_size: int = 112,
     cache_dir: str | None = None,
 ) -> list[Case]:
     """Unlabelled cases from DICOM files under ``path`` (see the module notes).
@@ -195,6 +219,11 @@ def load_dicom(
             extension or ``.dcm``/``.dicom``/``.ima``).
         group_series: stack single-frame files of one series into one case.
         intensity: ``"scale"``, ``"zscore"`` or ``"none"`` for non-8-bit data.
+        sector: prepare ultrasound cines (``Modality`` US) as EchoNet-Dynamic's
+            videos (:mod:`sslseg.echo.sector`): the imaging sector found, the
+            rest masked, the sector's square cut out and resized to
+            ``sector_size``; the spacing follows.  Other cases are left as they are.
+        sector_size: the side of the prepared frames (EchoNet-Dynamic's 112).
         cache_dir: cache folder (default ``$SSLSEG_CACHE`` or ``~/.cache/sslseg``).
 
     Raises:
@@ -203,6 +232,8 @@ def load_dicom(
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    if sector and (isinstance(sector_size, bool) or not isinstance(sector_size, int) or sector_size < 8):
+        raise ValueError(f"dicom: sector_size must be an integer of at least 8, got {sector_size!r}")
     root = Path(path).expanduser()
     if not root.exists():
         raise ValueError(f"{root}: file or folder not found")
@@ -248,7 +279,10 @@ def load_dicom(
         used.add(cid)
         info: dict = {}
 
-        def build(files=files, info=info):
+        prepare = sector and members[0][1]["modality"].upper() == "US"
+        region = members[0][1].get("us_region")
+
+        def build(files=files, info=info, prepare=prepare, region=region):
             stack, spacing = [], None
             for f in files:
                 fr, sp, meta = read_dicom(f)
@@ -256,12 +290,22 @@ def load_dicom(
                 stack.append(fr)
             dtypes = {a.dtype for a in stack}
             frames = np.concatenate([a.astype(np.float32) for a in stack]) if len(dtypes) > 1 else np.concatenate(stack)
+            box = np.zeros(3, np.int64)
+            if prepare:
+                from ..echo.sector import find_sector, prepare_frames, prepared_spacing
+
+                sec = find_sector(frames, region)
+                frames = prepare_frames(frames, sec, sector_size)
+                spacing = (prepared_spacing(spacing[0], sec, sector_size), spacing[1])
+                box = np.array(sec.box, np.int64)
             frames = normalise_intensity(frames, intensity, str(files[0]))
-            return {"frames": frames, "spacing": np.array([*spacing[0], spacing[1] != "unknown"], dtype=np.float64)}
+            return {"frames": frames, "spacing": np.array([*spacing[0], spacing[1] != "unknown"], dtype=np.float64),
+                    "sector": box}
 
         try:
             keys = [index.key(f) for f in files]
-            arrs = cached_arrays(digest("dicom", _VERSION, keys, intensity), build, ("frames", "spacing"), cache_dir, group="dicom")
+            key = digest("dicom", _VERSION, keys, intensity, *(("sector", sector_size) if prepare else ()))
+            arrs = cached_arrays(key, build, ("frames", "spacing", "sector"), cache_dir, group="dicom")
         except ValueError as err:
             skipped.append(str(err))
             continue
@@ -270,6 +314,9 @@ def load_dicom(
         meta.pop("slice_position", None)
         meta.pop("orientation", None)
         meta.update(source=[str(f) for f in files], spacing_known=bool(sp[2]), volume=len(files) > 1)
+        if prepare:
+            # (top, left, side) of the square cut from the original frames
+            meta["sector_box"] = [int(v) for v in np.asarray(arrs["sector"])]
         if not sp[2]:
             notes.append(f"{files[0]}: no pixel spacing tag or ultrasound calibration; spacing set to 1 pixel = 1.0 'mm'")
         cases.append(Case(cid, arrs["frames"], {}, (float(sp[0]), float(sp[1])), None, meta))  # type: ignore[arg-type]

@@ -356,10 +356,20 @@ def run_finetune(
     # the labelled frames' size before resizing, when they share one: prediction tiles larger inputs
     # at this scale only when training did not resize (sslseg.predict.run)
     sizes = {tuple(int(v) for v in c.frames.shape[-2:]) for c in chosen}
+    native = sizes.pop() if len(sizes) == 1 else None
+    from ..predict.run import training_frames
+
+    # what the frames were (echo sectors, native-scale slices, resized pictures): prediction prepares
+    # new inputs the same way (sslseg.predict.run.choose_preparation)
+    frames_kind = training_frames(cfg.data.spec, native, cfg.data.image_size,
+                                  {str(c.meta.get("modality", "")).upper() for c in chosen},
+                                  bool((cfg.data.options or {}).get("sector")))
+    known = [c.spacing for c in chosen if c.spacing is not None and c.meta.get("spacing_known", True)]
     save_checkpoint(
         ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="finetune",
         preprocess={"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size,
-                    "native_size": list(sizes.pop()) if len(sizes) == 1 else None},
+                    "native_size": list(native) if native else None, "frames": frames_kind,
+                    "spacing": [float(v) for v in np.median(np.array(known, float), 0)] if known else None},
         splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
         labelled_cases=sorted(ids), best_val=result.best or {},
         transfer=report.summary() if report else "random initialisation", freeze_encoder_steps=freeze_steps,

@@ -85,6 +85,11 @@ class Study:
         return int(self.frames.shape[0])
 
     @property
+    def is_echo(self) -> bool:
+        """An echo clip: a video, or an ultrasound DICOM (``Modality`` US); it gets the echo-sector preparation."""
+        return self.kind == "video" or (self.kind == "dicom" and self.geometry.get("modality", "").upper() == "US")
+
+    @property
     def is_cine(self) -> bool:
         """A video or a multi-frame DICOM with more than one frame: the echo measurements apply."""
         return self.kind == "video" or (self.kind == "dicom" and self.geometry.get("multiframe", False))
@@ -389,7 +394,11 @@ def _read_dicom(path: Path, channels: int) -> Study:
     spacing, source = dicom_spacing(ds)
     notes = [f"pixel spacing from {source}" if spacing else "pixel spacing unknown: areas in pixels"]
     fps = _dicom_fps(ds)
-    geometry = {"affine": _dicom_affine(ds, spacing), "multiframe": nframes > 1}
+    from ..data.dicom import ultrasound_region
+
+    region = ultrasound_region(ds)
+    geometry = {"affine": _dicom_affine(ds, spacing), "multiframe": nframes > 1,
+                "modality": str(ds.get("Modality", "")), "us_region": region["box"] if region else None}
     return Study(path, "dicom", np.ascontiguousarray(arr), spacing, fps, geometry, notes)
 
 

@@ -1,8 +1,9 @@
-"""Prediction with a fine-tuned checkpoint on new studies: batched, optional flip TTA, optional tiling.
+"""Prediction with a fine-tuned checkpoint on new studies: batched, optional flip TTA, frames prepared as in training.
 
 Preprocessing is the training one, read from the checkpoint, never re-typed:
 ``preprocess["image_size"]``, the intensity normaliser (``mean``, ``std``,
-``scale``) and the data reader's ``intensity`` option (``config.data.options``).
+``scale``), the data reader's ``intensity`` option (``config.data.options``)
+and what the training frames were (``preprocess["frames"]``).
 
 Intensities (:func:`training_range`): 8-bit data stay 8-bit, as in training.
 Other data are scaled per study as the training readers scale them
@@ -12,31 +13,32 @@ given other data gets them divided by their 99.5th percentile and mapped to
 0..255; a model trained on floating-point data (``scale`` 1) given 8-bit data
 gets them divided by 255, as the readers do when a data set mixes the two.
 
-Resizing or tiling (``tile``: ``"auto"``, the default, ``False`` or ``True``):
+How a frame reaches the model (``prepare``; ``"auto"`` follows the table in
+:func:`choose_preparation` and the README):
 
-* resizing (``tile=False``): every frame is resized to ``image_size`` x
-  ``image_size`` (bilinear, antialiased) exactly as in training, and the
-  log-probabilities resized back to the native grid (bilinear) before the
-  arg-max.  Training squeezed each whole frame to that square whatever its
-  native size, so for an input whose pixel size cannot be related to the
-  model's, resizing like training is the only faithful choice.  Without TTA the
-  labels are exactly :func:`sslseg.evaluate.inference.predict_frames`'s (the
-  log-softmax differs from the logits by one value per pixel, shared by all
-  classes).
-* ``tile="auto"``: tiles an input larger than the training size when the
-  model was trained on frames that were not resized (the checkpoint records
-  the training frames' native size, ``preprocess["native_size"]``, and it
-  equals ``image_size``: EchoNet-Dynamic's 112 x 112 frames at image size
-  112); otherwise resizes.  A checkpoint that records no native size resizes.
-* ``tile=True``: the input's pixels are declared to be at the model's scale
-  (for example a model trained on EchoNet-Dynamic's native 112 x 112 frames,
-  applied to a larger field of view scanned at the same depth).  The frame is
-  not resized; images larger than ``image_size`` in a dimension are covered by
-  sliding windows of ``image_size`` (a smaller dimension is taken whole) with
-  ``overlap`` (0.5) between neighbours, and the windows' probabilities are
-  blended with a Gaussian importance map (sigma 1/8 of the window, as nnU-Net
-  does), so that window borders, where the network sees least context, count
-  least.
+* ``"echo"``: the EchoNet-Dynamic preparation (:mod:`sslseg.echo.sector`): the
+  imaging sector is found (DICOM ultrasound region calibration, then the pixels
+  that vary over the clip), the rest masked, the sector's square cut out and
+  resized to ``image_size``; the class probabilities go back to the frame grid,
+  background outside the sector.  For a model trained on echo frames
+  (``preprocess["frames"] == "echo-sector"``: synthetic echo, EchoNet-Dynamic,
+  CAMUS, prepared DICOM cines) given an echo clip (a video, an ultrasound DICOM):
+  the frames it learnt on were sector squares, whatever the scanner's pixel size.
+* ``"tile"``: the input's pixels are at the model's scale; the frame is not
+  resized.  Frames larger than ``image_size`` are covered by sliding windows of
+  ``image_size`` (a smaller dimension is taken whole) with ``overlap`` (0.5),
+  blended with a Gaussian importance map (sigma 1/8 of the window, as nnU-Net)
+  by MONAI's ``sliding_window_inference``.  Automatic for a model trained on
+  frames that were not resized (``"native"``: the training frames' size equals
+  ``image_size``, e.g. MRI slices, microscopy tiles) given an input whose pixel
+  spacing is within a factor 1.5 of the training spacing (or unknown on one
+  side: pixels are then taken as the scale).
+* ``"resize"``: every frame resized to ``image_size`` (bilinear, antialiased)
+  exactly as in training, the log-probabilities resized back (bilinear) before
+  the arg-max.  For everything else: training squeezed each whole frame to
+  that square, so for an input whose pixel size cannot be related to the
+  model's, resizing like training is the faithful choice.  Without TTA the
+  labels are exactly :func:`sslseg.evaluate.inference.predict_frames`'s.
 
 Test-time augmentation (``tta=True``): the frame and its left-right mirror go
 through the model in one batch; the two softmax maps (the mirrored one flipped
@@ -61,6 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batches import Normalizer, frames_to_tensor
+from ..echo.sector import Sector
 from .io import Study, expand_inputs, read_study, stem, write_mask, write_overlay, write_uncertainty
 
 INTENSITY = ("scale", "zscore", "none")
@@ -96,30 +99,83 @@ def training_range(frames: np.ndarray, scale: float, intensity: str = "scale", w
     return x.astype(np.float32)
 
 
-def window_starts(length: int, size: int, overlap: float) -> list[int]:
-    """Start offsets of windows of ``size`` covering ``length`` with at least ``overlap`` between neighbours.
+#: what the training frames were, as a fine-tuned checkpoint records it (``preprocess["frames"]``)
+TRAINING_FRAMES = ("echo-sector", "native", "resized")
+#: how frames reach the model at prediction (``prepare``)
+PREPARATIONS = ("auto", "echo", "tile", "resize")
+#: data sets whose frames are echo sectors filling a square, as EchoNet-Dynamic's
+ECHO_DATASETS = ("synthetic-echo", "echonet", "camus")
+#: input and training pixel spacings within this factor of each other count as the same scale
+SPACING_TOLERANCE = 1.5
 
-    The first window starts at 0, the last ends at ``length``, the others are
-    evenly spaced; one window (of ``length``) when ``length <= size``.
+
+def training_frames(spec: str, native_size: tuple[int, int] | None, image_size: int,
+                    modalities: set[str] | None = None, prepared: bool = False) -> str:
+    """What a model's training frames were, for the checkpoint: ``"echo-sector"``, ``"native"`` or ``"resized"``.
+
+    Args:
+        spec: the data spec (``synthetic-echo``, ``echonet:PATH``, ``dicom:PATH`` ...).
+        native_size: the training frames' size before resizing when they share one.
+        image_size: the training square size.
+        modalities: DICOM modalities of the training cases (``dicom:`` data).
+        prepared: the DICOM reader's ``sector`` option was on.
     """
-    if length <= size:
-        return [0]
-    stride = max(1, int(size * (1.0 - overlap)))
-    n = math.ceil((length - size) / stride) + 1
-    return [int(round(v)) for v in np.linspace(0, length - size, n)]
+    name = spec.partition(":")[0]
+    if name in ECHO_DATASETS or (name == "dicom" and prepared and modalities == {"US"}):
+        return "echo-sector"
+    if native_size is not None and tuple(native_size) == (image_size, image_size):
+        return "native"
+    return "resized"
 
 
-def gaussian_importance(h: int, w: int, sigma_scale: float = 1.0 / 8) -> torch.Tensor:
-    """``(h, w)`` Gaussian weights centred on the window, peak 1, no zero (nnU-Net's blending)."""
-    def axis(n: int) -> torch.Tensor:
-        c = (n - 1) / 2.0
-        s = max(n * sigma_scale, 1e-3)
-        return torch.exp(-0.5 * ((torch.arange(n, dtype=torch.float32) - c) / s) ** 2)
+def same_scale(spacing: tuple[float, float] | None, reference: tuple[float, float] | None) -> bool:
+    """Whether two pixel spacings are within :data:`SPACING_TOLERANCE`; True when either is unknown."""
+    if spacing is None or reference is None:
+        return True
+    return all(1 / SPACING_TOLERANCE <= a / b <= SPACING_TOLERANCE for a, b in zip(spacing, reference, strict=True))
 
-    g = axis(h)[:, None] * axis(w)[None, :]
-    g = g / g.max()
-    # the corners of a Gaussian underflow to 0; a pixel seen by one window only still needs a weight
-    return g.clamp_min(max(float(g[g > 0].min()), 1e-6))
+
+def choose_preparation(trained: str, echo_input: bool, size: tuple[int, int], image_size: int,
+                       spacing: tuple[float, float] | None = None,
+                       training_spacing: tuple[float, float] | None = None) -> str:
+    """The automatic preparation of an input: ``"echo"``, ``"tile"`` or ``"resize"`` (the README's table).
+
+    =================  ==========================================  =========
+    trained on         input                                       prepared
+    =================  ==========================================  =========
+    ``echo-sector``    echo clip (video, ultrasound DICOM)         echo
+    ``echo-sector``    anything else                               resize
+    ``native``         larger than the training size, spacing      tile
+                       within 1.5x of the training one or unknown
+    ``native``         anything else                               resize
+    ``resized``        anything                                    resize
+    =================  ==========================================  =========
+    """
+    if trained not in TRAINING_FRAMES:
+        raise ValueError(f"training frames must be one of {', '.join(TRAINING_FRAMES)}, got {trained!r}")
+    if trained == "echo-sector" and echo_input:
+        return "echo"
+    if trained == "native" and max(size) > image_size and same_scale(spacing, training_spacing):
+        return "tile"
+    return "resize"
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(1)`` (the first class among equals), one class at a time.
+
+    On the CPU, PyTorch's arg-max over the class axis of a large ``(B, K, H, W)``
+    map strides through memory and took 11 s for 32 frames of 480 x 640; K
+    element-wise comparisons take a fraction of a second.
+
+    Shape:
+        ``(B, K, H, W)`` -> ``(B, H, W)`` int64.
+    """
+    best, out = scores[:, 0], torch.zeros(scores.shape[:1] + scores.shape[2:], dtype=torch.long, device=scores.device)
+    for k in range(1, scores.shape[1]):
+        better = scores[:, k] > best
+        out[better] = k
+        best = torch.where(better, scores[:, k], best)
+    return out
 
 
 def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -144,10 +200,16 @@ def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> tup
 # --------------------------------------------------------------------------- #
 @dataclass
 class Prediction:
-    """Labels ``(N, H, W)`` int64 on the input grid and, with TTA, the uncertainty ``(N, H, W)`` float32."""
+    """Labels ``(N, H, W)`` int64 on the input grid and, with TTA, the uncertainty ``(N, H, W)`` float32.
+
+    ``preparation`` says how the frames reached the model (``"echo"``,
+    ``"tile"``, ``"resize"``); ``sector`` is the echo sector when ``"echo"``.
+    """
 
     labels: np.ndarray
     uncertainty: np.ndarray | None = None
+    preparation: str = "resize"
+    sector: Sector | None = None
 
 
 @dataclass
@@ -160,13 +222,16 @@ class Predictor:
         image_size: the training square size.
         in_channels, num_classes: the model's.
         intensity: the training reader's intensity option (for non-8-bit data).
-        batch_size: frames per forward pass.
+        batch_size: frames (or windows) per forward pass.
         device: where the model runs.
         tta: horizontal-flip test-time augmentation, with an uncertainty map.
-        tile: run at native resolution with sliding windows; ``"auto"``: when the
-            training frames were not resized and the input is larger (module notes).
-        native_size: ``(H, W)`` of the training frames when they all had one size.
+        prepare: ``"auto"`` (:func:`choose_preparation`), ``"echo"``, ``"tile"`` or ``"resize"``.
+        tile: the older switch: True is ``prepare="tile"``, False ``"resize"``; ``"auto"`` defers to ``prepare``.
         overlap: window overlap when tiling.
+        native_size: ``(H, W)`` of the training frames when they all had one size.
+        trained_on: the training frames (:data:`TRAINING_FRAMES`); None: ``"native"``
+            when ``native_size`` is the training size, else ``"resized"``.
+        training_spacing: median pixel spacing ``(row mm, column mm)`` of the training frames, when known.
     """
 
     model: torch.nn.Module
@@ -178,13 +243,26 @@ class Predictor:
     batch_size: int = 16
     device: str = "cpu"
     tta: bool = False
+    prepare: str = "auto"
     tile: bool | str = "auto"
     overlap: float = 0.5
     native_size: tuple[int, int] | None = None
+    trained_on: str | None = None
+    training_spacing: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.tile not in (True, False, "auto"):
             raise ValueError(f"tile must be True, False or 'auto', got {self.tile!r}")
+        if self.prepare not in PREPARATIONS:
+            raise ValueError(f"prepare must be one of {', '.join(PREPARATIONS)}, got {self.prepare!r}")
+        if self.tile != "auto" and self.prepare != "auto":
+            raise ValueError("give either tile or prepare, not both")
+        if self.trained_on is None:
+            s = self.image_size
+            native = self.native_size is not None and tuple(self.native_size) == (s, s)
+            self.trained_on = "native" if native else "resized"
+        elif self.trained_on not in TRAINING_FRAMES:
+            raise ValueError(f"trained_on must be one of {', '.join(TRAINING_FRAMES)}, got {self.trained_on!r}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
@@ -194,6 +272,9 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **options) -> Predictor:
         """Model and preprocessing from a fine-tuned ``sslseg/1`` checkpoint.
+
+        Checkpoints written before ``preprocess["frames"]`` existed get it from
+        their data spec and native size (:func:`training_frames`).
 
         Raises:
             ValueError: not a fine-tuned checkpoint, or one without preprocessing.
@@ -208,7 +289,14 @@ class Predictor:
         if "normalizer" not in pre or "image_size" not in pre:
             raise ValueError(f"{path}: the checkpoint records no preprocessing (normalizer, image_size)")
         kwargs = ckpt.get("model_kwargs", {})
-        data_options = (ckpt.get("config") or {}).get("data", {}).get("options", {}) or {}
+        data_cfg = (ckpt.get("config") or {}).get("data", {}) or {}
+        data_options = data_cfg.get("options", {}) or {}
+        native = tuple(pre["native_size"]) if pre.get("native_size") else None
+        trained = pre.get("frames")
+        if trained is None and data_cfg.get("spec"):
+            trained = training_frames(str(data_cfg["spec"]), native, int(pre["image_size"]))
+        if trained is not None and trained not in TRAINING_FRAMES:
+            raise ValueError(f"{path}: preprocess.frames is {trained!r}; expected one of {', '.join(TRAINING_FRAMES)}")
         options.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
         return cls(
             model=model_from_checkpoint(ckpt),
@@ -218,13 +306,37 @@ class Predictor:
             in_channels=int(kwargs.get("in_channels", 1)),
             num_classes=int(kwargs.get("num_classes", 2)),
             intensity=str(data_options.get("intensity", "scale")),
-            native_size=tuple(pre["native_size"]) if pre.get("native_size") else None,
+            native_size=native,
+            trained_on=trained,
+            training_spacing=tuple(pre["spacing"]) if pre.get("spacing") else None,
             **options,
         )
 
+    def preparation(self, size: tuple[int, int], echo: bool = False,
+                    spacing: tuple[float, float] | None = None) -> str:
+        """How frames of ``size`` (H, W) reach the model: ``"echo"``, ``"tile"`` or ``"resize"``."""
+        if self.tile != "auto":
+            return "tile" if self.tile else "resize"
+        if self.prepare != "auto":
+            return self.prepare
+        return choose_preparation(self.trained_on, echo, size, self.image_size, spacing, self.training_spacing)
+
+    def tiles(self, size: tuple[int, int]) -> bool:
+        """Whether frames of ``size`` (H, W), not an echo clip and of unknown spacing, are tiled."""
+        return self.preparation(size) == "tile"
+
     @torch.inference_mode()
-    def predict(self, frames: np.ndarray, where: str = "image") -> Prediction:
+    def predict(self, frames: np.ndarray, where: str = "image", *, echo: bool = False,
+                spacing: tuple[float, float] | None = None,
+                region: tuple[int, int, int, int] | None = None) -> Prediction:
         """Labels for frames ``(N, H, W)`` or ``(N, C, H, W)`` at their native size.
+
+        Args:
+            frames: raw frames (before intensity normalisation).
+            where: the file, for error messages.
+            echo: the frames are an echo clip (a video, an ultrasound DICOM).
+            spacing: their pixel spacing ``(row mm, column mm)``, when known.
+            region: the DICOM ultrasound region ``(x0, y0, x1, y1)``, when present.
 
         Shape:
             frames ``(N, [C,] H, W)`` -> labels ``(N, H, W)``, uncertainty ``(N, H, W)``.
@@ -234,27 +346,29 @@ class Predictor:
             raise ValueError(f"{where}: wrong channel count: {have} channel(s), the model expects {self.in_channels}")
         x_all = training_range(frames, self.normalizer.scale, self.intensity, where)
         h, w = frames.shape[-2:]
-        tile = self.tiles((h, w))
+        how = self.preparation((h, w), echo, spacing)
+        sector = None
+        if how == "echo":
+            from ..echo.sector import find_sector, prepare_frames
+
+            sector = find_sector(frames, region)
+            x_all = prepare_frames(x_all, sector, self.image_size)
         labels, uncert = [], []
         for s in range(0, x_all.shape[0], self.batch_size):
             batch = x_all[s : s + self.batch_size]
-            if tile:
-                lab, var = self._tiled(batch)
+            if how == "tile":
+                x = self.normalizer(frames_to_tensor(batch, None)).to(self.device)  # native size
+                prob, var = self._tiled_probabilities(x)
+                lab = class_argmax(prob)
+            elif how == "echo":
+                lab, var = self._echo(batch, sector, (h, w))
             else:
                 lab, var = self._resized(batch, (h, w))
             labels.append(lab.cpu().numpy())
             if var is not None:
                 uncert.append(var.cpu().numpy())
         return Prediction(np.concatenate(labels).astype(np.int64),
-                          np.concatenate(uncert).astype(np.float32) if uncert else None)
-
-    def tiles(self, size: tuple[int, int]) -> bool:
-        """Whether frames of ``size`` (H, W) are tiled at native scale rather than resized."""
-        if self.tile != "auto":
-            return bool(self.tile)
-        s = self.image_size
-        trained_native = self.native_size is not None and tuple(self.native_size) == (s, s)
-        return trained_native and (size[0] > s or size[1] > s)
+                          np.concatenate(uncert).astype(np.float32) if uncert else None, how, sector)
 
     def _resized(self, batch: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         # the same operations, in the same order, as training: resize raw values, then normalise
@@ -264,35 +378,40 @@ class Predictor:
             logp = F.interpolate(logp, size=size, mode="bilinear", align_corners=False)
             if var is not None:
                 var = F.interpolate(var[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return logp.argmax(1), var
+        return class_argmax(logp), var
 
-    def _tiled(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.normalizer(frames_to_tensor(batch, None)).to(self.device)  # native size
-        b, _, h, w = x.shape
-        wh, ww = min(self.image_size, h), min(self.image_size, w)
-        weight = gaussian_importance(wh, ww).to(self.device)
-        places = [(t, left) for t in window_starts(h, self.image_size, self.overlap)
-                  for left in window_starts(w, self.image_size, self.overlap)]
-        # every (window, frame) crop, window-major: (n_windows * B, C, wh, ww), through the model in batches
-        crops = torch.cat([x[..., t : t + wh, left : left + ww] for t, left in places])
-        probs, variances = [], []
-        for s in range(0, crops.shape[0], self.batch_size):
-            logp, var = tta_probabilities(self.model, crops[s : s + self.batch_size], self.tta)
-            probs.append(logp.exp())
-            if var is not None:
-                variances.append(var)
-        p = torch.cat(probs).view(len(places), b, -1, wh, ww)
-        v = torch.cat(variances).view(len(places), b, wh, ww) if variances else None
-        acc = torch.zeros((b, p.shape[2], h, w), device=self.device)
-        vacc = torch.zeros((b, h, w), device=self.device) if v is not None else None
-        wsum = torch.zeros((h, w), device=self.device)
-        for n, (t, left) in enumerate(places):
-            acc[..., t : t + wh, left : left + ww] += p[n] * weight
-            if vacc is not None:
-                vacc[..., t : t + wh, left : left + ww] += v[n] * weight
-            wsum[t : t + wh, left : left + ww] += weight
-        # dividing by the weight sum changes no arg-max; it makes the variance a weighted mean
-        return acc.argmax(1), (vacc / wsum if vacc is not None else None)
+    def _echo(self, batch: np.ndarray, sector: Sector, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from ..echo.sector import restore_probabilities
+
+        # prepared frames are already image_size square: normalise only
+        x = self.normalizer(frames_to_tensor(batch, self.image_size)).to(self.device)
+        logp, var = tta_probabilities(self.model, x, self.tta)
+        prob = restore_probabilities(logp.exp(), sector, size)
+        return class_argmax(prob), (restore_probabilities(var, sector, size) if var is not None else None)
+
+    def _tiled_probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class probabilities ``(B, K, H, W)`` (and the TTA variance) of normalised native-size frames.
+
+        MONAI's ``sliding_window_inference`` with Gaussian blending (sigma 1/8
+        of the window); a dimension smaller than the window is taken whole, so
+        nothing is padded.
+        """
+        from monai.inferers import sliding_window_inference
+
+        h, w = x.shape[-2:]
+        roi = (min(self.image_size, h), min(self.image_size, w))
+
+        def windows(t: torch.Tensor):
+            logp, var = tta_probabilities(self.model, t, self.tta)
+            # the variance rides along as one more channel, blended with the same weights
+            return logp.exp() if var is None else torch.cat([logp.exp(), var[:, None]], 1)
+
+        out = sliding_window_inference(x, roi, self.batch_size, windows, overlap=self.overlap,
+                                       mode="gaussian", sigma_scale=0.125)
+        out = torch.as_tensor(out)  # a plain tensor, not MONAI's MetaTensor
+        if self.tta:
+            return out[:, :-1], out[:, -1]
+        return out, None
 
 
 # --------------------------------------------------------------------------- #
@@ -311,6 +430,8 @@ class FileResult:
     echo: dict | None = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    preparation: str = ""
+    sector: Sector | None = None
 
     @property
     def ok(self) -> bool:
@@ -346,9 +467,12 @@ def predict_file(
 
     path, out_base = Path(path), Path(out_base)
     study: Study = read_study(path, predictor.in_channels)
-    pred = predictor.predict(study.frames, where=str(path))
+    pred = predictor.predict(study.frames, where=str(path), echo=study.is_echo, spacing=study.spacing,
+                             region=study.geometry.get("us_region"))
     res = FileResult(path, study.kind, study.num_frames, tuple(study.frames.shape[-2:]), study.spacing,
-                     notes=list(study.notes))
+                     notes=list(study.notes), preparation=pred.preparation, sector=pred.sector)
+    if pred.sector is not None:
+        res.notes += [pred.sector.describe(), *pred.sector.notes]
     res.outputs.update(write_mask(study, pred.labels, out_base, predictor.num_classes, dicom_masks))
     overlay = write_overlay(study, pred.labels, out_base, predictor.num_classes)
     if overlay is not None:
@@ -423,10 +547,11 @@ def write_summary(results: list[FileResult], out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["input", "status", "kind", "frames", "height", "width", "spacing_mm", "outputs", "notes"])
+        w.writerow(["input", "status", "kind", "frames", "height", "width", "spacing_mm", "prepared", "outputs",
+                    "notes"])
         for r in results:
             w.writerow([r.path, "ok" if r.ok else "failed", r.kind, r.frames, *(r.shape or ("", "")),
-                        " x ".join(f"{s:g}" for s in r.spacing) if r.spacing else "",
+                        " x ".join(f"{s:g}" for s in r.spacing) if r.spacing else "", r.preparation,
                         " ".join(str(p) for p in r.outputs.values()), r.error or "; ".join(r.notes)])
     videos = [r for r in results if r.ok and r.echo is not None]
     summary = {"files": len(results), "failed": sum(not r.ok for r in results), "videos": len(videos),
