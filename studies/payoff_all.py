@@ -45,11 +45,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GROUPS = ("echo", "byol", "probe", "ismrm")
 
-# seconds per optimiser step (pretraining) and per fine-tuning run (300 steps + evaluation), one thread;
-# rough figures from short runs on a shared 2-core machine, replaced by the rates of finished runs in --out
-PRETRAIN_STEP_S = {"simclr": 1.0, "byol": 1.2, "regression": 0.8, "global_local": 0.8,
-                   "regression_contrastive": 1.4}
-FINETUNE_RUN_S = 120.0
+# seconds per optimiser step (pretraining, batch 24 at 112 px) and per fine-tuning run (300 steps at batch 8,
+# validation and test), one thread, alone on the machine: rough figures, measured at a load average of ~8 on
+# a shared 2-core machine (SimCLR 10.6 s/step, a fine-tuning step 4.5 s) and scaled by 2/8. Replaced by
+# the rates of finished runs in --out as soon as there are some.
+PRETRAIN_STEP_S = {"simclr": 2.6, "byol": 3.7, "regression": 1.9, "global_local": 1.3,
+                   "regression_contrastive": 4.4}
+FINETUNE_RUN_S = 400.0
 PROBE_S = 60.0  # one encoder
 MRI_PIXELS = (96 / 112) ** 2  # the sweep's images against the echo study's
 
