@@ -66,8 +66,8 @@ def echo_jobs(tiny: bool) -> list[dict]:
          "options": ["mask_patch=8"]},
         {"group": "byol", "methods": ["byol"], "steps": steps, "tag": "_plr10", "options": ["predictor_lr_ratio=10"]},
         {"group": "byol", "methods": ["byol"], "steps": steps, "tag": "_m099", "options": ["momentum=0.99"]},
-        {"group": "byol", "methods": ["byol"], "steps": 2 * steps, "tag": f"_{2 * steps}"},
-        {"group": "byol", "methods": ["byol"], "steps": 2 * steps, "tag": f"_plr10_{2 * steps}",
+        {"group": "byol", "methods": ["byol"], "steps": 2 * steps, "tag": "_long"},
+        {"group": "byol", "methods": ["byol"], "steps": 2 * steps, "tag": "_plr10_long",
          "options": ["predictor_lr_ratio=10"]},
     ]
     return jobs
@@ -216,6 +216,8 @@ def summarise_ismrm(out: Path) -> None:
         if r["dice"] not in ("", "nan"):
             per_run.setdefault((r["method"], r["budget"], r["seed"]), []).append(float(r["dice"]))
     rows = [{"method": m, "budget": b, "seed": s, "dice": statistics.fmean(v)} for (m, b, s), v in per_run.items()]
+    order = ["none", "regression", "global_local", "simclr"]  # the config's, random init first
+    rows.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
     sys.path.insert(0, str(HERE))
     from ssl_payoff import summarise
 
