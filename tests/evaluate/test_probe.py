@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 from torch import nn
 
@@ -49,3 +52,34 @@ def test_probe_finds_the_stage_that_carries_the_mask():
     assert scores["stage1"] == 0.0  # noise: the fit predicts the foreground fraction (< 0.5) everywhere
     assert scores["all"] > 0.95
     assert enc.training  # the caller's mode is restored
+
+
+def test_effective_rank_counts_equal_orthogonal_directions():
+    from sslseg.evaluate.probe import effective_rank
+
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    for k in (1, 3, 7):
+        rows = torch.cat([q[:k], -q[:k]]) * 5.0  # +-v_i: zero mean, k directions of equal energy
+        assert effective_rank(rows) == pytest.approx(k, abs=1e-9)
+        assert effective_rank(q[:k], center=False) == pytest.approx(k, abs=1e-9)
+    # singular values 3 : 1 -> p = (0.75, 0.25), erank = exp(-(0.75 ln 0.75 + 0.25 ln 0.25)) = 1.7548
+    rows = torch.cat([3 * q[:1], -3 * q[:1], q[1:2], -q[1:2]])
+    assert effective_rank(rows) == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))), abs=1e-9)
+    # a common offset is no direction once centred; uncentred it is one more
+    offset = torch.cat([q[:2], -q[:2]]) + 100 * q[5]
+    assert effective_rank(offset) == pytest.approx(2, abs=1e-9)
+    assert effective_rank(offset, center=False) < 1.5  # dominated by the offset
+    assert effective_rank(torch.zeros(4, 3)) == 0.0
+
+
+def test_pooled_features_of_an_encoder():
+    from sslseg.evaluate.probe import pooled_features
+    from sslseg.models.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", base_channels=4, depth=3).train()
+    x = torch.randn(5, 1, 32, 32)
+    got = pooled_features(model.encoder, x, batch=2)
+    assert got.shape == (5, model.encoder.out_channels[-1]) and model.encoder.training
+    model.encoder.eval()
+    assert torch.allclose(got, model.encoder(x)[-1].mean(dim=(2, 3)), atol=1e-6)

@@ -179,3 +179,53 @@ def test_mask_patch_option_reaches_the_regression_loss(name):
     torch.manual_seed(5)
     _, pixel_mask = noise_mask(x, 0.25, 1.0)
     assert not torch.equal(mask, pixel_mask)  # squares, not the default pixel mask
+
+
+def _max_change(before: dict, module: torch.nn.Module) -> float:
+    return max((p.detach() - before[k]).abs().max().item() for k, p in module.named_parameters())
+
+
+@pytest.mark.parametrize("ratio", [1.0, 10.0])
+def test_byol_predictor_lr_ratio_scales_the_predictor_step(ratio):
+    # Adam's first step moves every parameter with a gradient by ~lr (m/sqrt(v) = sign(g)), so the
+    # largest move of a predictor weight is ratio x the largest move of an encoder weight
+    torch.manual_seed(0)
+    method = build_method("byol", build_model("unet", base_channels=4, depth=2), predictor_lr_ratio=ratio)
+    groups = method.param_groups(1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-3 * ratio]
+    assert not any(p is q for p in groups[0]["params"] for q in method.predictor.parameters())
+    enc0 = {k: v.detach().clone() for k, v in method.encoder.named_parameters()}
+    pred0 = {k: v.detach().clone() for k, v in method.predictor.named_parameters()}
+    opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0)
+    method(_images(4, 16))["loss"].backward()
+    opt.step()
+    assert _max_change(pred0, method.predictor) / _max_change(enc0, method.encoder) == pytest.approx(ratio, rel=0.02)
+    with pytest.raises(ValueError, match="predictor_lr_ratio must be > 0"):
+        build_method("byol", build_model("unet", base_channels=4, depth=2), predictor_lr_ratio=0)
+
+
+def test_pretraining_gives_byol_its_predictor_lr(tmp_path, tiny_cases, monkeypatch):
+    # through the pipeline, from the config's per-method options, as `sslseg pretrain` and a sweep run it
+    from sslseg.data.splits import apply_splits, assign_splits
+    from sslseg.experiments import pipeline
+
+    apply_splits(tiny_cases, assign_splits(tiny_cases, 0.2, 0.2, 0))
+    moved = {}
+    real_fit = pipeline.fit
+
+    def fit(method, *args, **kwargs):
+        enc0 = {k: v.detach().clone() for k, v in method.encoder.named_parameters()}
+        pred0 = {k: v.detach().clone() for k, v in method.predictor.named_parameters()}
+        result = real_fit(method, *args, **kwargs)
+        moved["ratio"] = _max_change(pred0, method.predictor) / _max_change(enc0, method.encoder)
+        return result
+
+    monkeypatch.setattr(pipeline, "fit", fit)
+    cfg = RunConfig()
+    cfg.data.image_size = 32
+    cfg.model.options = {"base_channels": 4, "depth": 2}
+    cfg.pretrain.method = "byol"
+    cfg.pretrain.options = {"byol": {"predictor_lr_ratio": 10}}
+    cfg.pretrain.steps, cfg.pretrain.batch_size, cfg.pretrain.warmup_steps, cfg.pretrain.weight_decay = 1, 8, 0, 0.0
+    run_pretrain(cfg, tmp_path / "pre", tiny_cases)
+    assert moved["ratio"] == pytest.approx(10.0, rel=0.02)

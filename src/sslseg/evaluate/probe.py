@@ -7,6 +7,10 @@ regression maps every pixel's features to the foreground mask of the training
 frames (closed form, no training loop); thresholded at 0.5 it is scored by
 Dice on other frames. Compare an encoder against a random one of the same
 architecture: random convolutional features are already a strong baseline.
+
+Beside it, :func:`effective_rank` of the pooled deepest-stage features counts
+how many directions the encoder uses: a collapsed encoder (BYOL's failure mode)
+maps every image to a few directions, a healthy one spreads them.
 """
 
 from __future__ import annotations
@@ -83,3 +87,44 @@ def probe_encoder(encoder: nn.Module, train_images: torch.Tensor, train_masks: t
         dice = compute_dice(pred[:, None], y_test[:, None], include_background=True, ignore_empty=True)
         scores[name] = float(torch.nanmean(dice))
     return scores
+
+
+@torch.no_grad()
+def pooled_features(encoder: nn.Module, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """The deepest stage's features, averaged over space: ``(N, C, H, W)`` images -> ``(N, C_deepest)``.
+
+    Runs the encoder in eval mode (BatchNorm running statistics), as a downstream user would.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        return torch.cat([encoder(images[i:i + batch])[-1].mean(dim=(2, 3)) for i in range(0, len(images), batch)])
+    finally:
+        encoder.train(was_training)
+
+
+def effective_rank(features: torch.Tensor, center: bool = True) -> float:
+    """Effective rank of a feature matrix: exp of the entropy of its normalised singular values.
+
+    "erank(A) = exp(H(p_1, ..., p_Q)), p_k = sigma_k / ||sigma||_1" (Roy & Vetterli,
+    EUSIPCO 2007, https://infoscience.epfl.ch/record/110188). It is ``k`` for ``k``
+    orthogonal directions of equal energy, and between 1 and ``min(N, D)`` otherwise;
+    it does not change with the scale of the features.
+
+    Args:
+        features: ``(N, D)``, one row per image.
+        center: subtract the mean row first, so that a common offset (the same
+            vector added to every image's features) does not count as a direction.
+
+    Returns:
+        The effective rank, a float in ``[1, min(N, D)]`` (0.0 for an all-zero matrix).
+    """
+    x = features.detach().double()
+    if center:
+        x = x - x.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum()
+    p = p[p > 0]  # 0 log 0 = 0
+    return float(torch.exp(-(p * p.log()).sum()))

@@ -152,6 +152,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
                       restarts=tuple(method.schedule_restarts(steps)) if hasattr(method, "schedule_restarts") else (),
                       sync_batchnorm=bool(getattr(cfg.pretrain, "sync_batchnorm", True)),
                       find_unused_parameters=find_unused),
+            # a method may ask for its own learning rates per part (BYOL's predictor_lr_ratio)
+            params=method.param_groups(cfg.pretrain.lr) if hasattr(method, "param_groups") else None,
             out_dir=out,
             desc=f"pretrain {cfg.pretrain.method}",
             after_step=getattr(method, "after_step", None),

@@ -10,8 +10,19 @@ Deviations: the projector and predictor are sized for small medical encoders
 (hidden = 2 x the encoder's deepest width, output 128; the paper uses 4096 / 256);
 AdamW instead of LARS; grayscale-native views (see :class:`ViewAugment`).
 
+Against collapse (an option, off by default): "we hypothesize that the main
+role of BYOL's moving-averaged target network is to ensure the near-optimality
+of the predictor over training" [0]; Tian et al. [2] show that a larger
+learning rate for the predictor than for the rest shrinks the basin of the
+collapsed solution. ``predictor_lr_ratio`` trains the predictor at that multiple
+of the stage's learning rate (10 is the usual cure). The projector and
+predictor already hold BatchNorm (Linear-BN-ReLU-Linear, as the paper's), and
+the target runs in training mode, so both branches use batch statistics.
+
 [0] https://arxiv.org/abs/2006.07733
 [1] https://github.com/BioMedIA-MBZUAI/contrastive-echo (src/models/byol_model.py)
+[2] Tian, Chen & Ganguli, "Understanding self-supervised learning dynamics
+    without contrastive pairs", ICML 2021, https://arxiv.org/abs/2102.06810
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ class BYOL(nn.Module):
         model: a ``SegmentationModel``; only ``model.encoder`` is trained.
         proj_hidden, proj_dim: projector (and predictor) widths.
         momentum: base EMA momentum tau_base (0.996, the paper's), raised to 1 by a cosine schedule.
+        predictor_lr_ratio: the predictor's learning rate as a multiple of the stage's (1: the
+            paper's single rate; 10 against collapse, see the module docstring).
         augment: the view recipe.
     """
 
@@ -46,9 +59,12 @@ class BYOL(nn.Module):
         proj_hidden: int | None = None,
         proj_dim: int = 128,
         momentum: float = 0.996,
+        predictor_lr_ratio: float = 1.0,
         augment: ViewAugment | None = None,
     ) -> None:
         super().__init__()
+        if not predictor_lr_ratio > 0:
+            raise ValueError(f"byol: predictor_lr_ratio must be > 0, got {predictor_lr_ratio!r}")
         self.model = model
         self.encoder = model.encoder
         feat = self.encoder.out_channels[-1]
@@ -59,7 +75,18 @@ class BYOL(nn.Module):
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.base_momentum = momentum
+        self.predictor_lr_ratio = float(predictor_lr_ratio)
         self.augment = augment or ViewAugment()
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser parameter groups: the predictor at ``lr * predictor_lr_ratio``, the rest at ``lr``.
+
+        Only parameters that take gradients (the target networks never do).
+        """
+        pred = [p for p in self.predictor.parameters() if p.requires_grad]
+        ids = {id(p) for p in pred}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": pred, "lr": lr * self.predictor_lr_ratio}]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         v1, v2 = self.augment.views(images, 2)
