@@ -182,7 +182,7 @@ def test_pipeline_on_two_processes(two_process_session, run):
     root, _ = two_process_session
     out = root / run
     names = {p.name for p in out.iterdir()}
-    expected = {"checkpoint.pt", "config.yaml", "metrics.csv", "log.txt", "splits.json"}
+    expected = {"checkpoint.pt", "config.yaml", "metrics.csv", "log.txt", "splits.json", "provenance.json"}
     if run == "finetune":
         expected |= {"labelled.json", "transfer.json"}
     assert names == expected
