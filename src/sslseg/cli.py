@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--dicom-masks", default="nifti", choices=["nifti", "png"], help="mask format for DICOM inputs")
+    p.add_argument("--postprocess", default="none",
+                   help="clean each frame's mask: none, all, or a comma list of largest_component, fill_holes (MONAI)")
     p.add_argument("--no-echo", action="store_true", help="skip the LV measurements on videos and cines")
     p.add_argument("--lv-label", type=int, default=1, help="the LV class for the echo measurements")
     p.add_argument("--max-heart-rate", type=float, help="bpm; sets the shortest ED-to-ED distance (default 140)")
@@ -460,8 +462,10 @@ def cmd_predict(args) -> int:
     known = read_filelist_ef(args.filelist) if args.filelist else None
     if args.tile is not None and args.prepare != "auto":
         raise ValueError("--tile/--no-tile and --prepare given together; use --prepare alone")
+    from .evaluate.postprocess import parse_steps
+
     options = {"batch_size": args.batch_size, "tta": args.tta, "overlap": args.overlap, "prepare": args.prepare,
-               "tile": "auto" if args.tile is None else args.tile}
+               "tile": "auto" if args.tile is None else args.tile, "postprocess": parse_steps(args.postprocess)}
     if args.device:
         options["device"] = args.device
     predictor = Predictor.from_checkpoint(args.model, **options)

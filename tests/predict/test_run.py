@@ -271,3 +271,24 @@ def test_pretrained_checkpoint_is_refused(tmp_path, make_ckpt, capsys):
     ck = make_ckpt(tmp_path / "pre.pt", stage="pretrain")
     assert main(["predict", "--model", str(ck), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "pretrain checkpoint has no trained segmentation head" in capsys.readouterr().err
+
+
+def test_postprocess_keeps_the_largest_component_and_fills_holes():
+    class Bright(nn.Module):  # class 1 wherever the frame is bright: masks known exactly
+        def forward(self, x):
+            return torch.cat([-x[:, :1], x[:, :1]], dim=1)
+
+    def threshold_predictor(**options):
+        return Predictor(Bright(), Normalizer(0.2, 0.2), 32, **options)
+
+    frames = np.zeros((2, 32, 32), np.uint8)
+    frames[:, 4:20, 4:20] = 200  # the object, with a hole
+    frames[:, 10:13, 10:13] = 0
+    frames[:, 26:29, 26:29] = 200  # a speck apart from it
+    raw = threshold_predictor(prepare="resize").predict(frames).labels
+    assert raw[:, 27, 27].all() and not raw[:, 11, 11].any()
+    clean = threshold_predictor(prepare="resize", postprocess={"largest_component": True, "fill_holes": True})
+    labels = clean.predict(frames).labels
+    expected = np.zeros((32, 32), np.int64)
+    expected[4:20, 4:20] = 1
+    assert (labels == expected).all()

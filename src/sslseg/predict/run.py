@@ -232,6 +232,8 @@ class Predictor:
         trained_on: the training frames (:data:`TRAINING_FRAMES`); None: ``"native"``
             when ``native_size`` is the training size, else ``"resized"``.
         training_spacing: median pixel spacing ``(row mm, column mm)`` of the training frames, when known.
+        postprocess: keyword arguments of :func:`sslseg.evaluate.postprocess.postprocess`
+            (``largest_component``, ``fill_holes``) applied to each frame's labels; None: raw labels.
     """
 
     model: torch.nn.Module
@@ -249,6 +251,7 @@ class Predictor:
     native_size: tuple[int, int] | None = None
     trained_on: str | None = None
     training_spacing: tuple[float, float] | None = None
+    postprocess: dict | None = None
 
     def __post_init__(self) -> None:
         if self.tile not in (True, False, "auto"):
@@ -367,7 +370,14 @@ class Predictor:
             labels.append(lab.cpu().numpy())
             if var is not None:
                 uncert.append(var.cpu().numpy())
-        return Prediction(np.concatenate(labels).astype(np.int64),
+        labels = np.concatenate(labels).astype(np.int64)
+        if self.postprocess and any(self.postprocess.values()):
+            from ..evaluate.postprocess import postprocess as clean
+
+            labels = clean(labels, self.num_classes, **self.postprocess)
+            if sector is not None:
+                labels[:, ~sector.mask] = 0  # never outside the imaging sector
+        return Prediction(labels,
                           np.concatenate(uncert).astype(np.float32) if uncert else None, how, sector)
 
     def _resized(self, batch: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:

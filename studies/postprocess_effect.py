@@ -5,7 +5,7 @@ fine-tuning schedule, unless told otherwise) at each label budget, then scores
 every checkpoint on the test videos four ways: raw, largest connected component,
 hole filling, both. Prints the means over test cases.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/postprocess_effect.py --budgets 1 4 --out /tmp/sslseg-pp
+    PYTHONPATH=src .venv/bin/python studies/postprocess_effect.py --budgets 1 4 --out /tmp/sslseg-pp
 """
 
 from __future__ import annotations
