@@ -9,7 +9,6 @@ dict of scalar tensors with key ``"loss"`` (a pretraining method, or
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import math
@@ -360,8 +359,3 @@ def _add_file_log(path: Path) -> logging.Handler:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     return handler
-
-
-def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of a module's state."""
-    return copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})

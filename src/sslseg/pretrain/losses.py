@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -89,11 +87,6 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
     # anchor i's positive is i + N (and i + N's is i)
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(sim.float(), target)
-
-
-def nt_xent_aligned_value(n: int) -> float:
-    """Analytic NT-Xent for N identical vectors: every logit is equal, so log(2N - 1)."""
-    return math.log(2 * n - 1)
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
