@@ -220,6 +220,31 @@ def test_cli_finetune_two_devices(two_process_session, tmp_path):
     assert any("2 processes; first batch per rank" in ln for ln in lines)
 
 
+@needs_two_cores
+def test_cli_pretrain_two_devices(tmp_path):
+    """The real launcher for pretraining: global_local, whose two stages train different parts."""
+    out = tmp_path / "gl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(
+        [sys.executable, "-m", "sslseg.cli", "pretrain", "--data", "synthetic-echo", "--method", "global_local",
+         "--out", str(out), "--steps", "4", "--batch-size", "8", "--devices", "2", "--image-size", "32",
+         "--set", "model.options.base_channels=4", "--set", "model.options.depth=2",
+         "--set", "data.options.num_cases=8", "--set", "data.options.num_frames=6"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("pretrained checkpoint:") == 1, r.stdout  # printed by rank 0 only
+    # one set of outputs, rank 0's (the folder's lock file aside)
+    assert {p.name for p in out.iterdir()} - {".lock"} == {"checkpoint.pt", "config.yaml", "metrics.csv", "log.txt",
+                                                          "splits.json", "provenance.json"}
+    lines = _log_lines(out / "log.txt")
+    assert len(lines) == len(set(lines))
+    ranks = [ln for ln in lines if "2 processes; first batch per rank" in ln]
+    assert len(ranks) == 1
+    sums = re.findall(r"rank \d: (\d+) samples, sum (\S+?)(?:,|$)", ranks[0])
+    assert len(sums) == 2 and sums[0][1] != sums[1][1], ranks[0]  # the ranks drew different samples
+
+
 def test_devices_beyond_the_machine_refused_before_launch(tmp_path, capsys):
     from sslseg.cli import main
 
