@@ -184,3 +184,27 @@ def test_bad_case_table_exits_2_with_one_line(tmp_path, capsys):
     assert main(["data", f"folder:{tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already belongs to case 'p1'" in err
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda b: b.replace(b"ElementDataFile = LOCAL", b"ElementDataFile = LO"), "ElementDataFile"),
+    (lambda b: b[:-10], "truncated MetaImage"),
+    (lambda b: b.replace(b"DimSize = 5 6 2", b"DimSize = 5 6"), "DimSize"),
+    (lambda b: b.replace(b"ElementType = MET_UCHAR", b"ElementType = MET_UCHAK"), "ElementType"),
+])
+def test_damaged_metaimage_header_is_refused_before_simpleitk(tmp_path, damage, needle):
+    # a damaged .mha header can abort SimpleITK's reader (found by benchmarks/fuzz_inputs.py); it is checked first
+    import SimpleITK as sitk
+
+    from sslseg.data.folder import check_metaimage, read_voxels
+
+    good = tmp_path / "v.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(60, dtype=np.uint8).reshape(2, 6, 5)), str(good))
+    assert b"DimSize = 5 6 2" in good.read_bytes() and b"ElementType = MET_UCHAR" in good.read_bytes()
+    check_metaimage(good)  # the intact file passes and reads
+    assert read_voxels(good)[0].shape == (5, 6, 2)
+    bad = tmp_path / "bad.mha"
+    bad.write_bytes(damage(good.read_bytes()))
+    with pytest.raises(ValueError, match=needle) as err:
+        read_voxels(bad)
+    assert str(bad) in str(err.value)

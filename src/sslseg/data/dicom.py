@@ -87,6 +87,21 @@ def dicom_spacing(ds) -> tuple[tuple[float, float], str]:
     return (1.0, 1.0), "unknown"
 
 
+def corrupt_dicom_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged DICOM file raises, lazily, whenever a damaged element is touched.
+
+    pydicom's own errors, and bytes that do not parse as their value representation
+    says (``struct.error``, ``NotImplementedError`` for an unknown VR, ...). Found by
+    ``benchmarks/fuzz_inputs.py``.
+    """
+    import struct
+
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    return (InvalidDicomError, BytesLengthException, OSError, EOFError, ValueError, TypeError, KeyError,
+            OverflowError, NotImplementedError, struct.error)
+
+
 def open_dicom(path: Path):
     """The data set of a DICOM file that holds pixel data.
 
@@ -157,14 +172,19 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]
         ValueError: not DICOM, no pixel data, or undecodable (the message names the file).
     """
     path = Path(path)
-    ds = open_dicom(path)
-    frames = _pixels(ds, path)
+    try:
+        ds = open_dicom(path)
+        frames = _pixels(ds, path)
+    except ValueError:
+        raise
+    except corrupt_dicom_errors() as err:  # a damaged element, met while reading the pixel description
+        raise ValueError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from None
     if frames.dtype != np.uint8:
         frames = frames.astype(np.float32)
     try:
         spacing, source = dicom_spacing(ds)
         meta = _header_meta(ds)
-    except (ValueError, TypeError, OverflowError) as err:  # a tag whose text is not a number
+    except corrupt_dicom_errors() as err:  # a tag whose text is not a number, a damaged element
         raise ValueError(f"{path}: unreadable geometry tags ({err})") from None
     meta["spacing_source"] = source
     return frames, spacing, meta
@@ -230,7 +250,6 @@ def load_dicom(
         ValueError: the path does not exist or holds no usable image.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     if sector and (isinstance(sector_size, bool) or not isinstance(sector_size, int) or sector_size < 8):
         raise ValueError(f"dicom: sector_size must be an integer of at least 8, got {sector_size!r}")
@@ -244,13 +263,13 @@ def load_dicom(
     for p in _scan(root):
         try:
             ds = pydicom.dcmread(str(p), stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
+            if "Rows" not in ds or "Columns" not in ds:
+                skipped.append(f"{p}: DICOM file without pixel data ({ds.get('Modality', 'no modality')})")
+                continue
+            headers.append((p, _header_meta(ds), (int(ds.Rows), int(ds.Columns))))
+        except corrupt_dicom_errors():
             skipped.append(f"{p}: not a readable DICOM file")
             continue
-        if "Rows" not in ds or "Columns" not in ds:
-            skipped.append(f"{p}: DICOM file without pixel data ({ds.get('Modality', 'no modality')})")
-            continue
-        headers.append((p, _header_meta(ds), (int(ds.Rows), int(ds.Columns))))
 
     groups: dict[str, list[tuple[Path, dict, tuple[int, int]]]] = defaultdict(list)
     for h in headers:

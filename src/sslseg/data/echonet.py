@@ -293,6 +293,8 @@ def read_video(path: str | os.PathLike, rgb: bool = False) -> tuple[np.ndarray, 
                 frames.append(frame.to_ndarray(format="rgb24") if rgb else _grey(frame))
     except av.error.FFmpegError as err:  # InvalidDataError, EOFError, ... (some subclass ValueError)
         raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err.strerror or err})") from None
+    except UnicodeDecodeError as err:  # container metadata that is not text (a ValueError, but not ours)
+        raise ValueError(f"{path}: unreadable video (metadata is not text: {err.reason})") from None
     except ValueError:
         raise  # ours, already naming the file
     except (OSError, RuntimeError) as err:

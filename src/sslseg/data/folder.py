@@ -104,6 +104,54 @@ def _read_picture(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return np.stack(pages).transpose(2, 1, 0), (1.0, 1.0, 1.0)
 
 
+#: bytes per voxel of the MetaImage element types
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+
+
+def check_metaimage(path: Path) -> None:
+    """Refuse a ``.mha`` whose header SimpleITK's reader could crash on (seen in fuzzing: a damaged header
+    aborted the process instead of raising).
+
+    Checks the header fields the voxels depend on: ``NDims``, ``DimSize``, ``ElementType``,
+    ``ElementDataFile = LOCAL`` and, for uncompressed data, that the file holds every voxel.
+    ``.mhd`` (separate data file) and NRRD go to SimpleITK unchecked.
+
+    Raises:
+        ValueError: naming the file and the field.
+    """
+    if path.suffix.lower() != ".mha":
+        return
+    head = path.read_bytes()[:65536]
+    fields: dict[str, str] = {}
+    end = 0
+    for line in head.split(b"\n"):
+        end += len(line) + 1
+        key, sep, value = line.decode("latin-1").partition("=")
+        if not sep:
+            raise ValueError(f"{path}: damaged MetaImage header (a line without '=')")
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break
+    else:
+        raise ValueError(f"{path}: damaged MetaImage header (no ElementDataFile)")
+    try:
+        nd = int(fields["NDims"])
+        dims = [int(v) for v in fields["DimSize"].split()]
+        size = _MET_BYTES[fields["ElementType"]] * int(fields.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{path}: damaged MetaImage header (NDims, DimSize, ElementType: {err})") from None
+    if not 1 <= nd <= 4 or len(dims) != nd or min(dims) < 1 or size < 1:
+        raise ValueError(f"{path}: damaged MetaImage header (NDims {nd}, DimSize {fields['DimSize']!r})")
+    if fields["ElementDataFile"] != "LOCAL":
+        raise ValueError(f"{path}: a .mha holds its voxels (ElementDataFile = LOCAL), "
+                         f"not {fields['ElementDataFile']!r}")
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    if not compressed and path.stat().st_size - end < size * int(np.prod(dims)):
+        raise ValueError(f"{path}: truncated MetaImage: fewer bytes than DimSize x ElementType")
+
+
 def read_voxels(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
     """Read an image file as voxels ``(i, j[, k[, c]])`` and their sizes in mm.
 
@@ -131,6 +179,7 @@ def read_voxels(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]
     if ext in (".mhd", ".mha", ".nrrd", ".nhdr"):
         import SimpleITK as sitk
 
+        check_metaimage(path)
         try:
             img = sitk.ReadImage(str(path))
         except RuntimeError as err:

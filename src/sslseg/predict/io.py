@@ -176,9 +176,11 @@ def read_study(path: str | os.PathLike, channels: int = 1) -> Study:
     elif ext in ITK:
         study = _read_itk(path, channels)
     elif ext in DICOM or (ext == "" and is_dicom_file(path)):
+        from ..data.dicom import corrupt_dicom_errors
+
         try:
             study = _read_dicom(path, channels)
-        except (ValueError, TypeError, OverflowError) as err:  # e.g. a geometry tag whose text is not a number
+        except corrupt_dicom_errors() as err:  # e.g. a geometry tag whose text is not a number
             msg = " ".join(str(err).split())
             raise ValueError(msg if str(path) in msg else f"{path}: unreadable DICOM ({msg})") from None
     elif ext in VIDEOS:
@@ -277,6 +279,9 @@ def _read_nifti(path: Path, channels: int) -> Study:
 def _read_itk(path: Path, channels: int) -> Study:
     import SimpleITK as sitk
 
+    from ..data.folder import check_metaimage
+
+    check_metaimage(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
