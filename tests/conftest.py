@@ -23,6 +23,12 @@ def disc_case(case_id: str, n_frames: int = 6, size: int = 32, seed: int = 0) ->
     return Case(case_id, np.stack(frames), masks, (0.5, 0.5), meta={"phase": {0: "ED", n_frames // 2: "ES"}})
 
 
+@pytest.fixture(scope="session")
+def make_disc_case():
+    """:func:`disc_case`, for test modules (a test module cannot import this conftest)."""
+    return disc_case
+
+
 @pytest.fixture
 def tiny_cases():
     return [disc_case(f"case{i:02d}", seed=i) for i in range(12)]

@@ -30,20 +30,6 @@ from sslseg.models.build import build_model
 from sslseg.pretrain.build import build_method
 
 
-def disc_case(case_id: str, n_frames: int = 6, size: int = 32, seed: int = 0) -> Case:
-    """A tiny cine: a bright disc in noise, frames 0 and 3 labelled."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    cy, cx = rng.uniform(size * 0.35, size * 0.65, 2)
-    frames, masks = [], {}
-    for t in range(n_frames):
-        m = (yy - cy) ** 2 + (xx - cx) ** 2 < (size * (0.2 + 0.08 * np.cos(2 * np.pi * t / n_frames))) ** 2
-        frames.append(np.clip(np.where(m, 180, 60) + rng.normal(0, 20, (size, size)), 0, 255).astype(np.uint8))
-        if t in (0, n_frames // 2):
-            masks[t] = m.astype(np.int64)
-    return Case(case_id, np.stack(frames), masks, (0.5, 0.5))
-
-
 class Tripwire:
     """A case's frames that fail the test when read (shape and dtype may be looked at)."""
 
@@ -58,7 +44,7 @@ class Tripwire:
         raise AssertionError(f"pretraining read the frames of {self.where}")
 
 
-def _cases(n: int = 10) -> list[Case]:
+def _cases(disc_case, n: int = 10) -> list[Case]:
     cases = [disc_case(f"case{i:02d}", seed=i) for i in range(n)]
     apply_splits(cases, assign_splits(cases, 0.2, 0.3, seed=0))
     return cases
@@ -80,8 +66,9 @@ def _cfg(method: str = "simclr", **options) -> RunConfig:
     ("global_contrastive", {"strategy": "GD"}, True),
     ("global_contrastive", {"strategy": "GR"}, False),  # G^R as published: frames drawn across cases
 ])
-def test_pretraining_never_reads_a_validation_or_test_frame(tmp_path, monkeypatch, method, options, partitioned):
-    cases = _cases()
+def test_pretraining_never_reads_a_validation_or_test_frame(tmp_path, monkeypatch, method, options, partitioned,
+                                                           make_disc_case):
+    cases = _cases(make_disc_case)
     assert {c.split for c in cases} == {"train", "val", "test"}
     for c in cases:
         if c.split != "train":
@@ -95,13 +82,14 @@ def test_pretraining_never_reads_a_validation_or_test_frame(tmp_path, monkeypatc
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    cases = _cases()
+def pretrained(tmp_path_factory, make_disc_case) -> tuple[Path, dict[str, str]]:
+    cases = _cases(make_disc_case)
     ckpt = run_pretrain(_cfg(), tmp_path_factory.mktemp("pre"), cases)
     return ckpt, {c.case_id: c.split for c in cases}
 
 
-def test_finetuning_reuses_the_checkpoint_split(tmp_path, pretrained):
+def test_finetuning_reuses_the_checkpoint_split(tmp_path, pretrained, make_disc_case):
+    disc_case = make_disc_case
     ckpt, splits = pretrained
     cfg = _cfg()
     cfg.finetune.init = str(ckpt)

@@ -156,7 +156,12 @@ class FramePool:
         return self.load(self.indices(n, generator))
 
     def meta_indices(self, n: int, generator: np.random.Generator, n_parts: int = 4) -> dict[str, np.ndarray]:
-        """The draw of :meth:`batch_with_meta`: ``{"flat", "partition", "case"}``, each ``(m*n_parts,)``."""
+        """Chaitanya et al.'s minibatch: ``m = n // n_parts`` cases, one random frame per partition.
+
+        Each case is cut into ``n_parts`` equal partitions along its frame (slice or
+        time) axis. Returns the draw ``{"flat", "partition", "case"}``, each
+        ``(m*n_parts,)``; :meth:`load_with_meta` loads it.
+        """
         m = max(1, n // n_parts)
         picks = generator.choice(len(self.cases), size=m, replace=m > len(self.cases))
         flat, parts, owners = [], [], []
@@ -171,20 +176,12 @@ class FramePool:
         return {"flat": np.array(flat), "partition": np.array(parts), "case": np.array(owners)}
 
     def load_with_meta(self, draw: dict[str, np.ndarray]) -> dict:
+        """``{"images": (m*n_parts, C, S, S), "partition": (m*n_parts,), "case": (m*n_parts,)}``."""
         return {
             "images": self.load(draw["flat"]),
             "partition": torch.as_tensor(draw["partition"]),
             "case": torch.as_tensor(draw["case"]),
         }
-
-    def batch_with_meta(self, n: int, generator: np.random.Generator, n_parts: int = 4) -> dict:
-        """Chaitanya et al.'s minibatch: ``m = n // n_parts`` cases, one random frame per partition.
-
-        Each case is cut into ``n_parts`` equal partitions along its frame (slice or
-        time) axis. Returns ``{"images": (m*n_parts, C, S, S), "partition": (m*n_parts,),
-        "case": (m*n_parts,)}``.
-        """
-        return self.load_with_meta(self.meta_indices(n, generator, n_parts))
 
 
 class LabelledSet:

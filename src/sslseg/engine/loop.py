@@ -239,11 +239,12 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
         scheduler.step()
         if after_step is not None:
             after_step(step, cfg.steps)
-        for k, v in out_dict.items():
-            running[k] = running.get(k, 0.0) + float(v.detach())
+        values = {k: float(v.detach()) for k, v in out_dict.items()}  # one device sync per step
+        for k, v in values.items():
+            running[k] = running.get(k, 0.0) + v
         n_running += 1
         bar.update(1)
-        progress.update(step + 1, float(out_dict["loss"].detach()))
+        progress.update(step + 1, values["loss"])
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             if fabric.world_size > 1:
                 running = mean_over_ranks(fabric, running)

@@ -75,12 +75,9 @@ def start_processes(cfg: RunConfig, stage) -> object:
     ``batch_size / N`` samples per step, so a run's hyperparameters mean the
     same on any number of devices.
     """
-    distributed.check_request(cfg.devices, cfg.precision, int(getattr(cfg, "num_nodes", 1)), relaunch=False)
-    procs = int(cfg.devices) * int(getattr(cfg, "num_nodes", 1))
-    if procs > 1 and stage.batch_size % procs:
-        raise ValueError(f"--batch-size {stage.batch_size} is the global batch and must be a multiple of the "
-                         f"{procs} processes")
-    return distributed.start(cfg.devices, cfg.precision, num_nodes=int(getattr(cfg, "num_nodes", 1)))
+    distributed.check_request(cfg.devices, cfg.precision, int(cfg.num_nodes), relaunch=False)
+    shard(stage.batch_size, 0, int(cfg.devices) * int(cfg.num_nodes))  # the batch must split evenly
+    return distributed.start(cfg.devices, cfg.precision, num_nodes=int(cfg.num_nodes))
 
 
 # resume points: every tenth of the run and every two minutes (sslseg.engine.resume.SnapshotPolicy)
@@ -150,7 +147,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
             next_batch,
             _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(1, steps // 10),
                       restarts=tuple(method.schedule_restarts(steps)) if hasattr(method, "schedule_restarts") else (),
-                      sync_batchnorm=bool(getattr(cfg.pretrain, "sync_batchnorm", True)),
+                      sync_batchnorm=bool(cfg.pretrain.sync_batchnorm),
                       find_unused_parameters=find_unused),
             # a method may ask for its own learning rates per part (BYOL's predictor_lr_ratio)
             params=method.param_groups(cfg.pretrain.lr) if hasattr(method, "param_groups") else None,

@@ -3,7 +3,7 @@
 The batch a method asks for is declared by its ``partitions`` attribute: None
 for frames drawn uniformly across the training cases (``FramePool.batch``), or
 a number of partitions per case for Chaitanya et al.'s partitioned batch
-(``FramePool.batch_with_meta``: G^D and G^{D-}).
+(``FramePool.meta_indices``: G^D and G^{D-}).
 """
 
 from __future__ import annotations

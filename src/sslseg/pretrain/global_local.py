@@ -51,7 +51,7 @@ def _images_and_partitions(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 class GlobalContrastive(nn.Module):
     """Global contrastive loss on the encoder. ``forward(batch)``; batch is images or a dict
-    ``{"images", "partition"}`` (see ``FramePool.batch_with_meta``)."""
+    ``{"images", "partition"}`` (see ``FramePool.meta_indices``)."""
 
     trains = ("encoder",)
 
