@@ -269,3 +269,22 @@ def test_sweep_refuses_an_option_one_method_lacks_before_any_run(tmp_path):
     p.write_text(yaml.safe_dump(dict(CONFIG, methods=["none", "simclr", "byol"], pretrain={"options": {"temperature": 0.1}})))
     with pytest.raises(ValueError, match="method 'byol' takes no option 'temperature'"):
         sweep.load_sweep_config(p)
+
+
+def test_parallel_sweep_with_shared_pretraining_matches_sequential(tmp_path):
+    """jobs=2 gives the rows one process gives; pretrain_seed pretrains once for every seed."""
+    base = dict(CONFIG, seeds=[0, 1], pretrain_seed=0, budgets=[1],
+                baseline={"enabled": False, "augment": 1.5})
+    rows = {}
+    for jobs in (1, 2):
+        cfg = tmp_path / f"jobs{jobs}.yaml"
+        cfg.write_text(yaml.safe_dump(dict(base, jobs=jobs)))
+        sweep.run_sweep(cfg, tmp_path / f"out{jobs}")
+        out = tmp_path / f"out{jobs}"
+        assert [p.name for p in (out / "pretrain").iterdir()] == ["simclr_unet_seed0"]
+        rows[jobs] = sorted((r["method"], r["seed"], r["case_id"], round(float(r["dice"]), 5))
+                            for r in _results(out))
+    assert {(m, s) for m, s, *_ in rows[1]} == {("none", "0"), ("none", "1"), ("simclr", "0"), ("simclr", "1")}
+    assert rows[1] == rows[2]
+    # the worker's console output went to the run's own file
+    assert any(p.stat().st_size > 0 for p in (tmp_path / "out2" / "runs").glob("*/output.txt"))

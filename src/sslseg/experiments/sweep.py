@@ -1,10 +1,15 @@
 """The label-efficiency study as one resumable command: ``sslseg sweep CONFIG.yaml --out DIR``.
 
 For each data set x architecture x pretraining method x label budget x seed:
-pretrain once per (data set, method, architecture, seed) and reuse it for every budget,
+pretrain once per (data set, method, architecture, seed) and reuse it for every budget
+(or once per (data set, method, architecture) with ``pretrain_seed``, shared by every seed),
 fine-tune on the budget's labelled cases, evaluate on the fixed test cases and
 append tidy rows to ``results.csv``. Plus the supervised baseline: every
 labelled training case, random initialisation, stronger augmentation.
+
+``jobs: N`` fine-tunes N runs at once in separate processes (each on its share
+of the cores; its console output goes to the run's ``output.txt``) once the
+pretraining runs they need are done.
 
 Resumable: a run writes ``rows.csv`` then, atomically, ``done.json``; on restart
 finished runs are skipped, an unfinished one is redone (its loop resumes from
@@ -81,6 +86,12 @@ class SweepConfig:
     methods: list = field(default_factory=lambda: ["none", "simclr"])
     budgets: list = field(default_factory=lambda: [1, 4])
     seeds: list = field(default_factory=lambda: [0])
+    # None: each seed pretrains its own encoder; an integer: every seed's runs fine-tune the encoder
+    # pretrained with that seed (the seeds then vary the labelled subset and the fine-tuning only)
+    pretrain_seed: int | None = None
+    # fine-tuning runs at once, each in its own process with cores // jobs threads (pretraining runs
+    # first, one at a time, on every core); 1 runs everything in this process
+    jobs: int = 1
     split_seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.25
@@ -156,7 +167,8 @@ def validate(cfg: SweepConfig) -> SweepConfig:
 
 SWEEP_RANGES = {**RANGES, "SweepConfig": {"image_size": (16, 8192), "val_fraction": (0.0, 0.95),
                                           "test_fraction": (0.0, 0.95), "split_seed": (0, None),
-                                          "devices": (1, None), "precision": PRECISIONS},
+                                          "devices": (1, None), "precision": PRECISIONS,
+                                          "pretrain_seed": (0, None), "jobs": (1, 64)},
                 "BaselineConfig": {"augment": (0.0, None), "steps": (1, None)}}
 
 
@@ -224,7 +236,8 @@ def plan(sw: SweepConfig, n_train: int) -> list[dict]:
             for method in sw.methods:
                 for budget in sw.budgets:
                     runs.append({"arch": arch, "seed": int(seed), "method": method, "budget": str(budget),
-                                 "k": resolve_budget(budget, n_train), "kind": "finetune"})
+                                 "k": resolve_budget(budget, n_train), "kind": "finetune",
+                                 "pretrain_seed": sw.pretrain_seed})
             if sw.baseline.enabled:
                 runs.append({"arch": arch, "seed": int(seed), "method": "supervised", "budget": "100%",
                              "k": n_train, "kind": "baseline"})
@@ -280,17 +293,21 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
     done = sum((out / "runs" / run_key(r) / "done.json").exists() for _, runs, _ in todo for r in runs)
     # initial=done: runs finished before a restart do not count towards the speed (and the ETA)
     bar = tqdm(total=total, initial=done, desc="sweep", unit="run", position=0, dynamic_ncols=True, disable=None)
-    for cases, runs, subsets in todo:
-        for r in runs:
-            run_dir = out / "runs" / run_key(r)
-            if (run_dir / "done.json").exists():
-                continue
-            bar.set_postfix_str(run_key(r))
-            if bar.disable:  # no bar on a file or pipe: a plain line per run
-                print(f"sweep: run {done + 1}/{total}: {run_key(r)}", flush=True)
-            _run_one(sw, r, cases, subsets[(r["budget"], r["seed"])], run_dir, out)
-            bar.update(1)
-            done += 1
+    if sw.jobs > 1:
+        _run_parallel(sw, todo, out, bar, done, total)
+    else:
+        for cases, runs, subsets in todo:
+            for r in runs:
+                run_dir = out / "runs" / run_key(r)
+                if (run_dir / "done.json").exists():
+                    continue
+                bar.set_postfix_str(run_key(r))
+                if bar.disable:  # no bar on a file or pipe: a plain line per run
+                    print(f"sweep: run {done + 1}/{total}: {run_key(r)}", flush=True)
+                _run_one(sw, r, cases, subsets[(r["budget"], r["seed"])], run_dir, out)
+                collect_results(out)
+                bar.update(1)
+                done += 1
     bar.close()
     results = collect_results(out)
     for cases, runs, _ in todo:
@@ -323,18 +340,96 @@ def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path
     write_csv(run_dir / "rows.csv", rows)
     save_examples(ckpt, cases, per_case, run_dir / "examples.npz")
     write_json(run_dir / "done.json", {"rows": len(rows)})  # the completion marker, written last
-    collect_results(out)
 
 
 def _pretrained(rc: RunConfig, r: dict, cases, out: Path) -> Path:
+    """The pretraining checkpoint a fine-tuning run starts from, pretraining it first if needed."""
+    seed = r["seed"] if r.get("pretrain_seed") is None else r["pretrain_seed"]
     prefix = f"{r['data']}_" if r.get("data") else ""
-    pre_dir = out / "pretrain" / f"{prefix}{r['method']}_{r['arch']}_seed{r['seed']}"
+    pre_dir = out / "pretrain" / f"{prefix}{r['method']}_{r['arch']}_seed{seed}"
     ckpt = pre_dir / "checkpoint.pt"
     if not ckpt.exists():
         pc = copy.deepcopy(rc)
+        pc.seed = int(seed)
         pc.pretrain.method = r["method"]
         run_pretrain(pc, pre_dir, cases)
     return ckpt
+
+
+# the worker processes' share of the sweep (set by _init_worker: fork inherits it, spawn pickles it once)
+_WORKER: dict = {}
+
+
+def _init_worker(sw: SweepConfig, out: Path, cases_by_data: dict, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update(sw=sw, out=out, cases=cases_by_data)
+
+
+def _worker_run(r: dict, labelled: list[str]) -> str:
+    """One fine-tuning run in a worker process; its console output goes to the run's ``output.txt``."""
+    import contextlib
+
+    run_dir = _WORKER["out"] / "runs" / run_key(r)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "output.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        _run_one(_WORKER["sw"], r, _WORKER["cases"][r["data"]], labelled, run_dir, _WORKER["out"])
+    return run_key(r)
+
+
+def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total: int) -> None:
+    """Pretrain what is missing here, one run at a time on every core, then fine-tune ``sw.jobs`` runs at once."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pending = []
+    for cases, runs, subsets in todo:
+        for r in runs:
+            if (out / "runs" / run_key(r) / "done.json").exists():
+                continue
+            if r["kind"] == "finetune" and r["method"] != "none":
+                rc = run_config(sw, r["arch"], r["seed"], (r["spec"], r["options"]))
+                _pretrained(rc, r, cases, out)
+            pending.append((r, subsets[(r["budget"], r["seed"])]))
+    if not pending:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // sw.jobs)
+    # fork shares the cases with the workers at no cost; elsewhere (macOS, Windows) spawn pickles them once
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() and os.name == "posix"
+                         and not _is_macos() else "spawn")
+    cases_by_data = {runs[0]["data"]: cases for cases, runs, _ in todo if runs}
+    print(f"sweep: fine-tuning {len(pending)} runs, {sw.jobs} at a time ({threads} thread(s) each); "
+          "each run's output goes to its output.txt", flush=True)
+    with ProcessPoolExecutor(max_workers=sw.jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(sw, out, cases_by_data, threads)) as pool:
+        futures = {pool.submit(_worker_run, r, labelled): r for r, labelled in pending}
+        remaining = set(futures)
+        while remaining:
+            finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            for f in finished:
+                r = futures[f]
+                try:
+                    f.result()
+                except BaseException:
+                    for other in remaining:
+                        other.cancel()
+                    print(f"sweep: run {run_key(r)} failed; its output: "
+                          f"{out / 'runs' / run_key(r) / 'output.txt'}", flush=True)
+                    raise
+                done += 1
+                collect_results(out)
+                bar.update(1)
+                if bar.disable:
+                    print(f"sweep: run {done}/{total} done: {run_key(r)}", flush=True)
+
+
+def _is_macos() -> bool:
+    import sys
+
+    return sys.platform == "darwin"
 
 
 def collect_results(out: str | Path) -> Path:
