@@ -37,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--init", action="append", default=[], help="'random', 'random:SEED' or a pretraining checkpoint")
     ap.add_argument("--num-cases", type=int, default=48)
+    ap.add_argument("--image-size", type=int, default=112, help="the size the encoders were pretrained at")
     ap.add_argument("--out", default="/tmp/sslseg-probe")
     ap.add_argument("--csv", help="append one row per encoder here; skip encoders already in it")
     args = ap.parse_args()
@@ -48,6 +49,7 @@ def main() -> None:
         return
     cfg = RunConfig()
     cfg.data.options = {"num_cases": args.num_cases}
+    cfg.data.image_size = args.image_size
     cases = load_cases(cfg, Path(args.out))
     train, test = by_split(cases, "train"), by_split(cases, "test")
     size = cfg.data.image_size

@@ -271,20 +271,22 @@ def test_sweep_refuses_an_option_one_method_lacks_before_any_run(tmp_path):
         sweep.load_sweep_config(p)
 
 
-def test_parallel_sweep_with_shared_pretraining_matches_sequential(tmp_path):
-    """jobs=2 gives the rows one process gives; pretrain_seed pretrains once for every seed."""
+def test_parallel_sweep_with_shared_pretraining_matches_sequential(tmp_path, monkeypatch):
+    """jobs=2 (forked or spawned workers) gives the rows one process gives; pretrain_seed pretrains once."""
     base = dict(CONFIG, seeds=[0, 1], pretrain_seed=0, budgets=[1],
                 baseline={"enabled": False, "augment": 1.5})
     rows = {}
-    for jobs in (1, 2):
-        cfg = tmp_path / f"jobs{jobs}.yaml"
+    for name, jobs in (("one", 1), ("fork", 2), ("spawn", 2)):
+        # spawn is what macOS, Windows and CUDA machines get
+        monkeypatch.setattr(sweep, "_is_macos", lambda: name == "spawn")
+        cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump(dict(base, jobs=jobs)))
-        sweep.run_sweep(cfg, tmp_path / f"out{jobs}")
-        out = tmp_path / f"out{jobs}"
+        out = tmp_path / name
+        sweep.run_sweep(cfg, out)
         assert [p.name for p in (out / "pretrain").iterdir()] == ["simclr_unet_seed0"]
-        rows[jobs] = sorted((r["method"], r["seed"], r["case_id"], round(float(r["dice"]), 5))
+        rows[name] = sorted((r["method"], r["seed"], r["case_id"], round(float(r["dice"]), 5))
                             for r in _results(out))
-    assert {(m, s) for m, s, *_ in rows[1]} == {("none", "0"), ("none", "1"), ("simclr", "0"), ("simclr", "1")}
-    assert rows[1] == rows[2]
-    # the worker's console output went to the run's own file
-    assert any(p.stat().st_size > 0 for p in (tmp_path / "out2" / "runs").glob("*/output.txt"))
+    assert {(m, s) for m, s, *_ in rows["one"]} == {("none", "0"), ("none", "1"), ("simclr", "0"), ("simclr", "1")}
+    assert rows["one"] == rows["fork"] == rows["spawn"]
+    # the workers' console output went to each run's own file
+    assert all(p.stat().st_size > 0 for p in (tmp_path / "spawn" / "runs").glob("*/output.txt"))

@@ -72,3 +72,17 @@ def test_early_peak():
     assert early_peak([(10, 0.5), (20, 0.7), (30, 0.8)]) is None  # still rising
     assert early_peak([(10, 0.5), (20, 0.8), (30, 0.79)]) is None  # within the tolerance
     assert early_peak([(10, 0.8)]) is None
+
+
+def test_gain_whose_interval_includes_zero_is_called_unclear():
+    offsets = {0: 0.10, 1: -0.06, 2: 0.02}  # mean +0.02, the t interval spans 0
+    rows = []
+    for seed, off in offsets.items():
+        rows += _rows("none", seed, 0.0) + _rows("simclr", seed, off)
+    (g,) = subset_gains(rows)
+    assert g["ci_low"] < 0 < g["ci_high"]
+    assert "not a clear difference" in format_gains([g])
+    clear = []
+    for seed, off in {0: 0.05, 1: 0.06, 2: 0.055}.items():
+        clear += _rows("none", seed, 0.0) + _rows("simclr", seed, off)
+    assert "not a clear difference" not in format_gains(subset_gains(clear))

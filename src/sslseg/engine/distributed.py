@@ -73,6 +73,22 @@ def normalise_precision(precision: str) -> str:
     return PRECISIONS[p]
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes in bfloat16 natively: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX.
+
+    Emulated bf16 (older CPUs) is slower than fp32, so callers choosing a fast
+    precision (the demo) fall back to ``32-true`` there.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    probes = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(probe()) for probe in probes if probe is not None)
+    except RuntimeError:
+        return False
+
+
 def _launched_externally() -> bool:
     # torchrun / fabric run / Fabric's own children set these before our code runs
     return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ

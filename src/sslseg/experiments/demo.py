@@ -13,7 +13,9 @@ import csv
 import time
 from pathlib import Path
 
-from ..report.tables import format_gains, format_text, subset_gains, summary_table
+import numpy as np
+
+from ..report.tables import REFERENCE, format_gains, subset_gains, subset_means
 from .sweep import BaselineConfig, SweepConfig, run_sweep
 
 
@@ -63,13 +65,29 @@ def run_demo(out_dir: str | Path = "sslseg-demo", quick: bool = False, seed: int
 
 
 def format_table(rows: list[dict]) -> str:
-    """Mean Dice (95% CI over test cases) per initialisation and budget, and where pretraining wins or loses."""
-    table = summary_table(rows, "dice")
-    # the gain paired by labelled subset (seed), with its interval across subsets when there are several
+    """Per initialisation and budget: mean Dice over the labelled subsets, each subset's Dice, the gain
+    over random init with its 95% interval across subsets (the subset is the unit, not the test case)
+    and the mean HD95; then one sentence per method and budget."""
+    means = subset_means(rows, "dice")
+    hd = subset_means(rows, "hd95")
+    gains = {(g["method"], g["labelled_cases"]): g for g in subset_gains(rows, "dice")}
+    cells = sorted({(k, m) for (_, m, k, _) in means}, key=lambda c: (c[0], c[1] != REFERENCE, c[1]))
+    lines = [f"{'init':<10} {'labelled':>8} {'Dice':>6}  {'per labelled subset':<22} "
+             f"{'vs random init [95% CI across subsets]':<40} {'HD95 mm':>8}"]
+    for k, method in cells:
+        seeds = sorted(s for (_, m, kk, s) in means if (m, kk) == (method, k))
+        dice = [means[(a, m, kk, s)] for (a, m, kk, s) in means if (m, kk) == (method, k) and s in seeds]
+        hd95 = [v for (a, m, kk, s), v in hd.items() if (m, kk) == (method, k)]
+        g = gains.get((method, k))
+        vs = ""
+        if g is not None:
+            vs = f"{g['mean_gain']:+.3f}"
+            vs += (f" [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] ahead {g['wins']}/{g['n']}" if g["n"] > 1
+                   else " (one subset)")
+        name = "random" if method == REFERENCE else method
+        per = " ".join(f"{means[(a, m, kk, s)]:.3f}" for (a, m, kk, s) in sorted(means)
+                       if (m, kk) == (method, k))
+        lines.append(f"{name:<10} {k:>8d} {np.nanmean(dice):>6.3f}  {per:<22} {vs:<40} "
+                     f"{np.nanmean(hd95) if hd95 else float('nan'):>8.2f}")
     notes = format_gains(subset_gains(rows, "dice")).splitlines()
-    hd = {(h["method"], h["labelled_cases"]): h["mean"] for h in summary_table(rows, "hd95")}
-    text = format_text(table, "dice").splitlines()
-    text[0] += f" {'HD95 mm':>8}"
-    for i, r in enumerate(table, start=1):
-        text[i] += f" {hd.get((r['method'], r['labelled_cases']), float('nan')):>8.2f}"
-    return "\n".join(text + [""] + notes)
+    return "\n".join(lines + [""] + notes)

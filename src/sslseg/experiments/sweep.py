@@ -397,9 +397,12 @@ def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // sw.jobs)
-    # fork shares the cases with the workers at no cost; elsewhere (macOS, Windows) spawn pickles them once
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() and os.name == "posix"
-                         and not _is_macos() else "spawn")
+    # fork shares the cases with the workers at no cost; spawn pickles them once: on macOS and Windows,
+    # and with CUDA, which cannot be used again in a forked child once the parent has touched it
+    import torch
+
+    fork = "fork" in mp.get_all_start_methods() and not _is_macos() and not torch.cuda.is_available()
+    ctx = mp.get_context("fork" if fork else "spawn")
     cases_by_data = {runs[0]["data"]: cases for cases, runs, _ in todo if runs}
     print(f"sweep: fine-tuning {len(pending)} runs, {sw.jobs} at a time ({threads} thread(s) each); "
           "each run's output goes to its output.txt", flush=True)

@@ -13,7 +13,7 @@ import yaml
 
 from .plots import dice_vs_labels, overlays, subset_gains_figure, training_curves
 from .stats import format_p
-from .tables import REFERENCE, paired_tests, subset_gains, summary_table
+from .tables import REFERENCE, paired_tests, subset_gains, summary_table, within_noise
 
 SECTIONS = ("summary", "gains", "dice-curve", "hd95-curve", "table", "overlays", "training-curves",
             "paired-tests", "config", "environment")
@@ -156,7 +156,7 @@ def _summary(table: list[dict], gains: list[dict], rows: list[dict]) -> str:
         cls = "pos" if d > 0 else ("neg" if d < 0 else "")
         if g["n"] >= 2:
             detail = (f"95% CI across {g['n']} labelled subsets {_s(g['ci_low'])} to {_s(g['ci_high'])}; "
-                      f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}")
+                      f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}{within_noise(g)}")
         else:
             detail = "one labelled subset: no interval, no test"
         items.append(f"<li class='{cls}'><b>{html.escape(g['method'])}</b> ({html.escape(g['arch'])}) {word} random "

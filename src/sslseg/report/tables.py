@@ -119,7 +119,14 @@ def gain_sentence(g: dict, metric: str = "Dice") -> str:
     if g["n"] < 2:
         return text + " [one labelled subset: no interval; run more seeds]"
     return (text + f" [95% CI across {g['n']} labelled subsets {g['ci_low']:+.3f} to {g['ci_high']:+.3f}; "
-            f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}]")
+            f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}]{within_noise(g)}")
+
+
+def within_noise(g: dict) -> str:
+    """A warning when the interval across labelled subsets includes 0 (the sign of the gain is not settled)."""
+    if g["n"] >= 2 and g["ci_low"] <= 0 <= g["ci_high"]:
+        return "; the interval includes 0: not a clear difference"
+    return ""
 
 
 def format_gains(gains: list[dict], metric: str = "Dice") -> str:
