@@ -82,8 +82,12 @@ def main() -> None:
 
 
 def name_of(init: str) -> str:
-    """How an encoder is named in the output: ``random[:SEED]``, or the checkpoint's run folder."""
-    return init if init.startswith("random") else Path(init).parent.name
+    """How an encoder is named in the output: ``random[:SEED]``, or the checkpoint's run folder (with its sweep's)."""
+    if init.startswith("random"):
+        return init
+    run = Path(init).parent
+    # a sweep's pretraining (SWEEP/pretrain/RUN/checkpoint.pt) is named with its sweep: runs of several sweeps share names
+    return f"{run.parent.parent.name}/{run.name}" if run.parent.name == "pretrain" else run.name
 
 
 if __name__ == "__main__":

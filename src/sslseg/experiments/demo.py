@@ -72,7 +72,7 @@ def format_table(rows: list[dict]) -> str:
     hd = subset_means(rows, "hd95")
     gains = {(g["method"], g["labelled_cases"]): g for g in subset_gains(rows, "dice")}
     cells = sorted({(k, m) for (_, m, k, _) in means}, key=lambda c: (c[0], c[1] != REFERENCE, c[1]))
-    lines = [f"{'init':<10} {'labelled':>8} {'Dice':>6}  {'per labelled subset':<22} "
+    lines = [f"{'init':<14} {'labelled':>8} {'Dice':>6}  {'per labelled subset':<22} "
              f"{'vs random init [95% CI across subsets]':<40} {'HD95 mm':>8}"]
     for k, method in cells:
         seeds = sorted(s for (_, m, kk, s) in means if (m, kk) == (method, k))
@@ -87,7 +87,7 @@ def format_table(rows: list[dict]) -> str:
         name = "random" if method == REFERENCE else method
         per = " ".join(f"{means[(a, m, kk, s)]:.3f}" for (a, m, kk, s) in sorted(means)
                        if (m, kk) == (method, k))
-        lines.append(f"{name:<10} {k:>8d} {np.nanmean(dice):>6.3f}  {per:<22} {vs:<40} "
+        lines.append(f"{name:<14} {k:>8d} {np.nanmean(dice):>6.3f}  {per:<22} {vs:<40} "
                      f"{np.nanmean(hd95) if hd95 else float('nan'):>8.2f}")
     notes = format_gains(subset_gains(rows, "dice")).splitlines()
     return "\n".join(lines + [""] + notes)
