@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.tables import filelist_name, read_filelist
+
 #: highest heart rate expected at rest in echo clinics; sets the minimum distance between two EDs
 MAX_HEART_RATE_BPM = 140.0
 
@@ -359,26 +361,18 @@ def plot_area_curve(m: EchoMeasurement, path: str | os.PathLike, title: str = ""
 def read_filelist_ef(path: str | os.PathLike) -> dict[str, float]:
     """EF (percent) per video from an EchoNet-Dynamic ``FileList.csv`` (``FileName``, ``EF``).
 
-    Keys are file names without extension (the FileList has them with or without ``.avi``).
+    Keys are file names without extension (the FileList has them with or without ``.avi``);
+    rows whose EF is not a number are left out.
 
     Raises:
-        ValueError: missing file or columns.
+        ValueError: missing file or columns (:func:`sslseg.io.tables.read_filelist`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "FileName" not in rows[0] or "EF" not in rows[0]:
-        raise ValueError(f"{path}: expected columns FileName and EF (EchoNet-Dynamic FileList.csv)")
     out = {}
-    for r in rows:
+    for r in read_filelist(path, ("FileName", "EF")):
         try:
-            ef = float(r["EF"])
-        except (TypeError, ValueError):
+            out[filelist_name(r["FileName"])] = float(r["EF"])
+        except ValueError:
             continue
-        name = r["FileName"].strip()
-        out[name[:-4] if name.lower().endswith(".avi") else name] = ef
     return out
 
 
