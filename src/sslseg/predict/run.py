@@ -53,7 +53,6 @@ foreground probability; 0 where both passes agree, at most 0.25).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Iterator
@@ -69,6 +68,7 @@ from ..engine.trained import TRAINING_FRAMES, open_trained
 from ..evaluate.inference import segment
 from ..io.files import stem
 from ..io.intensity import training_range
+from ..io.tables import write_table
 from .io import Study, expand_inputs, read_study, write_mask, write_overlay, write_uncertainty
 
 # --------------------------------------------------------------------------- #
@@ -387,6 +387,11 @@ def predict_inputs(
             yield FileResult(path, error=f"{path}: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
+#: the columns of ``predictions.csv``, one row per input
+PREDICTION_COLUMNS = ("input", "status", "kind", "frames", "height", "width", "spacing_mm", "prepared", "outputs",
+                      "notes")
+
+
 def write_summary(results: list[FileResult], out_dir: str | os.PathLike,
                   known_ef: dict[str, float] | None = None) -> dict:
     """``predictions.csv`` (one row per input) and, for videos, ``echo_summary.csv``.
@@ -400,15 +405,13 @@ def write_summary(results: list[FileResult], out_dir: str | os.PathLike,
     from ..echo.measurements import ef_error
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["input", "status", "kind", "frames", "height", "width", "spacing_mm", "prepared", "outputs",
-                    "notes"])
-        for r in results:
-            w.writerow([r.path, "ok" if r.ok else "failed", r.kind, r.frames, *(r.shape or ("", "")),
-                        " x ".join(f"{s:g}" for s in r.spacing) if r.spacing else "", r.preparation,
-                        " ".join(str(p) for p in r.outputs.values()), r.error or "; ".join(r.notes)])
+    write_table(out / "predictions.csv", [
+        {"input": r.path, "status": "ok" if r.ok else "failed", "kind": r.kind, "frames": r.frames,
+         **dict(zip(("height", "width"), r.shape or ("", ""), strict=True)),
+         "spacing_mm": " x ".join(f"{s:g}" for s in r.spacing) if r.spacing else "", "prepared": r.preparation,
+         "outputs": " ".join(str(p) for p in r.outputs.values()), "notes": r.error or "; ".join(r.notes)}
+        for r in results
+    ], PREDICTION_COLUMNS)
     videos = [r for r in results if r.ok and r.echo is not None]
     summary = {"files": len(results), "failed": sum(not r.ok for r in results), "videos": len(videos),
                "ef_mae": None, "ef_compared": 0}
@@ -421,11 +424,7 @@ def write_summary(results: list[FileResult], out_dir: str | os.PathLike,
             row["known_ef_percent"] = k if k is not None else ""
             row["ef_abs_error"] = abs(r.echo["ef_percent"] - k) if k is not None else ""
             rows.append(row)
-        keys = list(dict.fromkeys(k for row in rows for k in row))
-        with open(out / "echo_summary.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
+        write_table(out / "echo_summary.csv", rows)
         est = {stem(r.path): r.echo["ef_percent"] for r in videos}
         shared = {k: v for k, v in est.items() if k in known and math.isfinite(v)}
         if shared:
