@@ -330,14 +330,8 @@ def write_overlay(study: Study, labels: np.ndarray, out_base: Path, num_classes:
         return None
     rgb = overlay_frames(display_frames(study.frames), labels, num_classes)
     out_base.parent.mkdir(parents=True, exist_ok=True)
-    if study.num_frames == 1:
-        from PIL import Image
-
-        path = Path(f"{out_base}_overlay.png")
-        Image.fromarray(rgb[0]).save(path)
-        return path
-    if study.kind == "picture":
-        return write_pages(rgb, out_base, "_overlay", ext=".tif")
+    if study.num_frames == 1 or study.kind == "picture":
+        return write_pages(rgb, out_base, "_overlay")  # PNG, or a multi-page TIFF
     return write_video(rgb, Path(f"{out_base}_overlay.avi"), _rate(study), lossless=False)
 
 
