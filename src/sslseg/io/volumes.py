@@ -99,6 +99,26 @@ def read_itk(path: Path):
         raise ValueError(f"{path}: not a readable image ({msg})") from None
 
 
+def itk_slices(img) -> np.ndarray:
+    """The pixels of a 2D or 3D SimpleITK image as slices ``(S, rows j, columns i[, components])``.
+
+    SimpleITK's array order ``(k, j, i[, c])`` already is that; a 2D image is one slice.
+    """
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(img)
+    return arr[None] if img.GetDimension() == 2 else arr
+
+
+def itk_grid(img):
+    """A pixel-less SimpleITK image with ``img``'s size, origin, spacing and direction (for :func:`write_itk_like`)."""
+    import SimpleITK as sitk
+
+    ref = sitk.Image(img.GetSize(), sitk.sitkUInt8)
+    ref.CopyInformation(img)
+    return ref
+
+
 def read_voxels(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
     """Read an image file as voxels ``(i, j[, k[, c]])`` and their sizes in mm.
 

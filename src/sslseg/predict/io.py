@@ -64,7 +64,7 @@ from ..io.files import (
 )
 from ..io.pictures import luma, read_picture, write_pages, write_png_sequence
 from ..io.video import read_video, write_video
-from ..io.volumes import read_itk, read_nifti, write_itk_like, write_nifti
+from ..io.volumes import itk_grid, itk_slices, read_itk, read_nifti, write_itk_like, write_nifti
 
 #: class colours of the overlays (RGB), class 1 first
 COLOURS = np.array(
@@ -217,16 +217,12 @@ def _read_nifti(path: Path, channels: int) -> Study:
 
 
 def _read_itk(path: Path, channels: int) -> Study:
-    import SimpleITK as sitk
-
     img = read_itk(path)
     nd = img.GetDimension()
     if nd not in (2, 3):
         raise ValueError(f"{path}: a {nd}D image; expected 2D or 3D")
     comps = img.GetNumberOfComponentsPerPixel()
-    arr = sitk.GetArrayFromImage(img)  # (k, j, i[, c]): already slices of rows j and columns i
-    if nd == 2:
-        arr = arr[None]
+    arr = itk_slices(img)
     if comps == channels:
         frames = arr.transpose(0, 3, 1, 2) if comps > 1 else arr
     elif channels == 1 and comps in (3, 4):
@@ -234,10 +230,8 @@ def _read_itk(path: Path, channels: int) -> Study:
     else:
         raise channel_error(path, comps, channels, " (pixel components)")
     sp = img.GetSpacing()
-    # a reference image of the same grid (no pixels kept): size, origin, spacing, direction
-    ref = sitk.Image(img.GetSize(), sitk.sitkUInt8)
-    ref.CopyInformation(img)
-    geometry = {"reference": ref, "ext": extension(path)}
+    # the grid the masks are written on (no pixels kept)
+    geometry = {"reference": itk_grid(img), "ext": extension(path)}
     return Study(path, "itk", np.ascontiguousarray(frames), (float(sp[1]), float(sp[0])), None, geometry)
 
 
