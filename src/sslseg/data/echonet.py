@@ -29,8 +29,8 @@ Spacing: EchoNet-Dynamic publishes no pixel calibration (each video was
 resampled to 112x112 from its own depth and sector), so ``spacing`` is
 ``(1.0, 1.0)``: distances and HD95 are in pixels.  The summary says so.
 
-Decoding: PyAV, luma plane only (the videos are grey), once per video into the
-local cache (:mod:`sslseg.data.cache`); ``Case.frames`` is a memory-mapped
+Decoding: PyAV, luma plane only (the videos are grey; :mod:`sslseg.io.video`),
+once per video into the local cache (:mod:`sslseg.data.cache`); ``Case.frames`` is a memory-mapped
 ``uint8`` ``(T, 112, 112)`` array and ``Case.masks`` rasterises the two
 tracings on access (a few dozen vertices per mask instead of 2 x 100 kB of
 ``int64`` per video held in memory).
