@@ -28,7 +28,8 @@ import numpy as np
 from scipy import ndimage
 
 from sslseg.data.cache import cache_dir
-from sslseg.data.echonet import decode_video, load_echonet
+from sslseg.data.echonet import load_echonet
+from sslseg.io.video import decode_video
 
 
 def make_video(rng: np.random.Generator, t: int, size: int) -> np.ndarray:

@@ -124,17 +124,17 @@ def read_case(kind: str, path: Path) -> None:
 
         read_study(path)
         if kind != "avi":
-            from sslseg.data.folder import read_voxels
+            from sslseg.io.volumes import read_voxels
 
             read_voxels(path)
         else:
-            from sslseg.data.echonet import decode_video
+            from sslseg.io.video import decode_video
 
             decode_video(path)
     elif kind == "filelist.csv":
-        from sslseg.data.echonet import FILELIST_COLUMNS, _read_csv
+        from sslseg.io.tables import read_filelist
 
-        _read_csv(path, FILELIST_COLUMNS)
+        read_filelist(path)
     elif kind == "tracings.csv":
         from sslseg.data.echonet import read_tracings
 

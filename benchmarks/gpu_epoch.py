@@ -42,7 +42,7 @@ import torch
 def write_echonet(root: Path, frames: int, per_video: int, seed: int = 0, distinct: int = 6) -> int:
     """Synthetic echo in EchoNet-Dynamic's layout; returns the number of videos."""
     from sslseg.data.synthetic import make_echo_case
-    from sslseg.predict.io import write_video
+    from sslseg.io.video import write_video
 
     (root / "Videos").mkdir(parents=True, exist_ok=True)
     base = [make_echo_case(i, seed=seed, num_frames=per_video, size=112) for i in range(distinct)]

@@ -24,7 +24,7 @@ import numpy as np
 from sslseg.data.registry import load_dataset
 from sslseg.data.splits import read_json
 from sslseg.echo.measurements import ef_error, find_phases, pair_beats, smooth_curve
-from sslseg.predict.io import write_video
+from sslseg.io.video import write_video
 from sslseg.predict.run import Predictor, predict_inputs, write_summary
 
 

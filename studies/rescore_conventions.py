@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslseg.data.batches import Normalizer
-from sslseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from sslseg.engine.trained import open_trained
 from sslseg.evaluate.inference import score_cases
 from sslseg.evaluate.metrics import pooled_dice
 from sslseg.experiments.config import RunConfig
@@ -91,12 +90,10 @@ def main() -> None:
                 ckpt_path = key / "checkpoint.pt"
                 if not ckpt_path.exists():
                     run_finetune(run, key, cases, labelled_ids=ids)
-                ckpt = load_checkpoint(ckpt_path)
-                model = model_from_checkpoint(ckpt)
+                trained = open_trained(ckpt_path)
                 test = [c for c in cases if c.split == "test" and c.masks]
-                pre_ = ckpt["preprocess"]
-                frames, per_case = score_cases(model, test, Normalizer.from_dict(pre_["normalizer"]),
-                                               pre_["image_size"], ckpt["model_kwargs"]["num_classes"])
+                frames, per_case = score_cases(trained.model, test, trained.normalizer, trained.image_size,
+                                               trained.num_classes)
                 od, oh, dropped = old_convention(frames)
                 fd = np.nanmean([r["dice_frames"] for r in per_case])
                 fh = np.nanmean([r["hd95_frames"] for r in per_case])

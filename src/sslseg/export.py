@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .engine.trained import TrainedModel, open_trained
+
 FORMATS = ("onnx", "torchscript")
 META_KEY = "sslseg_preprocess"
 
@@ -45,17 +47,14 @@ class ExportResult:
     metadata: dict
 
 
-def _metadata(ckpt: dict) -> dict:
-    pre = ckpt.get("preprocess") or {}
-    kwargs = ckpt.get("model_kwargs", {})
-    options = (ckpt.get("config") or {}).get("data", {}).get("options", {}) or {}
+def _metadata(trained: TrainedModel) -> dict:
     return {
-        "arch": ckpt.get("arch"),
-        "image_size": int(pre["image_size"]),
-        "normalizer": dict(pre["normalizer"]),
-        "intensity": str(options.get("intensity", "scale")),
-        "in_channels": int(kwargs.get("in_channels", 1)),
-        "num_classes": int(kwargs.get("num_classes", 2)),
+        "arch": trained.arch,
+        "image_size": trained.image_size,
+        "normalizer": trained.normalizer.to_dict(),
+        "intensity": trained.intensity,
+        "in_channels": trained.in_channels,
+        "num_classes": trained.num_classes,
         "input": "normalised image (B, in_channels, image_size, image_size)",
         "output": "logits (B, num_classes, image_size, image_size)",
     }
@@ -86,21 +85,14 @@ def export_model(
             extra (onnx, onnxruntime) is not installed.
         RuntimeError: the exported model disagrees with PyTorch beyond ``atol``.
     """
-    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
-
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    ck = load_checkpoint(ckpt)
-    if ck.get("stage") != "finetune":
-        raise ValueError(f"{ckpt}: a {ck.get('stage', 'unknown')} checkpoint has no trained segmentation head; "
-                         "fine-tune it first")
-    if not (ck.get("preprocess") or {}).get("normalizer") or "image_size" not in ck["preprocess"]:
-        raise ValueError(f"{ckpt}: the checkpoint records no preprocessing (normalizer, image_size)")
-    meta = _metadata(ck)
+    trained = open_trained(ckpt)
+    meta = _metadata(trained)
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
     path = Path(out) if out is not None else Path(ckpt).with_suffix(suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model_from_checkpoint(ck).eval()
+    model = trained.model
     s, c = meta["image_size"], meta["in_channels"]
     g = torch.Generator().manual_seed(0)
     example = torch.randn(2, c, s, s, generator=g)

@@ -12,9 +12,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut, pixel_array
 
-from sslseg.data.dicom import load_dicom, read_dicom
-from sslseg.data.folder import luma
+from sslseg.data.dicom import load_dicom
 from sslseg.data.registry import load_dataset
+from sslseg.io.dicom import read_dicom
+from sslseg.io.pictures import luma
 
 
 def _data_file(name: str) -> str:

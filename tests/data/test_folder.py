@@ -13,8 +13,11 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from sslseg.cli import main
-from sslseg.data.folder import load_folder, luma, read_voxels, split_name, voxels_to_frames
+from sslseg.data.folder import load_folder
 from sslseg.data.registry import load_dataset
+from sslseg.io.files import split_name
+from sslseg.io.pictures import luma
+from sslseg.io.volumes import read_voxels, voxels_to_frames
 
 
 @pytest.fixture(autouse=True)
@@ -196,7 +199,7 @@ def test_damaged_metaimage_header_is_refused_before_simpleitk(tmp_path, damage, 
     # a damaged .mha header can abort SimpleITK's reader (found by benchmarks/fuzz_inputs.py); it is checked first
     import SimpleITK as sitk
 
-    from sslseg.data.folder import check_metaimage, read_voxels
+    from sslseg.io.volumes import check_metaimage, read_voxels
 
     good = tmp_path / "v.mha"
     sitk.WriteImage(sitk.GetImageFromArray(np.arange(60, dtype=np.uint8).reshape(2, 6, 5)), str(good))

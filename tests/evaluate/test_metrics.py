@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sslseg.evaluate.metrics import dice_per_class, hd95_per_class
+from sslseg.evaluate.metrics import dice_per_class, dice_per_frame, hd95_per_class
 
 
 def square(size, top, left, side):
@@ -66,3 +66,18 @@ def test_hd95_shifted_discs_matches_reference(spacing):
 def test_hd95_nan_for_empty_prediction():
     gt = square(20, 2, 2, 5)
     assert math.isnan(hd95_per_class(np.zeros_like(gt), gt, [1])[0])
+
+
+def test_dice_per_frame_is_each_frames_dice_with_empty_truth_left_out():
+    rng = np.random.default_rng(3)
+    pred = rng.integers(0, 3, (4, 9, 9))
+    gt = rng.integers(0, 3, (4, 9, 9))
+    gt[1][gt[1] == 2] = 0  # class 2 absent from frame 1's truth
+    pred[2][:] = 0  # frame 2 predicts nothing
+    got = dice_per_frame(pred, gt, [1, 2])
+    assert got.shape == (4, 2)
+    for b in range(4):
+        np.testing.assert_allclose(got[b], dice_per_class(pred[b], gt[b], [1, 2]), rtol=1e-6)
+    assert math.isnan(got[1, 1]) and got[2, 0] == 0
+    p, g = pred[0] == 1, gt[0] == 1
+    assert got[0, 0] == pytest.approx(2 * (p & g).sum() / (p.sum() + g.sum()))

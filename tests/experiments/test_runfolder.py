@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from sslseg.cli import _config, build_parser, main
-from sslseg.engine.loop import write_metrics_csv
 from sslseg.experiments.config import RunConfig, to_dict
 from sslseg.experiments.runfolder import claim
 
@@ -76,25 +75,6 @@ def test_lock_refuses_a_second_owner_and_survives_a_dead_one(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-
-
-def test_failed_metrics_write_keeps_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "metrics.csv"
-    write_metrics_csv(path, [{"step": 1, "loss": 0.5}])
-    old = path.read_text()
-
-    class Full:
-        def __init__(self, *a, **k):
-            pass
-
-        def writeheader(self):
-            raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("sslseg.engine.loop.csv.DictWriter", Full)
-    with pytest.raises(OSError):
-        write_metrics_csv(path, [{"step": 2, "loss": 0.1}])
-    assert path.read_text() == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
 
 
 def checkpoint(path: Path) -> Path:

@@ -10,9 +10,10 @@ import torch
 
 from sslseg.cli import main
 from sslseg.engine.checkpoint import save_checkpoint
+from sslseg.engine.trained import training_frames
 from sslseg.models.build import build_model
 from sslseg.predict.io import read_study
-from sslseg.predict.run import Predictor, choose_preparation, training_frames
+from sslseg.predict.run import Predictor, choose_preparation
 
 NORMALIZER = {"mean": 0.2, "std": 0.2, "scale": 255.0}
 
@@ -145,7 +146,8 @@ def test_echo_video_prepared_with_tta(tmp_path, threshold):
     """An AVI is an echo clip: sector prepared, masks and TTA uncertainty empty outside it, frames kept."""
     from fractions import Fraction
 
-    from sslseg.predict.io import read_mask_video, write_video
+    from sslseg.io.video import write_video
+    from sslseg.predict.io import read_mask_video
     from sslseg.predict.run import predict_file
 
     rng = np.random.default_rng(0)

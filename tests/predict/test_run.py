@@ -13,14 +13,11 @@ from torch import nn
 from sslseg.cli import main
 from sslseg.data.batches import Normalizer
 from sslseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from sslseg.evaluate.inference import predict_frames
-from sslseg.predict.io import read_mask_video, write_video
-from sslseg.predict.run import (
-    Predictor,
-    predict_file,
-    training_range,
-    tta_probabilities,
-)
+from sslseg.evaluate.inference import predict_frames, tta_probabilities
+from sslseg.io.intensity import training_range
+from sslseg.io.video import write_video
+from sslseg.predict.io import read_mask_video
+from sslseg.predict.run import Predictor, predict_file
 
 av = pytest.importorskip("av")
 nib = pytest.importorskip("nibabel")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sslseg.data.batches import Normalizer, frames_to_tensor
+from sslseg.evaluate.inference import tiled_probabilities
 from sslseg.models.build import build_model
 from sslseg.predict.run import Predictor
 
@@ -68,7 +69,7 @@ def _unet(seed: int = 0, classes: int = 3) -> torch.nn.Module:
 def _probabilities(p: Predictor, frames: np.ndarray) -> torch.Tensor:
     x = p.normalizer(frames_to_tensor(frames, None))
     with torch.inference_mode():
-        return p._tiled_probabilities(x)[0]
+        return tiled_probabilities(p.model, x, p.image_size, p.batch_size, p.overlap, p.tta)[0]
 
 
 @pytest.mark.parametrize("shape", [(2, 64, 96), (1, 48, 80), (1, 24, 96)])

@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..io.volumes import read_voxels, voxels_to_frames
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
-from .folder import read_voxels, voxels_to_frames
 from .paths import check_inside
 from .sample import Case
 

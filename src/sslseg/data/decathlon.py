@@ -11,7 +11,7 @@ Layout (Antonelli et al., Nat. Commun. 2022, https://doi.org/10.1038/s41467-022-
 
 One volume is one case; its slices along ``axis`` (a voxel axis; 2 = the
 third, axial for Task05_Prostate) are the frames, all usable for pretraining,
-shown with the next-higher voxel axis as rows (see :mod:`sslseg.data.folder`).
+shown with the next-higher voxel axis as rows (see :mod:`sslseg.io`).
 Pixel spacing ``(row mm, column mm)`` comes from the NIfTI header, the slice
 spacing (``meta["slice_spacing"]``, for 3D scores) too.
 
@@ -39,15 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.files import split_name
+from ..io.intensity import check_intensity, normalise_intensity
+from ..io.labels import mask_dtype
+from ..io.volumes import read_voxels, voxels_to_frames
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
-from .folder import mask_dtype, read_voxels, split_name, voxels_to_frames
 from .paths import entry_path
 from .sample import Case
 
 __all__ = ["load_decathlon", "parse_merge", "select_empty"]
 
 _VERSION = 2  # 2: spacing carries the slice spacing
-INTENSITY = ("scale", "zscore", "none")
 
 
 class LabelValueError(ValueError):
@@ -119,22 +121,6 @@ def _channels(modality, names: dict[int, str], n: int, where: str) -> list[int] 
     return out
 
 
-def _normalise(frames: np.ndarray, intensity: str, where: str) -> np.ndarray:
-    x = frames.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{where}: {int((~np.isfinite(x)).sum())} NaN or Inf value(s) in the image")
-    if intensity == "none":
-        return x
-    # statistics per channel: axis 1 of (S, C, H, W)
-    axes = (0, 2, 3) if x.ndim == 4 else None
-    if intensity == "scale":
-        hi = np.percentile(np.abs(x), 99.5, axis=axes, keepdims=True)
-        return (x / np.where(hi > 0, hi, 1.0)).astype(np.float32)
-    mu = x.mean(axis=axes, keepdims=True)
-    sd = x.std(axis=axes, keepdims=True)
-    return ((x - mu) / (sd + 1e-8)).astype(np.float32)
-
-
 def _build(image: Path, label: Path | None, axis: int, modality, names: dict[int, str],
            allowed: set[int] | None, merge: dict[int, int], intensity: str) -> dict[str, np.ndarray]:
     vox, zooms = read_voxels(image)
@@ -143,7 +129,8 @@ def _build(image: Path, label: Path | None, axis: int, modality, names: dict[int
     if vox.ndim == 3 and modality is not None:
         _channels(modality, names, max(1, len(names)), str(image))  # still validate the name
     frames, spacing = voxels_to_frames(vox, zooms, axis, chans)
-    frames = _normalise(frames, intensity, str(image))
+    # float32 whatever the stored type: a Decathlon volume has no 8-bit scale to keep
+    frames = normalise_intensity(frames.astype(np.float32), intensity, str(image))
     # (row mm, column mm, slice mm): the slice spacing scores volumes in 3D
     slice_mm = float(zooms[axis]) if len(zooms) > axis else 1.0
     out = {"frames": frames, "spacing": np.array([*spacing, slice_mm], dtype=np.float64)}
@@ -200,8 +187,7 @@ def load_decathlon(
         raise ValueError(f"{spec_path}: not valid JSON ({err})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("training"), list):
         raise ValueError(f"{spec_path}: needs a 'training' list of {{'image': ..., 'label': ...}} entries")
-    if intensity not in INTENSITY:
-        raise ValueError(f"intensity must be one of {', '.join(INTENSITY)}, got {intensity!r}")
+    check_intensity(intensity)
     if not isinstance(axis, int) or not 0 <= axis <= 2:
         raise ValueError(f"axis must be 0, 1 or 2 (a voxel axis), got {axis!r}")
     if empty_slices not in ("keep", "drop"):

@@ -29,8 +29,8 @@ Spacing: EchoNet-Dynamic publishes no pixel calibration (each video was
 resampled to 112x112 from its own depth and sector), so ``spacing`` is
 ``(1.0, 1.0)``: distances and HD95 are in pixels.  The summary says so.
 
-Decoding: PyAV, luma plane only (the videos are grey), once per video into the
-local cache (:mod:`sslseg.data.cache`); ``Case.frames`` is a memory-mapped
+Decoding: PyAV, luma plane only (the videos are grey; :mod:`sslseg.io.video`),
+once per video into the local cache (:mod:`sslseg.data.cache`); ``Case.frames`` is a memory-mapped
 ``uint8`` ``(T, 112, 112)`` array and ``Case.masks`` rasterises the two
 tracings on access (a few dozen vertices per mask instead of 2 x 100 kB of
 ``int64`` per video held in memory).
@@ -38,24 +38,22 @@ tracings on access (a few dozen vertices per mask instead of 2 x 100 kB of
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Iterator, Mapping
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from ..io.tables import filelist_name, read_filelist, read_table
+from ..io.video import decode_video
 from .cache import KeyIndex, cached_arrays, digest
 from .paths import entry_path
 from .sample import Case
 
 __all__ = [
-    "FILELIST_COLUMNS",
     "TRACING_COLUMNS",
     "TracedMasks",
-    "decode_video",
     "load_echonet",
     "polygon_mask",
     "read_tracings",
@@ -63,14 +61,8 @@ __all__ = [
 ]
 
 _VERSION = 1
-FILELIST_COLUMNS = ("FileName", "EF", "ESV", "EDV", "Split")  # the frame sizes, FPS and count are optional
 TRACING_COLUMNS = ("FileName", "X1", "Y1", "X2", "Y2", "Frame")
 SPLIT_NAMES = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
-_NUMERIC = ("EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames")
-
-# ITU-R BT.601 limited ("MPEG") range to full range: what swscale's YUV -> grey does
-_LIMITED_TO_FULL = np.clip(np.rint((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
-_FULL_RANGE_FORMATS = ("yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "yuvj411p", "gray")
 
 
 # --------------------------------------------------------------------------- #
@@ -175,38 +167,8 @@ class TracedMasks(Mapping):
 
 
 # --------------------------------------------------------------------------- #
-# CSV files
+# tracings
 # --------------------------------------------------------------------------- #
-def _stem(name: str) -> str:
-    name = name.strip()
-    return name[:-4] if name.lower().endswith(".avi") else name
-
-
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found (is PATH the EchoNet-Dynamic folder?)")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            cols = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in required if c not in cols]
-            if missing:
-                raise ValueError(
-                    f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(cols) or 'none'}"
-                )
-            rows = []
-            for row in reader:
-                if None in row:  # more fields than the header names
-                    raise ValueError(f"{path} line {reader.line_num}: {len(cols) + len(row[None])} fields, "
-                                     f"the header names {len(cols)}")
-                rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
-            return rows
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    except csv.Error as err:
-        raise ValueError(f"{path}: not a readable CSV table ({err})") from None
-
-
 def read_tracings(path: str | os.PathLike) -> dict[str, dict[int, np.ndarray]]:
     """``VolumeTracings.csv`` -> ``{file stem: {frame: (K, 4) rows X1, Y1, X2, Y2}}``.
 
@@ -218,7 +180,7 @@ def read_tracings(path: str | os.PathLike) -> dict[str, dict[int, np.ndarray]]:
         ValueError: missing columns or a value that is not a number (names file and line).
     """
     path = Path(path)
-    rows = _read_csv(path, TRACING_COLUMNS)
+    rows = read_table(path, TRACING_COLUMNS)
     out: dict[str, dict[int, list]] = {}
     for n, row in enumerate(rows, start=2):
         try:
@@ -231,7 +193,7 @@ def read_tracings(path: str | os.PathLike) -> dict[str, dict[int, np.ndarray]]:
             ) from None
         if not all(math.isfinite(v) for v in vals):
             raise ValueError(f"{path} line {n}: coordinates must be finite numbers")
-        out.setdefault(_stem(row["FileName"]), {}).setdefault(frame, []).append(vals)
+        out.setdefault(filelist_name(row["FileName"]), {}).setdefault(frame, []).append(vals)
     return {k: {f: np.array(v) for f, v in d.items()} for k, d in out.items()}
 
 
@@ -244,71 +206,14 @@ def _number(text: str) -> float | None:
 
 
 # --------------------------------------------------------------------------- #
-# video decoding
-# --------------------------------------------------------------------------- #
-def decode_video(path: str | os.PathLike) -> np.ndarray:
-    """All frames of a video as ``uint8`` ``(T, H, W)`` grey (luma) images.
-
-    YUV videos keep their ``Y`` plane (no colour conversion: echo is grey);
-    limited-range ("MPEG") luma is expanded to 0..255 exactly as FFmpeg's
-    YUV -> grey conversion does; other pixel formats go through that
-    conversion.
-
-    Raises:
-        ValueError: the file cannot be opened or decoded, has no video, or
-            decodes to fewer frames than its header announces (truncated).
-    """
-    return read_video(path)[0]
-
-
-def _grey(frame) -> np.ndarray:
-    fmt = frame.format.name
-    if fmt.startswith(("yuv", "nv12", "nv21")) or fmt == "gray":
-        plane = frame.planes[0]
-        y = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
-        full = fmt in _FULL_RANGE_FORMATS or int(getattr(frame, "color_range", 0) or 0) == 2
-        return y.copy() if full else _LIMITED_TO_FULL[y]
-    return frame.to_ndarray(format="gray")
-
-
-def read_video(path: str | os.PathLike, rgb: bool = False) -> tuple[np.ndarray, Fraction | None]:
-    """Frames ``(T, H, W)`` grey as :func:`decode_video` (or ``(T, H, W, 3)`` RGB) and the frame rate.
-
-    Raises:
-        ValueError: as :func:`decode_video`.
-    """
-    import av
-
-    path = Path(path)
-    frames: list[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            expected = int(stream.frames or 0)
-            rate = stream.average_rate or stream.guessed_rate
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24") if rgb else _grey(frame))
-    except av.error.FFmpegError as err:  # InvalidDataError, EOFError, ... (some subclass ValueError)
-        raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err.strerror or err})") from None
-    except UnicodeDecodeError as err:  # container metadata that is not text (a ValueError, but not ours)
-        raise ValueError(f"{path}: unreadable video (metadata is not text: {err.reason})") from None
-    except ValueError:
-        raise  # ours, already naming the file
-    except (OSError, RuntimeError) as err:
-        raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err})") from None
-    if not frames:
-        raise ValueError(f"{path}: no frame could be decoded")
-    if expected and len(frames) < expected:
-        raise ValueError(f"{path}: truncated video: {len(frames)} of {expected} frames decoded")
-    return np.stack(frames), (Fraction(rate) if rate else None)
-
-
-# --------------------------------------------------------------------------- #
 # the reader
 # --------------------------------------------------------------------------- #
+def _present(table: Path) -> Path:
+    if not table.is_file():
+        raise ValueError(f"{table}: file not found (is PATH the EchoNet-Dynamic folder?)")
+    return table
+
+
 def load_echonet(
     path: str | os.PathLike,
     *,
@@ -341,9 +246,9 @@ def load_echonet(
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ValueError(f"{root}: folder not found")
-    filelist = root / "FileList.csv"
-    rows = _read_csv(filelist, FILELIST_COLUMNS)
-    tracings = read_tracings(root / "VolumeTracings.csv")
+    filelist, traces = root / "FileList.csv", root / "VolumeTracings.csv"
+    rows = read_filelist(_present(filelist))
+    tracings = read_tracings(_present(traces))
     videos = root / "Videos"
     if not videos.is_dir():
         raise ValueError(f"{videos}: folder not found (EchoNet-Dynamic keeps its AVIs in Videos/)")
@@ -353,7 +258,7 @@ def load_echonet(
         rows = rows[: int(limit)]
 
     skipped: list[str] = []
-    listed = {_stem(r["FileName"]) for r in rows}
+    listed = {filelist_name(r["FileName"]) for r in rows}
     if limit is None:
         for name in sorted(set(tracings) - listed):
             skipped.append(f"{name}: tracings for a video that is not in FileList.csv")
@@ -362,7 +267,7 @@ def load_echonet(
     seen: set[str] = set()
     index = KeyIndex(root, cache_dir)
     for n, row in enumerate(rows, start=2):
-        name = _stem(row["FileName"])
+        name = filelist_name(row["FileName"])
         if not name:
             skipped.append(f"FileList.csv line {n}: empty FileName")
             continue
@@ -391,7 +296,7 @@ def load_echonet(
     bar = tqdm(total=len(todo), desc="EchoNet videos (decoded once, then cached)", unit="video",
                disable=not progress or None, leave=False)
     for row, split, video, vkey in todo:
-        name = _stem(row["FileName"])
+        name = filelist_name(row["FileName"])
         try:
             arr = cached_arrays(digest("echonet-luma", _VERSION, vkey),
                                 lambda video=video: {"frames": decode_video(video)},

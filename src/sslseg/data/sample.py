@@ -73,3 +73,21 @@ class Case:
     @property
     def image_shape(self) -> tuple[int, int]:
         return tuple(self.frames.shape[-2:])  # type: ignore[return-value]
+
+
+def common_dtype(cases: list[Case], notes: list[str]) -> list[Case]:
+    """One frame dtype for a data set: when 8-bit and other cases mix, the 8-bit ones are divided by 255.
+
+    Appends a note for the user to ``notes`` when it converts.
+    """
+    dtypes = {np.dtype(c.frames.dtype) for c in cases}
+    if len(dtypes) == 1:
+        return cases
+    notes.append("8-bit and other images mixed: 8-bit images divided by 255, all frames float32")
+    out = []
+    for c in cases:
+        if c.frames.dtype == np.uint8:
+            frames = np.asarray(c.frames).astype(np.float32) / 255.0
+            c = Case(c.case_id, frames, c.masks, c.spacing, c.split, c.meta)
+        out.append(c)
+    return out

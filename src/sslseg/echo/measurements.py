@@ -38,7 +38,6 @@ not depend on the pixel size.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -46,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..io.tables import filelist_name, read_filelist, write_table
 
 #: highest heart rate expected at rest in echo clinics; sets the minimum distance between two EDs
 MAX_HEART_RATE_BPM = 140.0
@@ -294,37 +295,33 @@ def measure_video(
 # --------------------------------------------------------------------------- #
 def write_measurement_csv(m: EchoMeasurement, path: str | os.PathLike) -> Path:
     """One row per frame: time, area, smoothed area, long axis, volume, phase and beat number."""
-    path = Path(path)
     u = m.unit
     vol = "ml" if u == "mm" else "px3"
     phase = {}
     for i, b in enumerate(m.beats):
         phase[b.ed] = ("ED", i)
         phase[b.es] = ("ES", i)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["frame", "time_s", f"area_{u}2", f"area_smooth_{u}2", f"long_axis_{u}", f"volume_{vol}",
-                    "phase", "beat"])
-        for t in range(len(m.area)):
-            ph, beat = phase.get(t, ("", ""))
-            w.writerow([t, f"{t / m.fps:.4f}", f"{m.area[t]:.4f}", f"{m.area_smooth[t]:.4f}",
-                        f"{m.length[t]:.4f}", f"{m.volume[t]:.6g}", ph, beat])
-    return path
+    rows = []
+    for t in range(len(m.area)):
+        ph, beat = phase.get(t, ("", ""))
+        rows.append({"frame": t, "time_s": f"{t / m.fps:.4f}", f"area_{u}2": f"{m.area[t]:.4f}",
+                     f"area_smooth_{u}2": f"{m.area_smooth[t]:.4f}", f"long_axis_{u}": f"{m.length[t]:.4f}",
+                     f"volume_{vol}": f"{m.volume[t]:.6g}", "phase": ph, "beat": beat})
+    columns = ["frame", "time_s", f"area_{u}2", f"area_smooth_{u}2", f"long_axis_{u}", f"volume_{vol}", "phase", "beat"]
+    return write_table(path, rows, columns)
 
 
 def write_beats_csv(m: EchoMeasurement, path: str | os.PathLike) -> Path:
     """One row per beat: ED/ES frames, areas, lengths, volumes, FAC and EF (percent)."""
-    path = Path(path)
     u = m.unit
     vol = "ml" if u == "mm" else "px3"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["beat", "ed_frame", "es_frame", f"eda_{u}2", f"esa_{u}2", f"edl_{u}", f"esl_{u}",
-                    f"edv_{vol}", f"esv_{vol}", "fac_percent", "ef_percent", "fallback"])
-        for i, b in enumerate(m.beats):
-            w.writerow([i, b.ed, b.es, f"{b.eda:.4f}", f"{b.esa:.4f}", f"{b.edl:.4f}", f"{b.esl:.4f}",
-                        f"{b.edv:.6g}", f"{b.esv:.6g}", f"{b.fac:.3f}", f"{b.ef:.3f}", m.fallback])
-    return path
+    columns = ["beat", "ed_frame", "es_frame", f"eda_{u}2", f"esa_{u}2", f"edl_{u}", f"esl_{u}",
+               f"edv_{vol}", f"esv_{vol}", "fac_percent", "ef_percent", "fallback"]
+    rows = [dict(zip(columns, [i, b.ed, b.es, f"{b.eda:.4f}", f"{b.esa:.4f}", f"{b.edl:.4f}", f"{b.esl:.4f}",
+                               f"{b.edv:.6g}", f"{b.esv:.6g}", f"{b.fac:.3f}", f"{b.ef:.3f}", m.fallback],
+                     strict=True))
+            for i, b in enumerate(m.beats)]
+    return write_table(path, rows, columns)
 
 
 def plot_area_curve(m: EchoMeasurement, path: str | os.PathLike, title: str = "") -> Path:
@@ -359,26 +356,18 @@ def plot_area_curve(m: EchoMeasurement, path: str | os.PathLike, title: str = ""
 def read_filelist_ef(path: str | os.PathLike) -> dict[str, float]:
     """EF (percent) per video from an EchoNet-Dynamic ``FileList.csv`` (``FileName``, ``EF``).
 
-    Keys are file names without extension (the FileList has them with or without ``.avi``).
+    Keys are file names without extension (the FileList has them with or without ``.avi``);
+    rows whose EF is not a number are left out.
 
     Raises:
-        ValueError: missing file or columns.
+        ValueError: missing file or columns (:func:`sslseg.io.tables.read_filelist`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "FileName" not in rows[0] or "EF" not in rows[0]:
-        raise ValueError(f"{path}: expected columns FileName and EF (EchoNet-Dynamic FileList.csv)")
     out = {}
-    for r in rows:
+    for r in read_filelist(path, ("FileName", "EF")):
         try:
-            ef = float(r["EF"])
-        except (TypeError, ValueError):
+            out[filelist_name(r["FileName"])] = float(r["EF"])
+        except ValueError:
             continue
-        name = r["FileName"].strip()
-        out[name[:-4] if name.lower().endswith(".avi") else name] = ef
     return out
 
 

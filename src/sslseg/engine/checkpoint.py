@@ -1,10 +1,22 @@
 """Checkpoints: one ``.pt`` file, written atomically, read with ``weights_only=True``.
 
-Format ``sslseg/1``::
+Format ``sslseg/1``, as :func:`save_checkpoint` and the pipeline's stages write it::
 
-    {"format": "sslseg/1", "arch": "unet", "model_kwargs": {...},
-     "state_dict": {...}, "config": {...}, "version": "0.1.0",
-     "preprocess": {"mean": ..., "std": ..., "image_size": ...}, "stage": "pretrain"|"finetune", ...}
+    {"format": "sslseg/1", "arch": "unet", "model_kwargs": {"in_channels", "num_classes", ...},
+     "state_dict": {...}, "config": {...fully resolved run config...}, "version": "0.1.0",
+     "stage": "pretrain" | "finetune", "dataset": "<data spec>",
+     "splits": {case_id: "train" | "val" | "test"},
+     "preprocess": {"normalizer": {"mean", "std", "scale"}, "image_size": S, ...}, ...}
+
+A pretraining checkpoint adds ``"method"`` and ``"trained_parts"`` (``["encoder"]``
+or ``["encoder", "decoder"]``).  A fine-tuned one adds to ``preprocess``
+``"native_size"`` (``[H, W]`` of the labelled frames when they share one, else
+None), ``"frames"`` (``"echo-sector"``, ``"native"`` or ``"resized"``) and
+``"spacing"`` (median ``[row mm, column mm]`` or None), and ``"labelled_cases"``,
+``"best_val"``, ``"transfer"`` and ``"freeze_encoder_steps"``.  Open a fine-tuned
+checkpoint for use with :func:`sslseg.engine.trained.open_trained`.
+
+The resume snapshot ``last.pt`` is another format (:mod:`sslseg.engine.resume`).
 """
 
 from __future__ import annotations
@@ -91,20 +103,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
-    """Rebuild the model stored in a checkpoint and load its weights (strict)."""
+def model_from_checkpoint(ckpt: dict, where: str | os.PathLike = "checkpoint") -> torch.nn.Module:
+    """Rebuild the model stored in a checkpoint and load its weights (strict).
+
+    Raises:
+        ValueError: the model cannot be rebuilt or its weights do not fit; the message starts with ``where``.
+    """
     from ..models.build import build_model
 
     try:
         kwargs = dict(ckpt["model_kwargs"])
         model = build_model(ckpt["arch"], **kwargs)
     except (KeyError, TypeError) as err:
-        raise ValueError(f"checkpoint: cannot rebuild its model ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{where}: cannot rebuild its model ({type(err).__name__}: {err})") from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:
         # torch lists every mismatched tensor over many lines; the first one says enough
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         first = next((ln for ln in lines[1:] if "size mismatch" in ln or "key(s)" in ln), lines[0] if lines else "")
-        raise ValueError(f"checkpoint: its weights do not fit its model_kwargs ({first})") from None
+        raise ValueError(f"{where}: its weights do not fit its model_kwargs ({first})") from None
     return model

@@ -9,7 +9,6 @@ dict of scalar tensors with key ``"loss"`` (a pretraining method, or
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..io.tables import write_table
 from . import resume as resume_
 from .progress import Progress
 
@@ -284,7 +284,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
         log.info("%s: restored best weights from step %d (%s = %.4f)", desc, best["step"], monitor, best[monitor])
     seconds = time.perf_counter() - t0
     if out is not None and rank0:
-        write_metrics_csv(out / "metrics.csv", history)
+        write_table(out / "metrics.csv", history)
         if last_path is not None and last_path.exists():
             last_path.unlink()  # the run is complete; the final checkpoint supersedes it
     return LoopResult(steps=cfg.steps, seconds=seconds, history=history, best=best)
@@ -334,24 +334,6 @@ def mean_over_ranks(fabric, running: dict[str, float]) -> dict[str, float]:
     vals = fabric.all_reduce(torch.tensor([running[k] for k in keys], dtype=torch.float64, device=fabric.device),
                              reduce_op="mean")
     return dict(zip(keys, vals.cpu().tolist(), strict=True))
-
-
-def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        for k in row:
-            if k not in keys:
-                keys.append(k)
-    tmp = path.with_suffix(".csv.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            for row in history:
-                w.writerow(row)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves the old file, and no stray temporary
 
 
 def _add_file_log(path: Path) -> logging.Handler:

@@ -1,8 +1,25 @@
-"""Batched inference at the training resolution, mapped back to the native grid."""
+"""The one inference path: frames at their native size in, labels on the same grid out; and scoring.
+
+:func:`segment` is what evaluation (:func:`predict_frames`, :func:`score_cases`)
+and prediction (:class:`sslseg.predict.run.Predictor`) both run:
+
+* frames resized to the training square (bilinear, antialiased, as in
+  training), normalised, batched through the model; the log-probabilities
+  resized back to the native grid (bilinear) before the arg-max; or
+* ``tile=True``: frames at their native size, covered by sliding windows of
+  ``image_size`` (a smaller dimension taken whole) with ``overlap``, blended
+  with a Gaussian importance map (sigma 1/8 of the window, as nnU-Net) by
+  MONAI's ``sliding_window_inference``;
+* ``tta=True``: each frame and its left-right mirror in one batch, the two
+  softmax maps averaged (the mirrored one flipped back); the uncertainty is
+  the variance of the class probabilities over the two passes, averaged over
+  classes.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -12,8 +29,130 @@ from ..data.batches import Normalizer, frames_to_tensor
 from ..data.sample import Case
 from .metrics import dice_per_class, hd95_per_class, image_diagonal, overlap_counts
 
+#: maps log-probabilities ``(B, K, h, w)`` and the TTA variance ``(B, h, w)`` (or None) to scores and
+#: variance on the output grid
+ToGrid = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(1)`` (the first class among equals), one class at a time.
+
+    On the CPU, PyTorch's arg-max over the class axis of a large ``(B, K, H, W)``
+    map strides through memory and took 11 s for 32 frames of 480 x 640; K
+    element-wise comparisons take a fraction of a second.
+
+    Shape:
+        ``(B, K, H, W)`` -> ``(B, H, W)`` int64.
+    """
+    best, out = scores[:, 0], torch.zeros(scores.shape[:1] + scores.shape[2:], dtype=torch.long, device=scores.device)
+    for k in range(1, scores.shape[1]):
+        better = scores[:, k] > best
+        out[better] = k
+        best = torch.where(better, scores[:, k], best)
+    return out
+
+
+def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log of the mean class probabilities ``(B, K, H, W)`` and the TTA variance ``(B, H, W)`` (or None).
+
+    Only the horizontal flip: vertical flips put the apex of an apical echo view
+    at the bottom, which the model never saw.  Without TTA the first is the
+    log-softmax of the logits (no exponentiation round trip) and the variance is None.
+    """
+    if not tta:
+        return F.log_softmax(model(x).float(), dim=1), None
+    b = x.shape[0]
+    # (2B, C, H, W): the frames and their mirror images in one forward pass
+    p = F.softmax(model(torch.cat([x, x.flip(-1)])).float(), dim=1)
+    passes = torch.stack([p[:b], p[b:].flip(-1)])  # (2, B, K, H, W)
+    mean = passes.mean(0)
+    var = passes.var(0, unbiased=False).mean(1)  # over passes, then averaged over classes
+    return mean.clamp_min(1e-12).log(), var
+
+
+def tiled_probabilities(model: torch.nn.Module, x: torch.Tensor, window: int, batch_size: int,
+                        overlap: float = 0.5, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class probabilities ``(B, K, H, W)`` (and the TTA variance) of normalised native-size frames.
+
+    MONAI's ``sliding_window_inference`` with Gaussian blending (sigma 1/8 of
+    the window); a dimension smaller than the window is taken whole, so nothing
+    is padded.
+    """
+    from monai.inferers import sliding_window_inference
+
+    h, w = x.shape[-2:]
+    roi = (min(window, h), min(window, w))
+
+    def windows(t: torch.Tensor):
+        logp, var = tta_probabilities(model, t, tta)
+        # the variance rides along as one more channel, blended with the same weights
+        return logp.exp() if var is None else torch.cat([logp.exp(), var[:, None]], 1)
+
+    out = sliding_window_inference(x, roi, batch_size, windows, overlap=overlap, mode="gaussian", sigma_scale=0.125)
+    out = torch.as_tensor(out)  # a plain tensor, not MONAI's MetaTensor
+    if tta:
+        return out[:, :-1], out[:, -1]
+    return out, None
+
+
+def _resized_back(size: tuple[int, int]) -> ToGrid:
+    def to_grid(logp: torch.Tensor, var: torch.Tensor | None):
+        if tuple(logp.shape[-2:]) != size:
+            logp = F.interpolate(logp, size=size, mode="bilinear", align_corners=False)
+            if var is not None:
+                var = F.interpolate(var[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        return logp, var
+
+    return to_grid
+
 
 @torch.inference_mode()
+def segment(
+    model: torch.nn.Module,
+    frames: np.ndarray,
+    normalizer: Normalizer,
+    image_size: int,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    tta: bool = False,
+    tile: bool = False,
+    overlap: float = 0.5,
+    to_grid: ToGrid | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels for frames in the training value range, and the TTA uncertainty (see the module notes).
+
+    Args:
+        frames: ``(N, H, W)`` or ``(N, C, H, W)``, before the normaliser
+            (``uint8``, or floats as the readers give them).
+        batch_size: frames (or windows, when tiling) per forward pass.
+        tile: sliding windows over native-size frames instead of resizing.
+        to_grid: where the labels go when not tiling: maps the log-probabilities
+            at ``image_size`` (and the variance) to scores on the output grid;
+            default the frames' own grid (bilinear).
+
+    Returns:
+        labels ``(N, H', W')`` int64 and, with TTA, the uncertainty ``(N, H', W')`` float32 (else None).
+    """
+    model.eval()
+    to_grid = to_grid or _resized_back(tuple(frames.shape[-2:]))
+    labels, uncertainty = [], []
+    for s in range(0, frames.shape[0], batch_size):
+        batch = frames[s : s + batch_size]
+        if tile:
+            x = normalizer(frames_to_tensor(batch, None)).to(device)  # native size
+            scores, var = tiled_probabilities(model, x, image_size, batch_size, overlap, tta)
+        else:
+            # the same operations, in the same order, as training: resize raw values, then normalise
+            x = normalizer(frames_to_tensor(batch, image_size)).to(device)
+            scores, var = to_grid(*tta_probabilities(model, x, tta))
+        labels.append(class_argmax(scores).cpu().numpy())
+        if var is not None:
+            uncertainty.append(var.cpu().numpy())
+    return (np.concatenate(labels).astype(np.int64),
+            np.concatenate(uncertainty).astype(np.float32) if uncertainty else None)
+
+
 def predict_frames(
     model: torch.nn.Module,
     frames: np.ndarray,
@@ -24,19 +163,10 @@ def predict_frames(
 ) -> np.ndarray:
     """Label maps ``(N, H, W)`` for frames ``(N, H, W)`` or ``(N, C, H, W)`` at their native size.
 
-    Frames are resized to ``image_size`` (as in training), the logits resized
-    back to the native size (bilinear), then arg-maxed.
+    Resized to ``image_size`` as in training, the log-probabilities resized back
+    (bilinear), then arg-maxed (:func:`segment`).
     """
-    model.eval()
-    h, w = frames.shape[-2:]
-    out = []
-    for s in range(0, frames.shape[0], batch_size):
-        x = normalizer(frames_to_tensor(frames[s : s + batch_size], image_size)).to(device)
-        logits = model(x)
-        if tuple(logits.shape[-2:]) != (h, w):
-            logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
-        out.append(logits.argmax(1).cpu().numpy())
-    return np.concatenate(out).astype(np.int64)
+    return segment(model, frames, normalizer, image_size, batch_size=batch_size, device=device)[0]
 
 
 CONVENTIONS = ("auto", "volume", "frame")

@@ -61,6 +61,22 @@ def dice_per_class(pred: np.ndarray, gt: np.ndarray, classes: list[int], empty_t
     return out
 
 
+def dice_per_frame(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, classes: list[int]) -> np.ndarray:
+    """Dice of each frame and class between batches of label maps; NaN where the class is absent from the truth.
+
+    The selection score of validation during training: each frame on its own,
+    a frame with nothing to find left out (MONAI's ``ignore_empty=True``).
+
+    Shape:
+        ``(B, H, W)`` and ``(B, H, W)`` -> ``(B, len(classes))``.
+    """
+    p, g = torch.as_tensor(pred), torch.as_tensor(gt)
+    # (B, H, W) -> (B, K, H, W) binary maps, one per requested class
+    p = torch.stack([p == c for c in classes], 1).float()
+    g = torch.stack([g == c for c in classes], 1).float()
+    return compute_dice(p, g, include_background=True, ignore_empty=True).numpy()
+
+
 def hd95_per_class(
     pred: np.ndarray,
     gt: np.ndarray,

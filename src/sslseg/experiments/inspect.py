@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import numpy as np
 
 from ..data.batches import frames_to_tensor, masks_to_tensor
 from ..data.sample import Case
+from ..io.tables import write_table
+from ..io.volumes import write_nifti
 
 _MAX_LISTED = 8  # skipped items printed one per line; the rest are counted
 
@@ -78,17 +79,6 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return ((img - lo) / (hi - lo + 1e-8) * 255).round().astype(np.uint8)
 
 
-def _write_nifti(path: Path, data: np.ndarray, spacing: tuple[float, ...]) -> None:
-    """``(S, H, W)`` or ``(S, C, H, W)`` -> NIfTI voxels ``(W, H, S[, C])`` (columns = i, rows = j)."""
-    import nibabel as nib
-
-    vox = data.transpose(2, 1, 0) if data.ndim == 3 else data.transpose(3, 2, 0, 1)
-    affine = np.diag([spacing[1], spacing[0], spacing[2], 1.0])
-    img = nib.Nifti1Image(np.ascontiguousarray(vox), affine)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
-
-
 def export_dataset(cases: list[Case], out_dir: str | Path, image_size: int) -> int:
     """Write every labelled frame resized as for the model, and its mask.
 
@@ -120,8 +110,9 @@ def export_dataset(cases: list[Case], out_dir: str | Path, image_size: int) -> i
             masks = masks_to_tensor(np.stack([c.masks[i] for i in idx]), image_size).numpy()
             imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs
             sp = (c.spacing[0] * h / image_size, c.spacing[1] * w / image_size, float(c.meta.get("slice_thickness", 1.0)))
-            _write_nifti(out / "images" / f"{c.case_id}.nii.gz", imgs.astype(np.float32), sp)
-            _write_nifti(out / "masks" / f"{c.case_id}.nii.gz", masks.astype(np.int16), sp)
+            affine = np.diag([sp[1], sp[0], sp[2], 1.0])  # voxels (i = column, j = row, k = slice)
+            write_nifti(out / "images" / f"{c.case_id}.nii.gz", imgs.astype(np.float32), affine)
+            write_nifti(out / "masks" / f"{c.case_id}.nii.gz", masks.astype(np.int16), affine)
             for k, i in enumerate(idx):
                 rows.append({"case_id": c.case_id, "frame": i, "file": f"{c.case_id}.nii.gz", "slice": k,
                              "split": c.split or "", "phase": phase.get(i, "")})
@@ -140,8 +131,5 @@ def export_dataset(cases: list[Case], out_dir: str | Path, image_size: int) -> i
             rows.append({"case_id": c.case_id, "frame": i, "file": f"{name}.png", "slice": "",
                          "split": c.split or "", "phase": phase.get(i, "")})
             n += 1
-    with open(out / "index.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["case_id", "frame", "file", "slice", "split", "phase"])
-        wr.writeheader()
-        wr.writerows(rows)
+    write_table(out / "index.csv", rows, ["case_id", "frame", "file", "slice", "split", "phase"])
     return n

@@ -7,7 +7,6 @@ Each writes a run directory: ``config.yaml`` (fully resolved), ``checkpoint.pt``
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
 from pathlib import Path
@@ -21,13 +20,16 @@ from ..data.registry import load_dataset
 from ..data.sample import Case
 from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for, write_json
 from ..engine import distributed
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import LoopConfig, fit
 from ..engine.seed import seed_everything
+from ..engine.trained import open_trained
 from ..evaluate.inference import score_cases
+from ..evaluate.metrics import dice_per_frame
 from ..finetune.losses import segmentation_loss
 from ..finetune.task import SupervisedTask
 from ..finetune.transfer import freeze_encoder, read_init, recalibrate_batchnorm, transfer_weights
+from ..io.tables import write_table
 from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
 from ..pretrain.ddp import prepare_for_ddp
@@ -356,7 +358,7 @@ def run_finetune(
     # at this scale only when training did not resize (sslseg.predict.run)
     sizes = {tuple(int(v) for v in c.frames.shape[-2:]) for c in chosen}
     native = sizes.pop() if len(sizes) == 1 else None
-    from ..predict.run import training_frames
+    from ..engine.trained import training_frames
 
     # what the frames were (echo sectors, native-scale slices, resized pictures): prediction prepares
     # new inputs the same way (sslseg.predict.run.choose_preparation)
@@ -384,14 +386,10 @@ def _mean_dice(model, data: LabelledSet, num_classes: int, batch: int = 32) -> f
     dev = next(model.parameters()).device
     for s in range(0, len(data), batch):
         pred = model(data.images[s : s + batch].to(dev)).argmax(1).cpu()
-        gt = data.masks[s : s + batch]
-        for k in range(1, num_classes):
-            p, g = pred == k, gt == k
-            inter = (p & g).sum((1, 2)).float()
-            denom = (p.sum((1, 2)) + g.sum((1, 2))).float()
-            ok = g.sum((1, 2)) > 0
-            dices.extend((2 * inter[ok] / denom[ok].clamp(min=1)).tolist())
-    return float(np.mean(dices)) if dices else float("nan")
+        dices.append(dice_per_frame(pred, data.masks[s : s + batch], list(range(1, num_classes))).ravel())
+    d = np.concatenate(dices) if dices else np.array([])
+    d = d[~np.isnan(d)]  # frames without the class: nothing to find
+    return float(d.astype(np.float64).mean()) if d.size else float("nan")
 
 
 def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path,
@@ -407,32 +405,13 @@ def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: 
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt.get("stage") != "finetune":
-        raise ValueError(f"{ckpt_path}: a {ckpt.get('stage', 'unknown')} checkpoint has no segmentation head trained; fine-tune it first")
-    model = model_from_checkpoint(ckpt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    pre = ckpt["preprocess"]
+    trained = open_trained(ckpt_path, device)
     test = [c for c in cases if c.split == split and c.masks]
     if not test:
         raise ValueError(f"the {split!r} split has no labelled case to evaluate")
-    rows, cases_rows = score_cases(model, test, Normalizer.from_dict(pre["normalizer"]), pre["image_size"],
-                                   ckpt["model_kwargs"]["num_classes"], device, convention, hd95_empty,
-                                   postprocess=postprocess)
-    write_csv(out / "per_frame.csv", rows)
-    write_csv(out / "per_case.csv", cases_rows)
+    rows, cases_rows = score_cases(trained.model, test, trained.normalizer, trained.image_size, trained.num_classes,
+                                   device, convention, hd95_empty, postprocess=postprocess)
+    write_table(out / "per_frame.csv", rows)
+    write_table(out / "per_case.csv", cases_rows)
     return cases_rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)

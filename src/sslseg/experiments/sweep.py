@@ -45,8 +45,10 @@ from tqdm.auto import tqdm
 from ..data.batches import Normalizer
 from ..data.splits import labelled_subset, read_json, resolve_budget, write_json
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..engine.trained import open_trained
 from ..evaluate.inference import predict_frames
 from ..evaluate.postprocess import parse_steps
+from ..io.tables import write_table
 from .config import (
     PRECISIONS,
     RANGES,
@@ -57,7 +59,7 @@ from .config import (
     load_yaml,
     validate_config,
 )
-from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain, write_csv
+from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain
 from .provenance import write_provenance
 
 # dice/hd95: the case's primary scores under its convention (3D per volume for slices, frame mean for
@@ -337,7 +339,7 @@ def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path
                             postprocess=parse_steps(sw.postprocess))
     rows = [{"method": r["method"], "arch": r["arch"], "dataset": r["spec"], "budget": r["budget"],
              "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r)} for pc in per_case]
-    write_csv(run_dir / "rows.csv", rows)
+    write_table(run_dir / "rows.csv", rows)
     save_examples(ckpt, cases, per_case, run_dir / "examples.npz")
     write_json(run_dir / "done.json", {"rows": len(rows)})  # the completion marker, written last
 
@@ -442,14 +444,7 @@ def collect_results(out: str | Path) -> Path:
     for done in sorted((out / "runs").glob("*/done.json")):
         with open(done.parent / "rows.csv", newline="") as f:
             rows.extend(csv.DictReader(f))
-    path = out / "results.csv"
-    tmp = path.with_name(".results.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_KEYS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-    return path
+    return write_table(out / "results.csv", rows, RESULT_KEYS, extrasaction="ignore")
 
 
 def save_examples(ckpt_path: Path, cases, per_case: list[dict], path: Path) -> None:
@@ -459,17 +454,14 @@ def save_examples(ckpt_path: Path, cases, per_case: list[dict], path: Path) -> N
         return
     ranked = sorted(ok, key=lambda r: r["dice"])
     picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
-    ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt)
-    pre = ckpt["preprocess"]
-    norm = Normalizer.from_dict(pre["normalizer"])
+    trained = open_trained(ckpt_path)
     by_id = {c.case_id: c for c in cases}
     arrays = {}
     for name, r in picks.items():
         case = by_id[r["case_id"]]
         i = case.labelled_indices[0]
         frame = np.asarray(case.frames[i : i + 1])
-        pred = predict_frames(model, frame, norm, pre["image_size"])[0]
+        pred = predict_frames(trained.model, frame, trained.normalizer, trained.image_size)[0]
         img = frame[0] if frame.ndim == 3 else frame[0, 0]
         arrays[f"{name}_image"] = img.astype(np.float32)
         arrays[f"{name}_gt"] = np.asarray(case.masks[i]).astype(np.uint8)

@@ -7,6 +7,7 @@ reports failures per file; :mod:`sslseg.predict.io` reads and writes the formats
 
 from __future__ import annotations
 
+from ..io.intensity import training_range
 from .io import Study, expand_inputs, read_study
 from .run import (
     FileResult,
@@ -15,7 +16,6 @@ from .run import (
     choose_preparation,
     predict_file,
     predict_inputs,
-    training_range,
     write_summary,
 )
 

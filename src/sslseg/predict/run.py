@@ -5,7 +5,7 @@ Preprocessing is the training one, read from the checkpoint, never re-typed:
 ``scale``), the data reader's ``intensity`` option (``config.data.options``)
 and what the training frames were (``preprocess["frames"]``).
 
-Intensities (:func:`training_range`): 8-bit data stay 8-bit, as in training.
+Intensities (:func:`sslseg.io.intensity.training_range`): 8-bit data stay 8-bit, as in training.
 Other data are scaled per study as the training readers scale them
 (``"scale"``: divided by the 99.5th percentile of ``|x|``, per channel;
 ``"zscore"``; ``"none"``).  A model trained on 8-bit data (``scale`` 255)
@@ -38,7 +38,9 @@ How a frame reaches the model (``prepare``; ``"auto"`` follows the table in
   the arg-max.  For everything else: training squeezed each whole frame to
   that square, so for an input whose pixel size cannot be related to the
   model's, resizing like training is the faithful choice.  Without TTA the
-  labels are exactly :func:`sslseg.evaluate.inference.predict_frames`'s.
+  labels are exactly :func:`sslseg.evaluate.inference.predict_frames`'s: all
+  three go through evaluation's inference path
+  (:func:`sslseg.evaluate.inference.segment`).
 
 Test-time augmentation (``tta=True``): the frame and its left-right mirror go
 through the model in one batch; the two softmax maps (the mirrored one flipped
@@ -51,7 +53,6 @@ foreground probability; 0 where both passes agree, at most 0.25).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Iterator
@@ -60,72 +61,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..data.batches import Normalizer, frames_to_tensor
+from ..data.batches import Normalizer
 from ..echo.sector import Sector
-from .io import Study, expand_inputs, read_study, stem, write_mask, write_overlay, write_uncertainty
-
-INTENSITY = ("scale", "zscore", "none")
-
+from ..engine.trained import TRAINING_FRAMES, open_trained
+from ..evaluate.inference import segment
+from ..io.files import stem
+from ..io.intensity import training_range
+from ..io.tables import write_table
+from .io import Study, expand_inputs, read_study, write_mask, write_overlay, write_uncertainty
 
 # --------------------------------------------------------------------------- #
 # pure functions
 # --------------------------------------------------------------------------- #
-def training_range(frames: np.ndarray, scale: float, intensity: str = "scale", where: str = "image") -> np.ndarray:
-    """Raw frames ``(N, H, W)`` or ``(N, C, H, W)`` -> the value range the normaliser was fitted on.
-
-    See the module notes.  ``uint8`` input for a ``scale`` 255 model is returned unchanged.
-
-    Raises:
-        ValueError: NaN or Inf values, or an unknown ``intensity``.
-    """
-    if intensity not in INTENSITY:
-        raise ValueError(f"intensity must be one of {', '.join(INTENSITY)}, got {intensity!r}")
-    if frames.dtype == np.uint8:
-        return frames if scale == 255.0 else frames.astype(np.float32) * np.float32(scale / 255.0)
-    x = frames.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{where}: {int((~np.isfinite(x)).sum())} NaN or Inf value(s) in the image")
-    # statistics per channel: axis 1 of (N, C, H, W)
-    axes = (0, 2, 3) if x.ndim == 4 else None
-    if scale != 1.0 or intensity == "scale":
-        hi = np.percentile(np.abs(x), 99.5, axis=axes, keepdims=True)
-        x = x / np.where(hi > 0, hi, 1.0)
-        if scale != 1.0:  # a model trained on 8-bit data: 0..scale
-            x = np.clip(x * scale, 0.0, scale)
-    elif intensity == "zscore":
-        x = (x - x.mean(axis=axes, keepdims=True)) / (x.std(axis=axes, keepdims=True) + 1e-8)
-    return x.astype(np.float32)
-
-
-#: what the training frames were, as a fine-tuned checkpoint records it (``preprocess["frames"]``)
-TRAINING_FRAMES = ("echo-sector", "native", "resized")
 #: how frames reach the model at prediction (``prepare``)
 PREPARATIONS = ("auto", "echo", "tile", "resize")
-#: data sets whose frames are echo sectors filling a square, as EchoNet-Dynamic's
-ECHO_DATASETS = ("synthetic-echo", "echonet", "camus")
 #: input and training pixel spacings within this factor of each other count as the same scale
 SPACING_TOLERANCE = 1.5
-
-
-def training_frames(spec: str, native_size: tuple[int, int] | None, image_size: int,
-                    modalities: set[str] | None = None, prepared: bool = False) -> str:
-    """What a model's training frames were, for the checkpoint: ``"echo-sector"``, ``"native"`` or ``"resized"``.
-
-    Args:
-        spec: the data spec (``synthetic-echo``, ``echonet:PATH``, ``dicom:PATH`` ...).
-        native_size: the training frames' size before resizing when they share one.
-        image_size: the training square size.
-        modalities: DICOM modalities of the training cases (``dicom:`` data).
-        prepared: the DICOM reader's ``sector`` option was on.
-    """
-    name = spec.partition(":")[0]
-    if name in ECHO_DATASETS or (name == "dicom" and prepared and modalities == {"US"}):
-        return "echo-sector"
-    if native_size is not None and tuple(native_size) == (image_size, image_size):
-        return "native"
-    return "resized"
 
 
 def same_scale(spacing: tuple[float, float] | None, reference: tuple[float, float] | None) -> bool:
@@ -158,41 +110,6 @@ def choose_preparation(trained: str, echo_input: bool, size: tuple[int, int], im
     if trained == "native" and max(size) > image_size and same_scale(spacing, training_spacing):
         return "tile"
     return "resize"
-
-
-def class_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """``scores.argmax(1)`` (the first class among equals), one class at a time.
-
-    On the CPU, PyTorch's arg-max over the class axis of a large ``(B, K, H, W)``
-    map strides through memory and took 11 s for 32 frames of 480 x 640; K
-    element-wise comparisons take a fraction of a second.
-
-    Shape:
-        ``(B, K, H, W)`` -> ``(B, H, W)`` int64.
-    """
-    best, out = scores[:, 0], torch.zeros(scores.shape[:1] + scores.shape[2:], dtype=torch.long, device=scores.device)
-    for k in range(1, scores.shape[1]):
-        better = scores[:, k] > best
-        out[better] = k
-        best = torch.where(better, scores[:, k], best)
-    return out
-
-
-def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log of the mean class probabilities ``(B, K, H, W)`` and the TTA variance ``(B, H, W)`` (or None).
-
-    Without TTA the first is the log-softmax of the logits (no exponentiation
-    round trip) and the variance is None.
-    """
-    if not tta:
-        return F.log_softmax(model(x).float(), dim=1), None
-    b = x.shape[0]
-    # (2B, C, H, W): the frames and their mirror images in one forward pass
-    p = F.softmax(model(torch.cat([x, x.flip(-1)])).float(), dim=1)
-    passes = torch.stack([p[:b], p[b:].flip(-1)])  # (2, B, K, H, W)
-    mean = passes.mean(0)
-    var = passes.var(0, unbiased=False).mean(1)  # over passes, then averaged over classes
-    return mean.clamp_min(1e-12).log(), var
 
 
 # --------------------------------------------------------------------------- #
@@ -274,44 +191,23 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **options) -> Predictor:
-        """Model and preprocessing from a fine-tuned ``sslseg/1`` checkpoint.
-
-        Checkpoints written before ``preprocess["frames"]`` existed get it from
-        their data spec and native size (:func:`training_frames`).
+        """Model and preprocessing from a fine-tuned ``sslseg/1`` checkpoint (:func:`sslseg.engine.trained.open_trained`).
 
         Raises:
-            ValueError: not a fine-tuned checkpoint, or one without preprocessing.
+            ValueError: not a fine-tuned checkpoint, or one without preprocessing (one line naming the file).
         """
-        from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
-
-        ckpt = load_checkpoint(path)
-        if ckpt.get("stage") != "finetune":
-            raise ValueError(f"{path}: a {ckpt.get('stage', 'unknown')} checkpoint has no trained "
-                             "segmentation head; fine-tune it first")
-        pre = ckpt.get("preprocess") or {}
-        if "normalizer" not in pre or "image_size" not in pre:
-            raise ValueError(f"{path}: the checkpoint records no preprocessing (normalizer, image_size)")
-        kwargs = ckpt.get("model_kwargs", {})
-        data_cfg = (ckpt.get("config") or {}).get("data", {}) or {}
-        data_options = data_cfg.get("options", {}) or {}
-        native = tuple(pre["native_size"]) if pre.get("native_size") else None
-        trained = pre.get("frames")
-        if trained is None and data_cfg.get("spec"):
-            trained = training_frames(str(data_cfg["spec"]), native, int(pre["image_size"]))
-        if trained is not None and trained not in TRAINING_FRAMES:
-            raise ValueError(f"{path}: preprocess.frames is {trained!r}; expected one of {', '.join(TRAINING_FRAMES)}")
+        trained = open_trained(path)
         options.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
         return cls(
-            model=model_from_checkpoint(ckpt),
-            normalizer=Normalizer.from_dict(pre["normalizer"]),
-            image_size=int(pre["image_size"]),
-            # build_model's defaults when the checkpoint leaves them out
-            in_channels=int(kwargs.get("in_channels", 1)),
-            num_classes=int(kwargs.get("num_classes", 2)),
-            intensity=str(data_options.get("intensity", "scale")),
-            native_size=native,
-            trained_on=trained,
-            training_spacing=tuple(pre["spacing"]) if pre.get("spacing") else None,
+            model=trained.model,
+            normalizer=trained.normalizer,
+            image_size=trained.image_size,
+            in_channels=trained.in_channels,
+            num_classes=trained.num_classes,
+            intensity=trained.intensity,
+            native_size=trained.native_size,
+            trained_on=trained.frames,
+            training_spacing=trained.spacing,
             **options,
         )
 
@@ -347,81 +243,31 @@ class Predictor:
         if (frames.ndim == 3 and self.in_channels != 1) or (frames.ndim == 4 and frames.shape[1] != self.in_channels):
             have = 1 if frames.ndim == 3 else frames.shape[1]
             raise ValueError(f"{where}: wrong channel count: {have} channel(s), the model expects {self.in_channels}")
-        x_all = training_range(frames, self.normalizer.scale, self.intensity, where)
-        h, w = frames.shape[-2:]
-        how = self.preparation((h, w), echo, spacing)
-        sector = None
+        x = training_range(frames, self.normalizer.scale, self.intensity, where)
+        size = tuple(frames.shape[-2:])
+        how = self.preparation(size, echo, spacing)
+        sector, to_grid = None, None
         if how == "echo":
-            from ..echo.sector import find_sector, prepare_frames
+            from ..echo.sector import find_sector, prepare_frames, restore_probabilities
 
             sector = find_sector(frames, region)
-            x_all = prepare_frames(x_all, sector, self.image_size)
-        labels, uncert = [], []
-        for s in range(0, x_all.shape[0], self.batch_size):
-            batch = x_all[s : s + self.batch_size]
-            if how == "tile":
-                x = self.normalizer(frames_to_tensor(batch, None)).to(self.device)  # native size
-                prob, var = self._tiled_probabilities(x)
-                lab = class_argmax(prob)
-            elif how == "echo":
-                lab, var = self._echo(batch, sector, (h, w))
-            else:
-                lab, var = self._resized(batch, (h, w))
-            labels.append(lab.cpu().numpy())
-            if var is not None:
-                uncert.append(var.cpu().numpy())
-        labels = np.concatenate(labels).astype(np.int64)
+            x = prepare_frames(x, sector, self.image_size)
+
+            def to_grid(logp: torch.Tensor, var: torch.Tensor | None):
+                # probabilities back on the frame grid, background outside the sector
+                return (restore_probabilities(logp.exp(), sector, size),
+                        restore_probabilities(var, sector, size) if var is not None else None)
+
+        labels, uncertainty = segment(self.model, x, self.normalizer, self.image_size, batch_size=self.batch_size,
+                                      device=self.device, tta=self.tta, tile=how == "tile", overlap=self.overlap,
+                                      to_grid=to_grid)
         if self.postprocess and any(self.postprocess.values()):
             from ..evaluate.postprocess import postprocess as clean
 
             labels = clean(labels, self.num_classes, **self.postprocess)
             if sector is not None:
                 labels[:, ~sector.mask] = 0  # never outside the imaging sector
-        return Prediction(labels,
-                          np.concatenate(uncert).astype(np.float32) if uncert else None, how, sector)
-
-    def _resized(self, batch: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # the same operations, in the same order, as training: resize raw values, then normalise
-        x = self.normalizer(frames_to_tensor(batch, self.image_size)).to(self.device)
-        logp, var = tta_probabilities(self.model, x, self.tta)
-        if tuple(logp.shape[-2:]) != size:
-            logp = F.interpolate(logp, size=size, mode="bilinear", align_corners=False)
-            if var is not None:
-                var = F.interpolate(var[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return class_argmax(logp), var
-
-    def _echo(self, batch: np.ndarray, sector: Sector, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from ..echo.sector import restore_probabilities
-
-        # prepared frames are already image_size square: normalise only
-        x = self.normalizer(frames_to_tensor(batch, self.image_size)).to(self.device)
-        logp, var = tta_probabilities(self.model, x, self.tta)
-        prob = restore_probabilities(logp.exp(), sector, size)
-        return class_argmax(prob), (restore_probabilities(var, sector, size) if var is not None else None)
-
-    def _tiled_probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class probabilities ``(B, K, H, W)`` (and the TTA variance) of normalised native-size frames.
-
-        MONAI's ``sliding_window_inference`` with Gaussian blending (sigma 1/8
-        of the window); a dimension smaller than the window is taken whole, so
-        nothing is padded.
-        """
-        from monai.inferers import sliding_window_inference
-
-        h, w = x.shape[-2:]
-        roi = (min(self.image_size, h), min(self.image_size, w))
-
-        def windows(t: torch.Tensor):
-            logp, var = tta_probabilities(self.model, t, self.tta)
-            # the variance rides along as one more channel, blended with the same weights
-            return logp.exp() if var is None else torch.cat([logp.exp(), var[:, None]], 1)
-
-        out = sliding_window_inference(x, roi, self.batch_size, windows, overlap=self.overlap,
-                                       mode="gaussian", sigma_scale=0.125)
-        out = torch.as_tensor(out)  # a plain tensor, not MONAI's MetaTensor
-        if self.tta:
-            return out[:, :-1], out[:, -1]
-        return out, None
+        return Prediction(labels, uncertainty, how, sector)
 
 
 # --------------------------------------------------------------------------- #
@@ -541,6 +387,11 @@ def predict_inputs(
             yield FileResult(path, error=f"{path}: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
+#: the columns of ``predictions.csv``, one row per input
+PREDICTION_COLUMNS = ("input", "status", "kind", "frames", "height", "width", "spacing_mm", "prepared", "outputs",
+                      "notes")
+
+
 def write_summary(results: list[FileResult], out_dir: str | os.PathLike,
                   known_ef: dict[str, float] | None = None) -> dict:
     """``predictions.csv`` (one row per input) and, for videos, ``echo_summary.csv``.
@@ -554,15 +405,13 @@ def write_summary(results: list[FileResult], out_dir: str | os.PathLike,
     from ..echo.measurements import ef_error
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["input", "status", "kind", "frames", "height", "width", "spacing_mm", "prepared", "outputs",
-                    "notes"])
-        for r in results:
-            w.writerow([r.path, "ok" if r.ok else "failed", r.kind, r.frames, *(r.shape or ("", "")),
-                        " x ".join(f"{s:g}" for s in r.spacing) if r.spacing else "", r.preparation,
-                        " ".join(str(p) for p in r.outputs.values()), r.error or "; ".join(r.notes)])
+    write_table(out / "predictions.csv", [
+        {"input": r.path, "status": "ok" if r.ok else "failed", "kind": r.kind, "frames": r.frames,
+         **dict(zip(("height", "width"), r.shape or ("", ""), strict=True)),
+         "spacing_mm": " x ".join(f"{s:g}" for s in r.spacing) if r.spacing else "", "prepared": r.preparation,
+         "outputs": " ".join(str(p) for p in r.outputs.values()), "notes": r.error or "; ".join(r.notes)}
+        for r in results
+    ], PREDICTION_COLUMNS)
     videos = [r for r in results if r.ok and r.echo is not None]
     summary = {"files": len(results), "failed": sum(not r.ok for r in results), "videos": len(videos),
                "ef_mae": None, "ef_compared": 0}
@@ -575,11 +424,7 @@ def write_summary(results: list[FileResult], out_dir: str | os.PathLike,
             row["known_ef_percent"] = k if k is not None else ""
             row["ef_abs_error"] = abs(r.echo["ef_percent"] - k) if k is not None else ""
             rows.append(row)
-        keys = list(dict.fromkeys(k for row in rows for k in row))
-        with open(out / "echo_summary.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
+        write_table(out / "echo_summary.csv", rows)
         est = {stem(r.path): r.echo["ef_percent"] for r in videos}
         shared = {k: v for k, v in est.items() if k in known and math.isfinite(v)}
         if shared:

@@ -1,0 +1,128 @@
+"""Open a fine-tuned checkpoint for use: the model, and how to feed it as it was trained.
+
+Everything that evaluates, predicts with or exports a trained model starts
+here (:func:`open_trained`), so the preprocessing is read from the checkpoint
+in one place and never re-typed: the training square ``image_size``, the
+intensity normaliser (``mean``, ``std``, ``scale``), the data reader's
+``intensity`` option (``config.data.options``), what the training frames were
+(``preprocess["frames"]``), their size and pixel spacing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.batches import Normalizer
+from .checkpoint import load_checkpoint, model_from_checkpoint
+
+#: what the training frames were, as a fine-tuned checkpoint records it (``preprocess["frames"]``)
+TRAINING_FRAMES = ("echo-sector", "native", "resized")
+#: data sets whose frames are echo sectors filling a square, as EchoNet-Dynamic's
+ECHO_DATASETS = ("synthetic-echo", "echonet", "camus")
+
+
+def training_frames(spec: str, native_size: tuple[int, int] | None, image_size: int,
+                    modalities: set[str] | None = None, prepared: bool = False) -> str:
+    """What a model's training frames were, for the checkpoint: ``"echo-sector"``, ``"native"`` or ``"resized"``.
+
+    Args:
+        spec: the data spec (``synthetic-echo``, ``echonet:PATH``, ``dicom:PATH`` ...).
+        native_size: the training frames' size before resizing when they share one.
+        image_size: the training square size.
+        modalities: DICOM modalities of the training cases (``dicom:`` data).
+        prepared: the DICOM reader's ``sector`` option was on.
+    """
+    name = spec.partition(":")[0]
+    if name in ECHO_DATASETS or (name == "dicom" and prepared and modalities == {"US"}):
+        return "echo-sector"
+    if native_size is not None and tuple(native_size) == (image_size, image_size):
+        return "native"
+    return "resized"
+
+
+@dataclass
+class TrainedModel:
+    """A fine-tuned model and its training preprocessing.
+
+    Attributes:
+        path: the checkpoint file.
+        model: the network in eval mode; returns logits ``(B, K, H, W)``.
+        arch: its architecture name.
+        normalizer: the training normaliser (applied after resizing).
+        image_size: the training square size.
+        in_channels, num_classes: the model's.
+        intensity: the training reader's intensity option (``scale``, ``zscore``, ``none``).
+        frames: what the training frames were (:data:`TRAINING_FRAMES`).
+        native_size: ``(H, W)`` of the labelled training frames when they shared one.
+        spacing: their median pixel spacing ``(row mm, column mm)``, when known.
+        dataset: the training data spec.
+        config: the fully resolved run config.
+        checkpoint: everything else the checkpoint holds (splits, labelled cases, ...).
+    """
+
+    path: Path
+    model: torch.nn.Module
+    arch: str
+    normalizer: Normalizer
+    image_size: int
+    in_channels: int
+    num_classes: int
+    intensity: str
+    frames: str
+    native_size: tuple[int, int] | None = None
+    spacing: tuple[float, float] | None = None
+    dataset: str = ""
+    config: dict = field(default_factory=dict)
+    checkpoint: dict = field(default_factory=dict, repr=False)
+
+
+def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedModel:
+    """Open a fine-tuned ``sslseg/1`` checkpoint: its model in eval mode on ``device``, and its preprocessing.
+
+    Checkpoints written before ``preprocess["frames"]`` existed get it from
+    their data spec and native size (:func:`training_frames`).
+
+    Raises:
+        ValueError: a missing or unreadable file, a checkpoint that is not fine-tuned
+            or records no preprocessing, or weights that do not fit their model
+            (one line naming the file).
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.get("stage") != "finetune":
+        raise ValueError(f"{path}: a {ckpt.get('stage', 'unknown')} checkpoint has no trained segmentation head; "
+                         "fine-tune it first")
+    pre = ckpt.get("preprocess") or {}
+    if not pre.get("normalizer") or "image_size" not in pre:
+        raise ValueError(f"{path}: the checkpoint records no preprocessing (normalizer, image_size)")
+    kwargs = ckpt.get("model_kwargs") or {}
+    config = ckpt.get("config") or {}
+    data_cfg = config.get("data") or {}
+    image_size = int(pre["image_size"])
+    native = tuple(int(v) for v in pre["native_size"]) if pre.get("native_size") else None
+    frames = pre.get("frames")
+    if frames is None:
+        frames = training_frames(str(data_cfg.get("spec", "")), native, image_size)
+    if frames not in TRAINING_FRAMES:
+        raise ValueError(f"{path}: preprocess.frames is {frames!r}; expected one of {', '.join(TRAINING_FRAMES)}")
+    model = model_from_checkpoint(ckpt, where=path).to(device).eval()
+    return TrainedModel(
+        path=Path(path),
+        model=model,
+        arch=str(ckpt.get("arch")),
+        normalizer=Normalizer.from_dict(pre["normalizer"]),
+        image_size=image_size,
+        # build_model's defaults when the checkpoint leaves them out
+        in_channels=int(kwargs.get("in_channels", 1)),
+        num_classes=int(kwargs.get("num_classes", 2)),
+        intensity=str((data_cfg.get("options") or {}).get("intensity", "scale")),
+        frames=frames,
+        native_size=native,
+        spacing=tuple(float(v) for v in pre["spacing"]) if pre.get("spacing") else None,
+        dataset=str(ckpt.get("dataset") or data_cfg.get("spec", "")),
+        config=config,
+        checkpoint=ckpt,
+    )

@@ -1,0 +1,30 @@
+"""Label maps read from mask files."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_labels(mask: np.ndarray, where: str) -> np.ndarray:
+    """Integer label map from a mask file's values; ``{0, 255}`` masks become ``{0, 1}``.
+
+    Raises:
+        ValueError: NaN, Inf, fractional or negative values (naming ``where``).
+    """
+    if mask.dtype.kind == "f":
+        if not np.isfinite(mask).all():
+            raise ValueError(f"{where}: NaN or Inf in the mask")
+        if not np.array_equal(mask, np.round(mask)):
+            raise ValueError(f"{where}: mask values are not whole numbers")
+    m = mask.astype(np.int64)
+    if m.min() < 0:
+        raise ValueError(f"{where}: negative label value {int(m.min())}")
+    vals = np.unique(m)
+    if vals.size <= 2 and vals.max() == 255:  # 8-bit black/white masks
+        m = (m == 255).astype(np.int64)
+    return m
+
+
+def mask_dtype(top: int) -> type:
+    """The smallest dtype a label stack whose largest value is ``top`` is cached in."""
+    return np.uint8 if top <= 255 else np.int32
