@@ -29,20 +29,16 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
         return text + " (default: %(default)s)"
 
 
-def _names(module: str) -> str:
+def _choices(module: str, registry: str) -> str:
+    """The names in a registry, for help texts (imported only when help is printed)."""
     import importlib
 
-    return ", ".join(sorted(importlib.import_module(module).DESCRIPTIONS))
+    return getattr(importlib.import_module(module), registry).choices()
 
 
-def _data_names() -> str:
-    from .data.registry import valid_specs
-
-    return valid_specs()
-
-
-_LISTS = {"{methods}": lambda: _names("sslseg.pretrain.build"), "{archs}": lambda: _names("sslseg.models.build"),
-          "{data}": _data_names}
+_LISTS = {"{methods}": lambda: _choices("sslseg.pretrain.build", "METHODS"),
+          "{archs}": lambda: _choices("sslseg.models.build", "MODELS"),
+          "{data}": lambda: _choices("sslseg.data.registry", "DATASETS")}
 
 DATA_HELP = "data set spec: one of {data} (sslseg data --list)"
 EXAMPLES = {
@@ -256,7 +252,7 @@ def cmd_data(args) -> int:
     if args.list:
         from .data.registry import DATASETS
 
-        _print_list({f"{n}:PATH" if needs else n: text for n, (_, needs, text) in DATASETS.items()})
+        _print_list(DATASETS.listing())
         return 0
     if not args.spec:
         raise ValueError("give a data set spec, or --list to see them")
@@ -275,17 +271,17 @@ def cmd_data(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .pretrain.build import DESCRIPTIONS, METHODS
+    from .pretrain.build import METHODS
 
-    _print_list({n: DESCRIPTIONS.get(n, "") for n in METHODS})
+    _print_list(METHODS.listing())
     print("\nnone (in a sweep): random initialisation, the reference every method is compared with")
     return 0
 
 
 def cmd_archs(args) -> int:
-    from .models.build import DESCRIPTIONS, MODELS
+    from .models.build import MODELS
 
-    _print_list({n: DESCRIPTIONS.get(n, "") for n in MODELS})
+    _print_list(MODELS.listing())
     return 0
 
 
