@@ -196,51 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args, stage: str):
-    from .experiments.config import RunConfig, apply_set, from_dict, load_yaml, validate_config
+    """The run's configuration: ``--config`` (or the defaults), the flags that were given, then ``--set``."""
+    from .experiments.config import RunConfig, from_dict, load_yaml, resolve_run_config
 
-    cfg = from_dict(RunConfig, load_yaml(args.config), args.config) if getattr(args, "config", None) else RunConfig()
-    # --config values stand unless a flag was given (None: not given)
-    cfg.data.spec = args.data
-    st = getattr(cfg, stage)
+    base = from_dict(RunConfig, load_yaml(args.config), args.config) if args.config else None
+    flags = {"data.spec": args.data, "model.arch": args.arch, "seed": args.seed, "devices": args.devices,
+             "num_nodes": args.num_nodes, "precision": args.precision, "data.image_size": args.image_size,
+             f"{stage}.batch_size": args.batch_size, f"{stage}.lr": args.lr, f"{stage}.epochs": args.epochs}
     if stage == "pretrain":
-        st.method = args.method
-    given = {("model", "arch"): args.arch, ("", "seed"): args.seed, ("", "devices"): args.devices,
-             ("", "num_nodes"): args.num_nodes,
-             ("", "precision"): args.precision, ("data", "image_size"): args.image_size,
-             (stage, "batch_size"): args.batch_size, (stage, "lr"): args.lr}
-    if stage == "finetune":
-        given[("finetune", "init")] = args.init
-        given[("finetune", "labels")] = None if args.labels is None else str(args.labels)
-    for (section, key), value in given.items():
-        if value is not None:
-            setattr(getattr(cfg, section) if section else cfg, key, value)
-    if args.steps is not None:
-        st.steps, st.epochs = args.steps, None
-    elif args.epochs is not None:
-        st.epochs = args.epochs
-    apply_set(cfg, args.set)
-    validate_config(cfg, "")
-    _validate_names(cfg, stage)
-    return cfg
-
-
-def _validate_names(cfg, stage: str) -> None:
-    from .data.registry import DATASETS, valid_specs
-    from .models.build import MODELS
-    from .pretrain.build import METHODS
-
-    if cfg.data.spec.partition(":")[0] not in DATASETS:
-        raise ValueError(f"unknown data set {cfg.data.spec!r}; choose one of {valid_specs()}")
-    if cfg.model.arch not in MODELS:
-        raise ValueError(f"unknown architecture {cfg.model.arch!r}; choose one of {', '.join(sorted(MODELS))}")
-    if stage == "pretrain" and cfg.pretrain.method not in METHODS:
-        raise ValueError(f"unknown pretraining method {cfg.pretrain.method!r}; choose one of {', '.join(sorted(METHODS))}")
-    if stage == "finetune":
-        from .data.splits import parse_budget
-
-        parse_budget(cfg.finetune.labels)
-        if cfg.finetune.init != "random" and not Path(cfg.finetune.init).is_file():
-            raise ValueError(f"checkpoint not found: {cfg.finetune.init} (give a checkpoint file or 'random')")
+        flags["pretrain.method"] = args.method
+    else:
+        flags.update({"finetune.init": args.init, "finetune.labels": args.labels})
+    given = {key: value for key, value in flags.items() if value is not None}  # None: not given
+    if args.steps is not None:  # --steps wins over --epochs and over epochs in --config
+        given.update({f"{stage}.steps": args.steps, f"{stage}.epochs": None})
+    return resolve_run_config(base, given, args.set, stage=stage)
 
 
 def cmd_data(args) -> int:

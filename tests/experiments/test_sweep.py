@@ -184,7 +184,7 @@ def test_bad_sweep_config_names_the_problem(tmp_path):
     bad = dict(CONFIG, methods=["none", "mae"])
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(bad))
-    with pytest.raises(ValueError, match="unknown method 'mae'; choose one of none, "):
+    with pytest.raises(ValueError, match="unknown pretraining method 'mae'; choose one of none, "):
         sweep.run_sweep(p, tmp_path / "x")
 
 
