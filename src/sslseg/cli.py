@@ -70,6 +70,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     from .experiments.config import DataConfig
     from .experiments.config import FinetuneConfig as F
     from .experiments.config import PretrainConfig as P
+    from .experiments.config import RunConfig as R
 
     g = p.add_argument_group("common")
     g.add_argument("--steps", type=int,
@@ -82,13 +83,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int,
                    help=f"square side the images are resized to (config default: {DataConfig.image_size})")
     # no defaults here: a flag overrides --config only when given (the defaults live in experiments/config.py)
-    g.add_argument("--seed", type=int, help="seed of the labelled subset, initialisation and batches (config default: 0)")
+    g.add_argument("--seed", type=int, help=f"seed of the labelled subset, initialisation and batches (config default: {R.seed})")
     g.add_argument("--devices", type=int,
                    help="processes on this machine (GPUs, or CPU processes without a GPU); --batch-size stays the "
-                        "global batch, split between them (config default: 1)")
-    g.add_argument("--num-nodes", type=int, help="machines, each running --devices processes (torchrun; config default: 1)")
+                        f"global batch, split between them (config default: {R.devices})")
+    g.add_argument("--num-nodes", type=int,
+                   help=f"machines, each running --devices processes (torchrun; config default: {R.num_nodes})")
     g.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"],
-                   help="numeric precision of training; 16-mixed needs a GPU (config default: 32-true)")
+                   help=f"numeric precision of training; 16-mixed needs a GPU (config default: {R.precision})")
     g.add_argument("--config", help="YAML file with any config fields (applied before --set)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set model.options.base_channels=32")
@@ -104,6 +106,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments.config import DataConfig, EvaluateConfig, FinetuneConfig, ModelConfig
+
+    arch_help = f"architecture: one of {{archs}} (sslseg archs; config default: {ModelConfig.arch})"
     ap = _Parser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.",
                  formatter_class=_Help, epilog="start with:\n  sslseg demo --quick\n  sslseg COMMAND --help")
     ap.add_argument("--version", action="version", version=f"sslseg {__version__}")
@@ -118,23 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", help=DATA_HELP)
     p.add_argument("--list", action="store_true", help="list the data sets that can be read, one line each")
     p.add_argument("--export", metavar="DIR", help="write every labelled frame and mask, as the model sees them")
-    p.add_argument("--image-size", type=int, default=112, help="square side for --export")
+    p.add_argument("--image-size", type=int, default=DataConfig.image_size, help="square side for --export")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a data option, e.g. --set options.num_cases=8")
 
     p = _sub(sub, "pretrain", "self-supervised pretraining")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--method", required=True, help="pretext task: one of {methods} (sslseg methods)")
-    p.add_argument("--arch", help="architecture: one of {archs} (sslseg archs; config default: unet)")
+    p.add_argument("--arch", help=arch_help)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)
 
     p = _sub(sub, "finetune", "supervised fine-tuning on a label budget")
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--arch", help="architecture: one of {archs} (sslseg archs; config default: unet)")
+    p.add_argument("--arch", help=arch_help)
     p.add_argument("--init", help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or "
-                                  "'random' (config default: random)")
-    p.add_argument("--labels", help="labelled cases: a count (4) or a percentage (5%%) (config default: 4)")
+                                  f"'random' (config default: {FinetuneConfig.init})")
+    p.add_argument("--labels", help=f"labelled cases: a count (4) or a percentage (5%%) (config default: "
+                                    f"{FinetuneConfig.labels})")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)
 
@@ -153,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="which cases of the checkpoint's split to score")
     p.add_argument("--out", required=True, help="folder for per_case.csv and per_frame.csv")
-    p.add_argument("--convention", default="auto", choices=["auto", "volume", "frame"],
+    p.add_argument("--convention", default=EvaluateConfig.convention, choices=["auto", "volume", "frame"],
                    help="auto: volumes by 3D Dice/HD95 per volume, cines by the mean of their frames")
-    p.add_argument("--hd95-empty", default="diagonal", choices=["diagonal", "nan"],
+    p.add_argument("--hd95-empty", default=EvaluateConfig.hd95_empty, choices=["diagonal", "nan"],
                    help="HD95 with an empty prediction: the image diagonal in mm (counted), or left out")
     p.add_argument("--postprocess", default="none",
                    help="clean predictions before scoring: none, all, or a comma list of largest_component, "

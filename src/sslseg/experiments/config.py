@@ -17,13 +17,15 @@ from typing import Any
 
 import yaml
 
+from ..data.splits import TEST_FRACTION, VAL_FRACTION
+
 
 @dataclass
 class DataConfig:
     spec: str = "synthetic-echo"
     image_size: int = 112
-    val_fraction: float = 0.15
-    test_fraction: float = 0.25
+    val_fraction: float = VAL_FRACTION
+    test_fraction: float = TEST_FRACTION
     split_seed: int = 0
     options: dict = field(default_factory=dict)  # passed to the reader (e.g. num_cases)
 
