@@ -6,7 +6,6 @@ Each writes a run directory: ``config.yaml`` (fully resolved), ``checkpoint.pt``
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..finetune.transfer import freeze_encoder, read_init
 from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
 from ..pretrain.ddp import prepare_for_ddp
-from .config import RunConfig, dump_yaml, to_dict
+from .config import RunConfig, dump_yaml, resolve_run_config, to_dict
 from .provenance import resolved_options, write_provenance
 
 log = logging.getLogger("sslseg")
@@ -119,8 +118,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     options, why = resolve_options(cfg.pretrain.method, cfg.pretrain.options, frame_axis(train))
     if why:
         log.info("pretrain %s: %s", cfg.pretrain.method, why)
-    cfg = copy.deepcopy(cfg)
-    cfg.pretrain.options = options  # config.yaml and the checkpoint record what ran
+    # config.yaml and the checkpoint record what ran: the method's own options, data-dependent defaults filled in
+    cfg = resolve_run_config(cfg, {"pretrain.options": options}, stage="pretrain")
     method = build_method(cfg.pretrain.method, model, **options)
     steps = _steps(cfg.pretrain, len(pool))
     find_unused = prepare_for_ddp(method)  # parts the method never trains stay out of DDP
