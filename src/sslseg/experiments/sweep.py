@@ -128,6 +128,7 @@ SWEEP_RANGES = {**RANGES,
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """A sweep YAML with ``--set`` overrides (``seeds=[0,1,2]``) applied, checked by :func:`validate`."""
     cfg = from_dict(SweepConfig, load_yaml(path), str(path))
     return validate(apply_set(cfg, overrides or []))
 
