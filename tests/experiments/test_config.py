@@ -23,6 +23,7 @@ def test_overrides_then_sets_then_checks():
     ({"finetune.steps": 0}, None, "sweep", "sweep.finetune.steps = 0 is not allowed"),
     ({"finetune.init": "missing.pt"}, "finetune", "", "checkpoint not found: missing.pt"),
     ({"evaluate.convention": "slab"}, None, "", "evaluate.convention must be one of auto, volume, frame"),
+    ({"finetune.loss": "focal"}, None, "", "finetune.loss = 'focal' is not allowed: expected one of dice, dice_ce, ce"),
 ])
 def test_one_line_errors(overrides, stage, where, message):
     with pytest.raises(ValueError, match=f"^{message}"):

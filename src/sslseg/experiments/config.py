@@ -218,7 +218,7 @@ def resolve_run_config(base: RunConfig | None = None, overrides: dict[str, Any] 
 def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
     """The names in ``cfg`` against the registries and lists they pick from; the stage's inputs.
 
-    Data set, architecture, evaluation conventions and logger always; for
+    Data set, architecture, evaluation conventions, loss and logger always; for
     ``pretrain`` the method and its options; for ``finetune`` the label budget
     and the ``init`` checkpoint file.
 
@@ -228,6 +228,7 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
     from ..data.registry import check_spec
     from ..engine.progress import check_logger
     from ..evaluate.inference import CONVENTIONS, HD95_EMPTY
+    from ..finetune.losses import LOSSES
     from ..models.build import MODELS
 
     check_spec(cfg.data.spec)
@@ -236,6 +237,8 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
         value = getattr(cfg.evaluate, key)
         if value not in allowed:
             raise ValueError(f"evaluate.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if cfg.finetune.loss not in LOSSES:
+        raise ValueError(f"finetune.loss = {cfg.finetune.loss!r} is not allowed: expected one of {', '.join(LOSSES)}")
     check_logger(cfg.logger)
     if stage == "pretrain":
         from ..pretrain.build import method_options
@@ -266,8 +269,8 @@ RANGES: dict[str, dict[str, Any]] = {
     "PretrainConfig": {"steps": (1, None), "epochs": (1, None), "batch_size": (1, None), "lr": ("(0", None),
                        "weight_decay": (0.0, None), "warmup_steps": (0, None)},
     "FinetuneConfig": {"steps": (1, None), "epochs": (1, None), "batch_size": (1, None), "lr": ("(0", None),
-                       "weight_decay": (0.0, None), "warmup_steps": (0, None), "loss": ("dice", "dice_ce", "ce"),
-                       "augment": (0.0, None), "val_every": (0, None), "encoder_lr_ratio": (0.0, None),
+                       "weight_decay": (0.0, None), "warmup_steps": (0, None), "augment": (0.0, None),
+                       "val_every": (0, None), "encoder_lr_ratio": (0.0, None),
                        "freeze_encoder_steps": (0, None), "freeze_encoder_epochs": (0, None),
                        "freeze_encoder_fraction": (0.0, 1.0)},
 }
