@@ -58,12 +58,13 @@ def test_listings_name_everything_registered_one_line_each(argv, module, attr, c
 
 
 def test_every_registered_name_has_a_description():
-    from sslseg.models.build import DESCRIPTIONS as ARCH_TEXT
+    from sslseg.data.registry import DATASETS
     from sslseg.models.build import MODELS
-    from sslseg.pretrain.build import DESCRIPTIONS as METHOD_TEXT
     from sslseg.pretrain.build import METHODS
 
-    assert set(METHOD_TEXT) == set(METHODS) and set(ARCH_TEXT) == set(MODELS)
+    for registry in (DATASETS, MODELS, METHODS):
+        texts = registry.listing()
+        assert len(texts) == len(registry) and all(t.strip() for t in texts.values())
 
 
 def test_data_without_a_spec_or_list_is_one_line(capsys):

@@ -29,20 +29,16 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
         return text + " (default: %(default)s)"
 
 
-def _names(module: str) -> str:
+def _choices(module: str, registry: str) -> str:
+    """The names in a registry, for help texts (imported only when help is printed)."""
     import importlib
 
-    return ", ".join(sorted(importlib.import_module(module).DESCRIPTIONS))
+    return getattr(importlib.import_module(module), registry).choices()
 
 
-def _data_names() -> str:
-    from .data.registry import valid_specs
-
-    return valid_specs()
-
-
-_LISTS = {"{methods}": lambda: _names("sslseg.pretrain.build"), "{archs}": lambda: _names("sslseg.models.build"),
-          "{data}": _data_names}
+_LISTS = {"{methods}": lambda: _choices("sslseg.pretrain.build", "METHODS"),
+          "{archs}": lambda: _choices("sslseg.models.build", "MODELS"),
+          "{data}": lambda: _choices("sslseg.data.registry", "DATASETS")}
 
 DATA_HELP = "data set spec: one of {data} (sslseg data --list)"
 EXAMPLES = {
@@ -74,6 +70,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     from .experiments.config import DataConfig
     from .experiments.config import FinetuneConfig as F
     from .experiments.config import PretrainConfig as P
+    from .experiments.config import RunConfig as R
 
     g = p.add_argument_group("common")
     g.add_argument("--steps", type=int,
@@ -86,13 +83,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int,
                    help=f"square side the images are resized to (config default: {DataConfig.image_size})")
     # no defaults here: a flag overrides --config only when given (the defaults live in experiments/config.py)
-    g.add_argument("--seed", type=int, help="seed of the labelled subset, initialisation and batches (config default: 0)")
+    g.add_argument("--seed", type=int, help=f"seed of the labelled subset, initialisation and batches (config default: {R.seed})")
     g.add_argument("--devices", type=int,
                    help="processes on this machine (GPUs, or CPU processes without a GPU); --batch-size stays the "
-                        "global batch, split between them (config default: 1)")
-    g.add_argument("--num-nodes", type=int, help="machines, each running --devices processes (torchrun; config default: 1)")
+                        f"global batch, split between them (config default: {R.devices})")
+    g.add_argument("--num-nodes", type=int,
+                   help=f"machines, each running --devices processes (torchrun; config default: {R.num_nodes})")
     g.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"],
-                   help="numeric precision of training; 16-mixed needs a GPU (config default: 32-true)")
+                   help=f"numeric precision of training; 16-mixed needs a GPU (config default: {R.precision})")
     g.add_argument("--config", help="YAML file with any config fields (applied before --set)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set model.options.base_channels=32")
@@ -108,6 +106,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments.config import DataConfig, EvaluateConfig, FinetuneConfig, ModelConfig
+
+    arch_help = f"architecture: one of {{archs}} (sslseg archs; config default: {ModelConfig.arch})"
     ap = _Parser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.",
                  formatter_class=_Help, epilog="start with:\n  sslseg demo --quick\n  sslseg COMMAND --help")
     ap.add_argument("--version", action="version", version=f"sslseg {__version__}")
@@ -122,23 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", help=DATA_HELP)
     p.add_argument("--list", action="store_true", help="list the data sets that can be read, one line each")
     p.add_argument("--export", metavar="DIR", help="write every labelled frame and mask, as the model sees them")
-    p.add_argument("--image-size", type=int, default=112, help="square side for --export")
+    p.add_argument("--image-size", type=int, default=DataConfig.image_size, help="square side for --export")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a data option, e.g. --set options.num_cases=8")
 
     p = _sub(sub, "pretrain", "self-supervised pretraining")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--method", required=True, help="pretext task: one of {methods} (sslseg methods)")
-    p.add_argument("--arch", help="architecture: one of {archs} (sslseg archs; config default: unet)")
+    p.add_argument("--arch", help=arch_help)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)
 
     p = _sub(sub, "finetune", "supervised fine-tuning on a label budget")
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--arch", help="architecture: one of {archs} (sslseg archs; config default: unet)")
+    p.add_argument("--arch", help=arch_help)
     p.add_argument("--init", help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or "
-                                  "'random' (config default: random)")
-    p.add_argument("--labels", help="labelled cases: a count (4) or a percentage (5%%) (config default: 4)")
+                                  f"'random' (config default: {FinetuneConfig.init})")
+    p.add_argument("--labels", help=f"labelled cases: a count (4) or a percentage (5%%) (config default: "
+                                    f"{FinetuneConfig.labels})")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)
 
@@ -157,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="which cases of the checkpoint's split to score")
     p.add_argument("--out", required=True, help="folder for per_case.csv and per_frame.csv")
-    p.add_argument("--convention", default="auto", choices=["auto", "volume", "frame"],
+    p.add_argument("--convention", default=EvaluateConfig.convention, choices=["auto", "volume", "frame"],
                    help="auto: volumes by 3D Dice/HD95 per volume, cines by the mean of their frames")
-    p.add_argument("--hd95-empty", default="diagonal", choices=["diagonal", "nan"],
+    p.add_argument("--hd95-empty", default=EvaluateConfig.hd95_empty, choices=["diagonal", "nan"],
                    help="HD95 with an empty prediction: the image diagonal in mm (counted), or left out")
     p.add_argument("--postprocess", default="none",
                    help="clean predictions before scoring: none, all, or a comma list of largest_component, "
@@ -200,51 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args, stage: str):
-    from .experiments.config import RunConfig, apply_set, from_dict, load_yaml, validate_config
+    """The run's configuration: ``--config`` (or the defaults), the flags that were given, then ``--set``."""
+    from .experiments.config import RunConfig, from_dict, load_yaml, resolve_run_config
 
-    cfg = from_dict(RunConfig, load_yaml(args.config), args.config) if getattr(args, "config", None) else RunConfig()
-    # --config values stand unless a flag was given (None: not given)
-    cfg.data.spec = args.data
-    st = getattr(cfg, stage)
+    base = from_dict(RunConfig, load_yaml(args.config), args.config) if args.config else None
+    flags = {"data.spec": args.data, "model.arch": args.arch, "seed": args.seed, "devices": args.devices,
+             "num_nodes": args.num_nodes, "precision": args.precision, "data.image_size": args.image_size,
+             f"{stage}.batch_size": args.batch_size, f"{stage}.lr": args.lr, f"{stage}.epochs": args.epochs}
     if stage == "pretrain":
-        st.method = args.method
-    given = {("model", "arch"): args.arch, ("", "seed"): args.seed, ("", "devices"): args.devices,
-             ("", "num_nodes"): args.num_nodes,
-             ("", "precision"): args.precision, ("data", "image_size"): args.image_size,
-             (stage, "batch_size"): args.batch_size, (stage, "lr"): args.lr}
-    if stage == "finetune":
-        given[("finetune", "init")] = args.init
-        given[("finetune", "labels")] = None if args.labels is None else str(args.labels)
-    for (section, key), value in given.items():
-        if value is not None:
-            setattr(getattr(cfg, section) if section else cfg, key, value)
-    if args.steps is not None:
-        st.steps, st.epochs = args.steps, None
-    elif args.epochs is not None:
-        st.epochs = args.epochs
-    apply_set(cfg, args.set)
-    validate_config(cfg, "")
-    _validate_names(cfg, stage)
-    return cfg
-
-
-def _validate_names(cfg, stage: str) -> None:
-    from .data.registry import DATASETS, valid_specs
-    from .models.build import MODELS
-    from .pretrain.build import METHODS
-
-    if cfg.data.spec.partition(":")[0] not in DATASETS:
-        raise ValueError(f"unknown data set {cfg.data.spec!r}; choose one of {valid_specs()}")
-    if cfg.model.arch not in MODELS:
-        raise ValueError(f"unknown architecture {cfg.model.arch!r}; choose one of {', '.join(sorted(MODELS))}")
-    if stage == "pretrain" and cfg.pretrain.method not in METHODS:
-        raise ValueError(f"unknown pretraining method {cfg.pretrain.method!r}; choose one of {', '.join(sorted(METHODS))}")
-    if stage == "finetune":
-        from .data.splits import parse_budget
-
-        parse_budget(cfg.finetune.labels)
-        if cfg.finetune.init != "random" and not Path(cfg.finetune.init).is_file():
-            raise ValueError(f"checkpoint not found: {cfg.finetune.init} (give a checkpoint file or 'random')")
+        flags["pretrain.method"] = args.method
+    else:
+        flags.update({"finetune.init": args.init, "finetune.labels": args.labels})
+    given = {key: value for key, value in flags.items() if value is not None}  # None: not given
+    if args.steps is not None:  # --steps wins over --epochs and over epochs in --config
+        given.update({f"{stage}.steps": args.steps, f"{stage}.epochs": None})
+    return resolve_run_config(base, given, args.set, stage=stage)
 
 
 def cmd_data(args) -> int:
@@ -256,7 +228,7 @@ def cmd_data(args) -> int:
     if args.list:
         from .data.registry import DATASETS
 
-        _print_list({f"{n}:PATH" if needs else n: text for n, (_, needs, text) in DATASETS.items()})
+        _print_list(DATASETS.listing())
         return 0
     if not args.spec:
         raise ValueError("give a data set spec, or --list to see them")
@@ -275,17 +247,17 @@ def cmd_data(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .pretrain.build import DESCRIPTIONS, METHODS
+    from .pretrain.build import METHODS
 
-    _print_list({n: DESCRIPTIONS.get(n, "") for n in METHODS})
+    _print_list(METHODS.listing())
     print("\nnone (in a sweep): random initialisation, the reference every method is compared with")
     return 0
 
 
 def cmd_archs(args) -> int:
-    from .models.build import DESCRIPTIONS, MODELS
+    from .models.build import MODELS
 
-    _print_list({n: DESCRIPTIONS.get(n, "") for n in MODELS})
+    _print_list(MODELS.listing())
     return 0
 
 

@@ -10,6 +10,7 @@ from sslseg.data.batches import (
     Normalizer,
     Prefetcher,
     frames_to_tensor,
+    images_and_partitions,
     shard,
     step_generator,
 )
@@ -48,6 +49,15 @@ def test_step_draw_is_pure_and_ranks_split_the_global_batch():
     assert torch.equal(torch.cat([h["partition"] for h in halves]), whole["partition"])
     with pytest.raises(ValueError, match="multiple of the 3 processes"):
         shard(8, 0, 3)
+
+
+def test_images_and_partitions_reads_both_batch_forms():
+    pool = FramePool(_cases(), 32, Normalizer(0.5, 0.25))
+    plain = pool.load(pool.indices(4, step_generator(0, 0)))
+    assert images_and_partitions(plain) == (plain, None)
+    batch = pool.load_with_meta(pool.meta_indices(8, step_generator(0, 0), 4))
+    images, partition = images_and_partitions(batch)
+    assert images is batch["images"] and torch.equal(partition, batch["partition"])
 
 
 def test_labelled_set_take_matches_batch():

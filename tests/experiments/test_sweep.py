@@ -184,7 +184,7 @@ def test_bad_sweep_config_names_the_problem(tmp_path):
     bad = dict(CONFIG, methods=["none", "mae"])
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(bad))
-    with pytest.raises(ValueError, match="unknown method 'mae'; choose one of none, "):
+    with pytest.raises(ValueError, match="unknown pretraining method 'mae'; choose one of none, "):
         sweep.run_sweep(p, tmp_path / "x")
 
 
@@ -278,7 +278,7 @@ def test_parallel_sweep_with_shared_pretraining_matches_sequential(tmp_path, mon
     rows = {}
     for name, jobs in (("one", 1), ("fork", 2), ("spawn", 2)):
         # spawn is what macOS, Windows and CUDA machines get
-        monkeypatch.setattr(sweep, "_is_macos", lambda: name == "spawn")
+        monkeypatch.setattr(sweep, "_is_macos", lambda spawn=(name == "spawn"): spawn)
         cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump(dict(base, jobs=jobs)))
         out = tmp_path / name

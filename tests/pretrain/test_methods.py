@@ -110,7 +110,7 @@ def test_pipeline_pretrains_and_each_checkpoint_finetunes(name, tmp_path, tiny_c
     cfg.finetune.steps = 2
     cfg.finetune.batch_size = 2
     cfg.finetune.labels = "1"
-    registry.DATASETS["tiny-discs"] = (lambda: [copy.deepcopy(c) for c in tiny_cases], False, "test")
+    registry.DATASETS.add("tiny-discs", lambda: [copy.deepcopy(c) for c in tiny_cases], "test", needs_path=False)
     try:
         cfg.data.spec = "tiny-discs"
         cases = load_cases(cfg, tmp_path)
@@ -121,7 +121,7 @@ def test_pipeline_pretrains_and_each_checkpoint_finetunes(name, tmp_path, tiny_c
         ft = run_finetune(cfg, tmp_path / "ft", cases)
         assert "tensors loaded" in torch.load(ft, weights_only=True)["transfer"]
     finally:
-        del registry.DATASETS["tiny-discs"]
+        registry.DATASETS.remove("tiny-discs")
 
 
 def test_cines_default_to_gr_and_volumes_keep_the_paper_default():

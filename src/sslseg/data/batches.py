@@ -213,6 +213,17 @@ class LabelledSet:
         return self.take(self.indices(n, generator))
 
 
+def images_and_partitions(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The images of a pretraining batch and, for a partitioned one, each image's partition index.
+
+    ``batch`` is an image tensor ``(B, C, H, W)`` (``FramePool.load``) or the dict of
+    :meth:`FramePool.load_with_meta`; a plain tensor has no partitions (None).
+    """
+    if isinstance(batch, dict):
+        return batch["images"], batch.get("partition")
+    return batch, None
+
+
 def pin(batch: Any) -> Any:
     """Page-locked copies of a batch's tensors, so that copies to the GPU can run asynchronously."""
     if isinstance(batch, torch.Tensor):

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..registry import Registry
 from .sample import Case
 
-# name -> (loader(path or None, **options) -> cases, needs_path, one-line description)
-DATASETS: dict[str, tuple[Callable[..., list[Case]], bool, str]] = {}
-
-
-def register(name: str, needs_path: bool, description: str):
-    def deco(fn):
-        DATASETS[name] = (fn, needs_path, description)
-        return fn
-
-    return deco
+#: name -> reader ``(path or nothing, **options) -> cases``; ``info["needs_path"]``: whether the spec is ``NAME:PATH``
+DATASETS: Registry[Callable[..., list[Case]]] = Registry(
+    "data set", shown=lambda name, entry: f"{name}:PATH" if entry.info["needs_path"] else name)
 
 
 def valid_specs() -> str:
-    return ", ".join(f"{n}:PATH" if p else n for n, (_, p, _) in sorted(DATASETS.items()))
+    """Every data set as a spec is written: ``camus:PATH, ..., synthetic-echo, ...``."""
+    return DATASETS.choices()
+
+
+def check_spec(spec: str) -> None:
+    """Raise one line when the name of ``spec`` is no registered data set (the path is not read)."""
+    DATASETS.check(spec.partition(":")[0], given=spec)
 
 
 def load_dataset(spec: str, **options) -> list[Case]:
@@ -29,9 +29,8 @@ def load_dataset(spec: str, **options) -> list[Case]:
         ValueError: unknown name, a missing path, or bad data (message names the file).
     """
     name, _, path = spec.partition(":")
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {spec!r}; choose one of {valid_specs()}")
-    fn, needs_path, _ = DATASETS[name]
+    entry = DATASETS.entry(name, given=spec)
+    fn, needs_path = entry.value, entry.info["needs_path"]
     if needs_path and not path:
         raise ValueError(f"data set {name!r} needs a path: {name}:PATH")
     if not needs_path and path:
@@ -42,7 +41,9 @@ def load_dataset(spec: str, **options) -> list[Case]:
     return cases
 
 
-@register("synthetic-echo", False, "built-in synthetic apical four-chamber echo videos (112x112)")
+@DATASETS.register("synthetic-echo",
+                   "built-in synthetic apical four-chamber echo videos (112x112)",
+                   needs_path=False)
 def _synthetic_echo(*, num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112) -> list[Case]:
     from .synthetic import synthetic_echo
 
@@ -86,42 +87,52 @@ def check_options(name: str, defaults: dict, options: dict) -> None:
             raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected an integer >= {OPTION_MINIMUM[k]}")
 
 
-@register("synthetic-mri", False, "built-in synthetic T2 prostate MRI volumes (slices; 1 PZ, 2 TZ)")
+@DATASETS.register("synthetic-mri",
+                   "built-in synthetic T2 prostate MRI volumes (slices; 1 PZ, 2 TZ)",
+                   needs_path=False)
 def _synthetic_mri(*, num_cases: int = 16, seed: int = 0, num_slices: int = 20, size: int = 96) -> list[Case]:
     from .synthetic_mri import synthetic_mri
 
     return synthetic_mri(num_cases=num_cases, seed=seed, num_slices=num_slices, size=size)
 
 
-@register("echonet", True, "EchoNet-Dynamic: FileList.csv, VolumeTracings.csv, Videos/*.avi (official splits)")
+@DATASETS.register("echonet",
+                   "EchoNet-Dynamic: FileList.csv, VolumeTracings.csv, Videos/*.avi (official splits)",
+                   needs_path=True)
 def _echonet(path: str, **options) -> list[Case]:
     from .echonet import load_echonet
 
     return _call_reader(load_echonet, "echonet", path, **options)
 
 
-@register("camus", True, "CAMUS 2CH/4CH echo, MetaImage or NIfTI release (options: labels, views, labelled)")
+@DATASETS.register("camus",
+                   "CAMUS 2CH/4CH echo, MetaImage or NIfTI release (options: labels, views, labelled)",
+                   needs_path=True)
 def _camus(path: str, **options) -> list[Case]:
     from .camus import load_camus
 
     return _call_reader(load_camus, "camus", path, **options)
 
 
-@register("decathlon", True, "Medical Segmentation Decathlon task folder, 2D slices (options: modality, merge, axis, empty_slices)")
+@DATASETS.register("decathlon",
+                   "Medical Segmentation Decathlon task folder, 2D slices (options: modality, merge, axis, empty_slices)",
+                   needs_path=True)
 def _decathlon(path: str, **options) -> list[Case]:
     from .decathlon import load_decathlon
 
     return _call_reader(load_decathlon, "decathlon", path, **options)
 
 
-@register("folder", True, "images/ + masks/ (+ unlabelled/) of PNG, TIFF, NIfTI, MetaImage or DICOM files")
+@DATASETS.register("folder",
+                   "images/ + masks/ (+ unlabelled/) of PNG, TIFF, NIfTI, MetaImage or DICOM files",
+                   needs_path=True)
 def _folder(path: str, **options) -> list[Case]:
     from .folder import load_folder
 
     return _call_reader(load_folder, "folder", path, **options)
 
 
-@register("dicom", True, "DICOM files or cines (unlabelled), spacing from the tags")
+@DATASETS.register("dicom", "DICOM files or cines (unlabelled), spacing from the tags", needs_path=True)
 def _dicom(path: str, **options) -> list[Case]:
     from .dicom import load_dicom
 

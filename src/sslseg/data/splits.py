@@ -15,9 +15,13 @@ import numpy as np
 
 from .sample import SPLITS, Case
 
+#: shares of the cases drawn for validation and test when a data set gives no split of its own
+VAL_FRACTION = 0.15
+TEST_FRACTION = 0.25
+
 
 def assign_splits(
-    cases: list[Case], val_fraction: float = 0.15, test_fraction: float = 0.25, seed: int = 0
+    cases: list[Case], val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION, seed: int = 0
 ) -> dict[str, str]:
     """Assign ``train/val/test`` to every case without a split; keep given splits.
 

@@ -6,6 +6,7 @@ plain typed arguments.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -16,13 +17,15 @@ from typing import Any
 
 import yaml
 
+from ..data.splits import TEST_FRACTION, VAL_FRACTION
+
 
 @dataclass
 class DataConfig:
     spec: str = "synthetic-echo"
     image_size: int = 112
-    val_fraction: float = 0.15
-    test_fraction: float = 0.25
+    val_fraction: float = VAL_FRACTION
+    test_fraction: float = TEST_FRACTION
     split_seed: int = 0
     options: dict = field(default_factory=dict)  # passed to the reader (e.g. num_cases)
 
@@ -153,26 +156,100 @@ def apply_set(cfg, assignments: list[str]):
             value: Any = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        target = cfg
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if is_dataclass(target):
-                if not hasattr(target, part):
-                    raise ValueError(f"--set {key}: unknown key {'.'.join(parts[: i + 1])!r}")
-                target = getattr(target, part)
-            elif isinstance(target, dict):
-                target = target.setdefault(part, {})
-            else:
-                raise ValueError(f"--set {key}: {'.'.join(parts[:i])!r} is not a section")
-        last = parts[-1]
-        if is_dataclass(target):
-            if not hasattr(target, last):
-                valid = ", ".join(f.name for f in fields(target))
-                raise ValueError(f"--set {key}: unknown key {last!r}; valid keys here: {valid}")
-            setattr(target, last, value)
-        elif isinstance(target, dict):
-            target[last] = value
+        assign(cfg, key, value, f"--set {key}")
     return cfg
+
+
+def assign(cfg, key: str, value: Any, origin: str) -> None:
+    """Set the field a dotted ``key`` names in a dataclass tree (a key under a dict field adds to the dict).
+
+    Raises:
+        ValueError: one line starting with ``origin`` (where the key came from) when no field has that name.
+    """
+    target = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if is_dataclass(target):
+            if not hasattr(target, part):
+                raise ValueError(f"{origin}: unknown key {'.'.join(parts[: i + 1])!r}")
+            target = getattr(target, part)
+        elif isinstance(target, dict):
+            target = target.setdefault(part, {})
+        else:
+            raise ValueError(f"{origin}: {'.'.join(parts[:i])!r} is not a section")
+    last = parts[-1]
+    if is_dataclass(target):
+        if not hasattr(target, last):
+            valid = ", ".join(f.name for f in fields(target))
+            raise ValueError(f"{origin}: unknown key {last!r}; valid keys here: {valid}")
+        setattr(target, last, value)
+    elif isinstance(target, dict):
+        target[last] = value
+
+
+def resolve_run_config(base: RunConfig | None = None, overrides: dict[str, Any] | None = None,
+                       sets: list[str] | None = None, stage: str | None = None, where: str = "") -> RunConfig:
+    """The one way to a run's configuration, for the command line and the sweep alike.
+
+    ``base`` (a copy; the defaults when None), then ``overrides`` (dotted key ->
+    value, in order), then ``--set`` items; every field is checked against its
+    type and range (:func:`validate_config`) and the choices against what exists
+    (:func:`check_choices`).
+
+    Args:
+        stage: ``"pretrain"`` or ``"finetune"``: that stage's own choices are checked too.
+        where: the source named in error messages (``"sweep"``); empty for the command line.
+
+    Raises:
+        ValueError: one line naming the key, the value and what is allowed.
+    """
+    cfg = copy.deepcopy(base) if base is not None else RunConfig()
+    for key, value in (overrides or {}).items():
+        assign(cfg, key, copy.deepcopy(value), f"{where}: {key}" if where else key)
+    apply_set(cfg, sets or [])
+    validate_config(cfg, where)
+    try:
+        check_choices(cfg, stage)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}" if where else str(err)) from None
+    return cfg
+
+
+def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
+    """The names in ``cfg`` against the registries and lists they pick from; the stage's inputs.
+
+    Data set, architecture, evaluation conventions, loss and logger always; for
+    ``pretrain`` the method and its options; for ``finetune`` the label budget
+    and the ``init`` checkpoint file.
+
+    Raises:
+        ValueError: one line naming the value and the valid choices.
+    """
+    from ..data.registry import check_spec
+    from ..engine.progress import check_logger
+    from ..evaluate.inference import CONVENTIONS, HD95_EMPTY
+    from ..finetune.losses import LOSSES
+    from ..models.build import MODELS
+
+    check_spec(cfg.data.spec)
+    MODELS.check(cfg.model.arch)
+    for key, allowed in (("convention", CONVENTIONS), ("hd95_empty", HD95_EMPTY)):
+        value = getattr(cfg.evaluate, key)
+        if value not in allowed:
+            raise ValueError(f"evaluate.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if cfg.finetune.loss not in LOSSES:
+        raise ValueError(f"finetune.loss = {cfg.finetune.loss!r} is not allowed: expected one of {', '.join(LOSSES)}")
+    check_logger(cfg.logger)
+    if stage == "pretrain":
+        from ..pretrain.build import method_options
+
+        method_options(cfg.pretrain.method, cfg.pretrain.options)  # the method's name, then its options
+    elif stage == "finetune":
+        from ..data.splits import parse_budget
+
+        parse_budget(cfg.finetune.labels)
+        if cfg.finetune.init != "random" and not Path(cfg.finetune.init).is_file():
+            raise ValueError(f"checkpoint not found: {cfg.finetune.init} (give a checkpoint file or 'random')")
 
 
 def dump_yaml(cfg, path: str | Path) -> None:
@@ -192,11 +269,20 @@ RANGES: dict[str, dict[str, Any]] = {
     "PretrainConfig": {"steps": (1, None), "epochs": (1, None), "batch_size": (1, None), "lr": ("(0", None),
                        "weight_decay": (0.0, None), "warmup_steps": (0, None)},
     "FinetuneConfig": {"steps": (1, None), "epochs": (1, None), "batch_size": (1, None), "lr": ("(0", None),
-                       "weight_decay": (0.0, None), "warmup_steps": (0, None), "loss": ("dice", "dice_ce", "ce"),
-                       "augment": (0.0, None), "val_every": (0, None), "encoder_lr_ratio": (0.0, None),
+                       "weight_decay": (0.0, None), "warmup_steps": (0, None), "augment": (0.0, None),
+                       "val_every": (0, None), "encoder_lr_ratio": (0.0, None),
                        "freeze_encoder_steps": (0, None), "freeze_encoder_epochs": (0, None),
                        "freeze_encoder_fraction": (0.0, 1.0)},
 }
+
+
+def rule_of(path: str) -> Any:
+    """What :data:`RANGES` allows for the :class:`RunConfig` field at dotted ``path`` (None: its type only)."""
+    *sections, name = path.split(".")
+    node: Any = RunConfig()
+    for section in sections:
+        node = getattr(node, section)
+    return RANGES.get(type(node).__name__, {}).get(name)
 
 
 def _type_names(hint) -> list:

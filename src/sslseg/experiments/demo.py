@@ -44,7 +44,8 @@ def demo_config(quick: bool) -> SweepConfig:
     )
 
 
-def run_demo(out_dir: str | Path = "sslseg-demo", quick: bool = False, seed: int = 0) -> list[dict]:
+def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0) -> list[dict]:
+    """The demo sweep into ``out_dir``, its table printed; returns the rows of ``results.csv``."""
     out = Path(out_dir)
     t0 = time.perf_counter()
     cfg = demo_config(quick)

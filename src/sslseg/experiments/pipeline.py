@@ -6,9 +6,7 @@ Each writes a run directory: ``config.yaml`` (fully resolved), ``checkpoint.pt``
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +24,15 @@ from ..engine.seed import seed_everything
 from ..engine.trained import open_trained
 from ..evaluate.inference import score_cases
 from ..evaluate.metrics import dice_per_frame
+from ..finetune import recipe
 from ..finetune.losses import segmentation_loss
 from ..finetune.task import SupervisedTask
-from ..finetune.transfer import freeze_encoder, read_init, recalibrate_batchnorm, transfer_weights
+from ..finetune.transfer import freeze_encoder, read_init
 from ..io.tables import write_table
 from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
 from ..pretrain.ddp import prepare_for_ddp
-from .config import RunConfig, dump_yaml, to_dict
+from .config import RunConfig, dump_yaml, resolve_run_config, to_dict
 from .provenance import resolved_options, write_provenance
 
 log = logging.getLogger("sslseg")
@@ -95,8 +94,9 @@ def _loop_cfg(cfg: RunConfig, stage, steps: int, **kw) -> LoopConfig:
 
 
 def _steps(stage, n_items: int) -> int:
+    """A stage's optimiser steps: its epochs over ``n_items`` when given, else its steps."""
     if stage.epochs:
-        return int(stage.epochs) * max(1, math.ceil(n_items / stage.batch_size))
+        return int(stage.epochs) * recipe.steps_per_epoch(n_items, stage.batch_size)
     return int(stage.steps)
 
 
@@ -120,8 +120,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     options, why = resolve_options(cfg.pretrain.method, cfg.pretrain.options, frame_axis(train))
     if why:
         log.info("pretrain %s: %s", cfg.pretrain.method, why)
-    cfg = copy.deepcopy(cfg)
-    cfg.pretrain.options = options  # config.yaml and the checkpoint record what ran
+    # config.yaml and the checkpoint record what ran: the method's own options, data-dependent defaults filled in
+    cfg = resolve_run_config(cfg, {"pretrain.options": options}, stage="pretrain")
     method = build_method(cfg.pretrain.method, model, **options)
     steps = _steps(cfg.pretrain, len(pool))
     find_unused = prepare_for_ddp(method)  # parts the method never trains stay out of DDP
@@ -205,110 +205,109 @@ def run_finetune(
 ) -> Path:
     """Fine-tune from ``cfg.finetune.init`` (a checkpoint or ``random``) on a label budget."""
     fabric = start_processes(cfg, cfg.finetune)
-    rank0 = fabric.is_global_zero
-    out = Path(out_dir)
-    if rank0:
-        out.mkdir(parents=True, exist_ok=True)
+    out = _run_folder(out_dir, fabric.is_global_zero)
     seed_everything(cfg.seed)
     ft = cfg.finetune
     # an sslseg checkpoint, or a plain DeepLabV3 state_dict in torchvision's naming (read first: a bad
     # file is refused before anything is written)
-    init_ckpt = read_init(ft.init) if ft.init != "random" else None
-    with distributed.rank_zero_first():
-        cases = cases if cases is not None else load_cases(cfg, out)
-    if init_ckpt is not None and init_ckpt.get("splits"):
-        # fine-tune on the pretraining run's split, so that no test case was ever seen in pretraining
-        check_same_split(cases, init_ckpt["splits"], ft.init)
-    if labelled_ids is None:
-        with distributed.rank_zero_first():
-            labelled_ids = select_labelled(cases, ft.labels, cfg.seed, out / "labelled.json")
-    elif rank0:
-        write_json(out / "labelled.json", {"budget": str(ft.labels), "seed": cfg.seed,
-                                           "num_cases": len(labelled_ids), "case_ids": sorted(labelled_ids)})
-    ids = set(labelled_ids)
+    init = read_init(ft.init) if ft.init != "random" else None
+    cases = _finetune_cases(cfg, out, cases, init)
+    labelled = _labelled_ids(cfg, cases, labelled_ids, out, fabric.is_global_zero)
     train = by_split(cases, "train")
-    chosen = [c for c in train if c.case_id in ids]
+    chosen = [c for c in train if c.case_id in labelled]
     val = [c for c in by_split(cases, "val") if c.masks]
+    normalizer = _finetune_normalizer(init, train, cfg.seed)
 
-    if init_ckpt is not None:
-        if init_ckpt["arch"] != cfg.model.arch:
-            raise ValueError(f"{ft.init}: made for arch {init_ckpt['arch']!r}, but --arch is {cfg.model.arch!r}")
-    if init_ckpt is not None and "preprocess" in init_ckpt:
-        # the pretrained encoder saw inputs normalised with these statistics
-        normalizer = Normalizer.from_dict(init_ckpt["preprocess"]["normalizer"])
-    else:
-        normalizer = Normalizer.fit(train, seed=cfg.seed)
-
-    model_kwargs = {"in_channels": in_channels_of(cases), "num_classes": num_classes_of(cases), **cfg.model.options}
-    if init_ckpt is not None:
-        # the architecture options must match the pretrained network's
-        for k in ("base_channels", "depth", "norm", "output_stride", "atrous_rates"):
-            if k in init_ckpt["model_kwargs"]:
-                model_kwargs[k] = init_ckpt["model_kwargs"][k]
+    model_kwargs = {"in_channels": in_channels_of(cases), "num_classes": num_classes_of(cases),
+                    **recipe.model_options(init, cfg.model.arch, cfg.model.options, ft.init)}
     model = build_model(cfg.model.arch, **model_kwargs)
-    report = None
-    if init_ckpt is not None:
-        parts = tuple(p for p in init_ckpt.get("trained_parts", ["encoder"]) if p != "head")
-        if ft.transfer_parts is not None:
-            # one name (``--set finetune.transfer_parts=encoder``) or a list
-            wanted = [ft.transfer_parts] if isinstance(ft.transfer_parts, str) else list(ft.transfer_parts)
-            unknown = [p for p in wanted if p not in ("encoder", "decoder")]
-            if unknown:
-                raise ValueError(f"finetune.transfer_parts: unknown part {unknown[0]!r}; choose from encoder, decoder")
-            untrained = [p for p in wanted if p not in parts]
-            if untrained:
-                raise ValueError(f"finetune.transfer_parts asks for {untrained[0]!r}, but {ft.init} pretrained only "
-                                 f"{', '.join(parts)}")
-            parts = tuple(wanted)
-        report = transfer_weights(model, init_ckpt["state_dict"], parts)
-        log.info("transfer from %s: %s", ft.init, report.summary())
+    report = recipe.load_pretrained(model, init, ft.transfer_parts, ft.init)
+    if ft.recalibrate_bn and recipe.encoder_loaded(report):
+        recipe.recalibrate_encoder(model, train, cfg.data.image_size, normalizer, cfg.seed)
 
-    if ft.recalibrate_bn and report is not None and report.loaded.get("encoder"):
-        # every frame of the training cases, as pretraining saw them, but without the pretext's augmentation
-        pool = FramePool(train, cfg.data.image_size, normalizer)
-        bn_rng = np.random.default_rng([cfg.seed, 1])
-        n_batches = min(32, -(-len(pool) // 32))
-        n = recalibrate_batchnorm(model.encoder, (pool.batch(32, bn_rng) for _ in range(n_batches)))
-        log.info("re-estimated %d encoder BatchNorm layers on %d frames drawn from %d training frames",
-                 n, 32 * n_batches, len(pool))
     data = LabelledSet(chosen, cfg.data.image_size, normalizer)
     val_set = LabelledSet(val, cfg.data.image_size, normalizer) if val else None
     task = SupervisedTask(model, segmentation_loss(ft.loss), SegAugment(strength=ft.augment) if ft.augment > 0 else None)
-
-    params = None
-    if init_ckpt is not None and ft.encoder_lr_ratio != 1.0:
-        enc = [p for p in model.encoder.parameters()]
-        enc_ids = {id(p) for p in enc}
-        rest = [p for p in task.parameters() if id(p) not in enc_ids]
-        params = [{"params": enc, "lr": ft.lr * ft.encoder_lr_ratio}, {"params": rest}]
     steps = _steps(ft, len(data))
-    if ft.freeze_encoder_epochs is not None:
-        if ft.freeze_encoder_epochs < 0:
-            raise ValueError(f"finetune.freeze_encoder_epochs must be >= 0, got {ft.freeze_encoder_epochs}")
-        freeze_steps = min(steps, int(ft.freeze_encoder_epochs) * max(1, math.ceil(len(data) / ft.batch_size)))
-    elif ft.freeze_encoder_steps is None:
-        # A pretrained encoder under a randomly initialised decoder gets large, noisy gradients
-        # in the first steps, which wash out what pretraining learned with few labels. Training
-        # the decoder first on frozen features (LP-FT, Kumar et al., ICLR 2022) is meant to keep it.
-        # Measured on synthetic-echo (README, "Does it pay off?"): what decides the pay-off is the
-        # pretraining length, not this freeze. A 400-step SimCLR encoder stayed within the seed noise
-        # of random init whether frozen for 20% or all of the steps; freezing a poor encoder (BYOL at
-        # 400 steps) cost 0.11 Dice at 1 video (0.427 vs 0.535 unfrozen).
-        pretrained_encoder = report is not None and bool(report.loaded.get("encoder"))
-        freeze_steps = int(round(ft.freeze_encoder_fraction * steps)) if pretrained_encoder else 0
-    else:
-        freeze_steps = int(ft.freeze_encoder_steps)
-    if report is not None and rank0:
-        # every key by part, for a user checking what their weights moved
-        write_json(out / "transfer.json", {"init": str(ft.init), "summary": report.summary(),
-                                           "freeze_encoder_steps": freeze_steps, "loaded": report.loaded,
+    frozen = recipe.freeze_steps(steps, recipe.encoder_loaded(report), ft.freeze_encoder_fraction,
+                                 ft.freeze_encoder_steps, ft.freeze_encoder_epochs,
+                                 recipe.steps_per_epoch(len(data), ft.batch_size))
+    params = recipe.param_groups(model, task, ft.lr, ft.encoder_lr_ratio, init is not None, frozen)
+    if frozen > 0:
+        log.info("encoder frozen for the first %d of %d steps", frozen, steps)
+    if fabric.is_global_zero:
+        _record_finetune(out, cfg, report, frozen, steps, sorted(labelled), len(data), task)
+    log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))
+    result = _fit_finetune(cfg, fabric, task, data, val_set, model_kwargs["num_classes"], steps, frozen, params, out,
+                           desc=f"finetune {Path(str(ft.init)).parent.name if init else 'random'}")
+    ckpt = out / "checkpoint.pt"
+    if fabric.is_global_zero:
+        save_checkpoint(
+            ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="finetune",
+            preprocess=_finetune_preprocess(cfg, chosen, normalizer),
+            splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
+            labelled_cases=sorted(labelled), best_val=result.best or {},
+            transfer=report.summary() if report else "random initialisation", freeze_encoder_steps=frozen,
+        )
+    return ckpt
+
+
+def _run_folder(out_dir: str | Path, rank0: bool) -> Path:
+    """The run folder, created by rank 0."""
+    out = Path(out_dir)
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _finetune_cases(cfg: RunConfig, out: Path, cases: list[Case] | None, init: dict | None) -> list[Case]:
+    """The cases with their split: the pretraining run's, so that no test case was ever seen in pretraining."""
+    with distributed.rank_zero_first():
+        cases = cases if cases is not None else load_cases(cfg, out)
+    if init is not None and init.get("splits"):
+        check_same_split(cases, init["splits"], cfg.finetune.init)
+    return cases
+
+
+def _labelled_ids(cfg: RunConfig, cases: list[Case], given: list[str] | None, out: Path, rank0: bool) -> set[str]:
+    """The labelled training cases: ``given`` (a sweep's nested subsets), or drawn for the budget; both saved."""
+    ft = cfg.finetune
+    if given is None:
+        with distributed.rank_zero_first():
+            return set(select_labelled(cases, ft.labels, cfg.seed, out / "labelled.json"))
+    if rank0:
+        write_json(out / "labelled.json", {"budget": str(ft.labels), "seed": cfg.seed,
+                                           "num_cases": len(given), "case_ids": sorted(given)})
+    return set(given)
+
+
+def _finetune_normalizer(init: dict | None, train: list[Case], seed: int) -> Normalizer:
+    """The pretraining run's input statistics (the pretrained encoder saw inputs normalised with them), else fitted."""
+    if init is not None and "preprocess" in init:
+        return Normalizer.from_dict(init["preprocess"]["normalizer"])
+    return Normalizer.fit(train, seed=seed)
+
+
+def _record_finetune(out: Path, cfg: RunConfig, report, frozen: int, steps: int, labelled: list[str],
+                     frames: int, task: SupervisedTask) -> None:
+    """``transfer.json`` (every key by part, for a user checking what their weights moved), ``config.yaml``, provenance."""
+    if report is not None:
+        write_json(out / "transfer.json", {"init": str(cfg.finetune.init), "summary": report.summary(),
+                                           "freeze_encoder_steps": frozen, "loaded": report.loaded,
                                            "missing": report.missing, "unexpected": report.unexpected,
                                            "adapted": list(report.adapted)})
-    if freeze_steps > 0:
-        log.info("encoder frozen for the first %d of %d steps", freeze_steps, steps)
-        # the optimiser holds every parameter; a frozen one has no gradient, so AdamW skips it
-        params = params if params is not None else list(task.parameters())
+    dump_yaml(cfg, out / "config.yaml")
+    write_provenance(out, {"finetune": {"steps": steps, "freeze_encoder_steps": frozen,
+                                        "labelled_cases": labelled, "labelled_frames": frames,
+                                        "augment": task.augment,
+                                        "weights": report.summary() if report else "random initialisation"}})
 
+
+def _fit_finetune(cfg: RunConfig, fabric, task: SupervisedTask, data: LabelledSet, val_set: LabelledSet | None,
+                  num_classes: int, steps: int, frozen: int, params, out: Path, desc: str):
+    """The training loop over this rank's share of each step's labelled batch; the encoder thawed after ``frozen`` steps."""
+    ft = cfg.finetune
+    model = task.model
     part = shard(ft.batch_size, fabric.global_rank, fabric.world_size)
 
     def make_batch(step: int):
@@ -318,42 +317,35 @@ def run_finetune(
     prefetch = Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda")
 
     def next_batch(step: int):
-        if freeze_steps > 0:
+        if frozen > 0:
             # set from the step index before each step, so a resumed run freezes exactly as a fresh one
-            freeze_encoder(model, step < freeze_steps)
+            freeze_encoder(model, step < frozen)
         return prefetch(step)
-
-    num_classes = model_kwargs["num_classes"]
 
     def validate(_task) -> dict[str, float]:
         return {"dice": _mean_dice(model, val_set, num_classes)}
 
-    if rank0:
-        dump_yaml(cfg, out / "config.yaml")
-        write_provenance(out, {"finetune": {"steps": steps, "freeze_encoder_steps": freeze_steps,
-                                            "labelled_cases": sorted(ids), "labelled_frames": len(data),
-                                            "augment": task.augment,
-                                            "weights": report.summary() if report else "random initialisation"}})
-    log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))
     with prefetch:
         result = fit(
             task,
             next_batch,
-            # a frozen encoder gets no gradient for the first freeze_steps: DDP must look for unused parameters
+            # a frozen encoder gets no gradient for the first steps: DDP must look for unused parameters
             _loop_cfg(cfg, ft, steps, val_every=ft.val_every if val_set is not None else 0,
-                      save_every=max(1, steps // 10), find_unused_parameters=freeze_steps > 0),
+                      save_every=max(1, steps // 10), find_unused_parameters=frozen > 0),
             params=params,
             out_dir=out,
-            desc=f"finetune {Path(str(ft.init)).parent.name if init_ckpt else 'random'}",
+            desc=desc,
             validate=validate if val_set is not None else None,
             monitor="dice" if val_set is not None else None,
             fabric=fabric,
         )
-    if freeze_steps > 0:
+    if frozen > 0:
         freeze_encoder(model, False)
-    ckpt = out / "checkpoint.pt"
-    if not rank0:
-        return ckpt
+    return result
+
+
+def _finetune_preprocess(cfg: RunConfig, chosen: list[Case], normalizer: Normalizer) -> dict:
+    """How prediction must prepare new inputs: the normalisation, sizes, kind of frames and spacing of training."""
     # the labelled frames' size before resizing, when they share one: prediction tiles larger inputs
     # at this scale only when training did not resize (sslseg.predict.run)
     sizes = {tuple(int(v) for v in c.frames.shape[-2:]) for c in chosen}
@@ -366,16 +358,9 @@ def run_finetune(
                                   {str(c.meta.get("modality", "")).upper() for c in chosen},
                                   bool((cfg.data.options or {}).get("sector")))
     known = [c.spacing for c in chosen if c.spacing is not None and c.meta.get("spacing_known", True)]
-    save_checkpoint(
-        ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="finetune",
-        preprocess={"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size,
-                    "native_size": list(native) if native else None, "frames": frames_kind,
-                    "spacing": [float(v) for v in np.median(np.array(known, float), 0)] if known else None},
-        splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
-        labelled_cases=sorted(ids), best_val=result.best or {},
-        transfer=report.summary() if report else "random initialisation", freeze_encoder_steps=freeze_steps,
-    )
-    return ckpt
+    return {"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size,
+            "native_size": list(native) if native else None, "frames": frames_kind,
+            "spacing": [float(v) for v in np.median(np.array(known, float), 0)] if known else None}
 
 
 @torch.inference_mode()

@@ -33,7 +33,6 @@ With several data sets (``data: [synthetic-echo, {spec: synthetic-mri, options:
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 from dataclasses import asdict, dataclass, field
@@ -50,13 +49,16 @@ from ..evaluate.inference import predict_frames
 from ..evaluate.postprocess import parse_steps
 from ..io.tables import write_table
 from .config import (
-    PRECISIONS,
     RANGES,
+    DataConfig,
+    ModelConfig,
     RunConfig,
     apply_set,
     dump_yaml,
     from_dict,
     load_yaml,
+    resolve_run_config,
+    rule_of,
     validate_config,
 )
 from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain
@@ -80,10 +82,17 @@ class BaselineConfig:
 
 @dataclass
 class SweepConfig:
-    data: str | list = "synthetic-echo"  # a spec, or a list of specs / {spec, options} entries
+    """A study: what varies (data sets, archs, methods, budgets, seeds) and what every run shares.
+
+    The shared settings are written once, as :data:`RUN_FIELDS` and the
+    ``pretrain``/``finetune``/``evaluate`` sections say; defaults and allowed
+    values are those of the :class:`RunConfig` fields they set.
+    """
+
+    data: str | list = DataConfig.spec  # a spec, or a list of specs / {spec, options} entries
     data_options: dict = field(default_factory=dict)  # options of the data sets given as plain specs
-    image_size: int = 112
-    archs: list = field(default_factory=lambda: ["unet"])
+    image_size: int = DataConfig.image_size
+    archs: list = field(default_factory=lambda: [ModelConfig.arch])
     model_options: dict = field(default_factory=dict)
     methods: list = field(default_factory=lambda: ["none", "simclr"])
     budgets: list = field(default_factory=lambda: [1, 4])
@@ -94,30 +103,41 @@ class SweepConfig:
     # fine-tuning runs at once, each in its own process with cores // jobs threads (pretraining runs
     # first, one at a time, on every core); 1 runs everything in this process
     jobs: int = 1
-    split_seed: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.25
+    split_seed: int = DataConfig.split_seed
+    val_fraction: float = DataConfig.val_fraction
+    test_fraction: float = DataConfig.test_fraction
     pretrain: dict = field(default_factory=dict)  # PretrainConfig fields (steps, batch_size, lr, options ...)
     finetune: dict = field(default_factory=dict)  # FinetuneConfig fields
     evaluate: dict = field(default_factory=dict)  # EvaluateConfig fields (convention, hd95_empty)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    devices: int = 1
-    precision: str = "32-true"
+    devices: int = RunConfig.devices
+    precision: str = RunConfig.precision
     # applied to predictions before scoring: none, all, or a list of largest_component, fill_holes
     postprocess: str | list = "none"
-    logger: str = "csv"  # training logs: csv (metrics.csv), or tensorboard as well
+    logger: str = RunConfig.logger  # training logs: csv (metrics.csv), or tensorboard as well
+
+
+# sweep key -> the RunConfig field it sets in every run
+RUN_FIELDS = {"image_size": "data.image_size", "split_seed": "data.split_seed", "val_fraction": "data.val_fraction",
+              "test_fraction": "data.test_fraction", "model_options": "model.options", "devices": "devices",
+              "precision": "precision", "logger": "logger"}
+SECTIONS = ("pretrain", "finetune", "evaluate")
+
+SWEEP_RANGES = {**RANGES,
+                "SweepConfig": {"pretrain_seed": (0, None), "jobs": (1, 64),
+                                **{key: rule_of(path) for key, path in RUN_FIELDS.items()}},
+                "BaselineConfig": {"augment": (0.0, None), "steps": (1, None)}}
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """A sweep YAML with ``--set`` overrides (``seeds=[0,1,2]``) applied, checked by :func:`validate`."""
     cfg = from_dict(SweepConfig, load_yaml(path), str(path))
     return validate(apply_set(cfg, overrides or []))
 
 
 def validate(cfg: SweepConfig) -> SweepConfig:
-    """Check names against the registries up front, so a typo fails before hours of training."""
-    from ..data.registry import DATASETS, valid_specs
+    """Check a sweep before hours of training: its own keys, then every run's config as the runs build it."""
     from ..data.splits import parse_budget
-    from ..models.build import MODELS
     from ..pretrain.build import METHODS
 
     validate_config(cfg, "sweep", SWEEP_RANGES)
@@ -128,50 +148,30 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     bad_seeds = [s for s in cfg.seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if bad_seeds:
         raise ValueError(f"sweep.seeds: {bad_seeds[0]!r} is not allowed: expected integers >= 0")
-    for spec, _options in datasets(cfg):
-        if spec.partition(":")[0] not in DATASETS:
-            raise ValueError(f"sweep: unknown data set {spec!r}; choose one of {valid_specs()}")
-    for a in cfg.archs:
-        if a not in MODELS:
-            raise ValueError(f"sweep: unknown architecture {a!r}; choose one of {', '.join(sorted(MODELS))}")
-    from ..evaluate.inference import CONVENTIONS, HD95_EMPTY
-    from ..pretrain.build import method_options
-
-    for m in cfg.methods:
-        if m != "none" and m not in METHODS:
-            raise ValueError(f"sweep: unknown method {m!r}; choose one of none, {', '.join(sorted(METHODS))}")
-        if m != "none":
-            # every method's options, before the first run: a sweep must not die at its third method
-            method_options(m, (cfg.pretrain or {}).get("options"))
-    ev = cfg.evaluate or {}
-    if ev.get("convention", "auto") not in CONVENTIONS:
-        raise ValueError(f"sweep: evaluate.convention must be one of {', '.join(CONVENTIONS)}, got {ev['convention']!r}")
-    if ev.get("hd95_empty", "diagonal") not in HD95_EMPTY:
-        raise ValueError(f"sweep: evaluate.hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {ev['hd95_empty']!r}")
-    for b in cfg.budgets:
-        parse_budget(b)
     if not cfg.seeds:
         raise ValueError("sweep: give at least one seed")
+    for m in cfg.methods:
+        try:
+            METHODS.check(m, also=("none",))  # none: random initialisation, the reference
+        except ValueError as err:
+            raise ValueError(f"sweep: {err}") from None
+    for b in cfg.budgets:
+        parse_budget(b)
     if cfg.devices != 1:
         # a sweep writes its tables from one process; its stages do run on several (sslseg pretrain/finetune)
         raise ValueError(f"sweep: devices {cfg.devices} is not supported; a sweep runs on one device "
                          "(run sslseg pretrain / finetune with --devices N for multi-device stages)")
-    for arch in cfg.archs:
-        # the pretrain/finetune sections as every run will receive them
-        validate_config(run_config(cfg, arch, cfg.seeds[0]), "sweep")
-    from ..engine.progress import check_logger
+    for data in datasets(cfg):
+        for arch in cfg.archs:
+            run_config(cfg, arch, cfg.seeds[0], data)
+            for m in cfg.methods:
+                if m != "none":
+                    # every method's options, before the first run: a sweep must not die at its third method
+                    run_config(cfg, arch, cfg.seeds[0], data, {"pretrain.method": m}, stage="pretrain")
     from ..evaluate.postprocess import parse_steps
 
     parse_steps(cfg.postprocess)
-    check_logger(cfg.logger)
     return cfg
-
-
-SWEEP_RANGES = {**RANGES, "SweepConfig": {"image_size": (16, 8192), "val_fraction": (0.0, 0.95),
-                                          "test_fraction": (0.0, 0.95), "split_seed": (0, None),
-                                          "devices": (1, None), "precision": PRECISIONS,
-                                          "pretrain_seed": (0, None), "jobs": (1, 64)},
-                "BaselineConfig": {"augment": (0.0, None), "steps": (1, None)}}
 
 
 def datasets(sw: SweepConfig) -> list[tuple[str, dict]]:
@@ -203,27 +203,21 @@ def data_tag(spec: str) -> str:
     return "-".join(part for part in tag.split("-") if part) or "data"
 
 
-def run_config(sw: SweepConfig, arch: str, seed: int, data: tuple[str, dict] | None = None) -> RunConfig:
-    """The per-run config a sweep cell uses (``data``: one of :func:`datasets`, default the first)."""
+def run_config(sw: SweepConfig, arch: str, seed: int, data: tuple[str, dict] | None = None,
+               overrides: dict | None = None, stage: str | None = None) -> RunConfig:
+    """The config of one run of the sweep, resolved as the command line resolves its own.
+
+    Args:
+        data: one of :func:`datasets` (default the first).
+        overrides: dotted keys set after the sweep's own (``{"pretrain.method": "simclr"}``).
+        stage: checked as :func:`~sslseg.experiments.config.resolve_run_config` checks it.
+    """
     spec, options = data if data is not None else datasets(sw)[0]
-    rc = RunConfig()
-    rc.seed, rc.devices, rc.precision = int(seed), sw.devices, sw.precision
-    rc.logger = sw.logger
-    rc.data.spec, rc.data.options, rc.data.image_size = spec, dict(options), sw.image_size
-    rc.data.split_seed, rc.data.val_fraction, rc.data.test_fraction = sw.split_seed, sw.val_fraction, sw.test_fraction
-    rc.model.arch = arch
-    rc.model.options = dict(sw.model_options)
-    _assign(rc.pretrain, sw.pretrain, "pretrain")
-    _assign(rc.finetune, sw.finetune, "finetune")
-    _assign(rc.evaluate, sw.evaluate, "evaluate")
-    return rc
-
-
-def _assign(section, values: dict, name: str) -> None:
-    for k, v in (values or {}).items():
-        if not hasattr(section, k):
-            raise ValueError(f"sweep: unknown {name} key {k!r}; valid keys: {', '.join(vars(section))}")
-        setattr(section, k, copy.deepcopy(v))
+    values = {"seed": int(seed), "data.spec": spec, "data.options": options, "model.arch": arch}
+    values.update({path: getattr(sw, key) for key, path in RUN_FIELDS.items()})
+    for section in SECTIONS:
+        values.update({f"{section}.{k}": v for k, v in (getattr(sw, section) or {}).items()})
+    return resolve_run_config(None, {**values, **(overrides or {})}, stage=stage, where="sweep")
 
 
 def budget_tag(budget) -> str:
@@ -324,16 +318,16 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
 
 def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path, out: Path) -> None:
     """Fine-tune, evaluate and record one run; ``done.json`` is written last."""
-    rc = run_config(sw, r["arch"], r["seed"], (r["spec"], r["options"]))
+    data = (r["spec"], r["options"])
     init = "random"
     if r["kind"] == "finetune" and r["method"] != "none":
-        init = str(_pretrained(rc, r, cases, out))
-    rc.finetune.init = init
-    rc.finetune.labels = r["budget"]
+        init = str(_pretrained(run_config(sw, r["arch"], r["seed"], data), r, cases, out))
+    run = {"finetune.init": init, "finetune.labels": r["budget"]}
     if r["kind"] == "baseline":
-        rc.finetune.augment = sw.baseline.augment
+        run["finetune.augment"] = sw.baseline.augment
         if sw.baseline.steps:
-            rc.finetune.steps, rc.finetune.epochs = int(sw.baseline.steps), None
+            run.update({"finetune.steps": int(sw.baseline.steps), "finetune.epochs": None})
+    rc = run_config(sw, r["arch"], r["seed"], data, run, stage="finetune")
     ckpt = run_finetune(rc, run_dir, cases, labelled_ids=labelled)
     per_case = run_evaluate(ckpt, cases, "test", run_dir, rc.evaluate.convention, rc.evaluate.hd95_empty,
                             postprocess=parse_steps(sw.postprocess))
@@ -345,15 +339,14 @@ def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path
 
 
 def _pretrained(rc: RunConfig, r: dict, cases, out: Path) -> Path:
-    """The pretraining checkpoint a fine-tuning run starts from, pretraining it first if needed."""
+    """The pretraining checkpoint a fine-tuning run (config ``rc``) starts from, pretraining it first if needed."""
     seed = r["seed"] if r.get("pretrain_seed") is None else r["pretrain_seed"]
     prefix = f"{r['data']}_" if r.get("data") else ""
     pre_dir = out / "pretrain" / f"{prefix}{r['method']}_{r['arch']}_seed{seed}"
     ckpt = pre_dir / "checkpoint.pt"
     if not ckpt.exists():
-        pc = copy.deepcopy(rc)
-        pc.seed = int(seed)
-        pc.pretrain.method = r["method"]
+        pc = resolve_run_config(rc, {"seed": int(seed), "pretrain.method": r["method"]}, stage="pretrain",
+                                where="sweep")
         run_pretrain(pc, pre_dir, cases)
     return ckpt
 

@@ -9,7 +9,7 @@ from torch import nn
 LOSSES = ("dice", "dice_ce", "ce")
 
 
-def segmentation_loss(name: str = "dice_ce") -> nn.Module:
+def segmentation_loss(name: str) -> nn.Module:
     """``dice``, ``dice_ce`` or ``ce``, on logits ``(B, K, H, W)`` and int64 targets ``(B, H, W)``.
 
     Dice includes the background class, as Chaitanya et al.'s ``--dsc_loss=2``

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
-
+from ..registry import Registry
 from .deeplabv3 import build_deeplabv3
 from .heads import SegmentationHead
 from .segmentation import SegmentationModel
@@ -26,13 +25,12 @@ def build_unet(
     return SegmentationModel(encoder, decoder, head)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"unet": build_unet, "deeplabv3": build_deeplabv3}
-
-# one line per architecture, for ``sslseg archs`` and ``--help``
-DESCRIPTIONS: dict[str, str] = {
-    "unet": "UNet (options: base_channels 16, depth 4, norm batch); encoder and decoder pretrainable",
-    "deeplabv3": "DeepLabV3, ResNet-50 dilated (output stride 8, ASPP); loads torchvision-named weights",
-}
+#: architecture name -> builder ``(in_channels=, num_classes=, **options) -> SegmentationModel``
+MODELS: Registry[Callable[..., SegmentationModel]] = Registry("architecture")
+MODELS.add("unet", build_unet,
+           "UNet (options: base_channels 16, depth 4, norm batch); encoder and decoder pretrainable")
+MODELS.add("deeplabv3", build_deeplabv3,
+           "DeepLabV3, ResNet-50 dilated (output stride 8, ASPP); loads torchvision-named weights")
 
 
 def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs) -> SegmentationModel:
@@ -41,9 +39,8 @@ def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs)
     Raises:
         ValueError: unknown name (the message lists the valid ones) or unknown keyword.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    builder = MODELS.get(name)
     try:
-        return MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+        return builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise ValueError(f"architecture {name!r}: {err}") from None

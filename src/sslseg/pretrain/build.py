@@ -13,44 +13,34 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..registry import Registry
 from .byol import BYOL
 from .global_local import GlobalContrastive, GlobalLocal, LocalContrastive
 from .regression import MaskedRegression
 from .regression_contrastive import RegressionContrastive
 from .simclr import SimCLR
 
-METHODS: dict[str, Callable[..., nn.Module]] = {
-    "simclr": SimCLR,
-    "byol": BYOL,
-    "regression": MaskedRegression,
-    "global_contrastive": GlobalContrastive,
-    "local_contrastive": LocalContrastive,
-    "global_local": GlobalLocal,
-    "regression_contrastive": RegressionContrastive,
-}
-
-# one line per method, for ``sslseg methods`` and ``--help``
-DESCRIPTIONS: dict[str, str] = {
-    "simclr": "SimCLR: NT-Xent between two augmented views of each frame (encoder; Chen et al. 2020)",
-    "byol": "BYOL: online network predicts an EMA target's projection of another view (encoder; Grill et al. 2020)",
-    "regression": "masked-noise regression: L1 on pixels replaced by Gaussian noise (encoder + decoder; Umapathy 2022)",
-    "global_contrastive": "global contrastive on partitions of volumes (encoder; Chaitanya et al. 2020)",
-    "local_contrastive": "local contrastive on decoder feature-map regions, encoder frozen (Chaitanya et al. 2020)",
-    "global_local": "global contrastive (encoder), then local contrastive (decoder): the staged schedule",
-    "regression_contrastive": "masked-noise regression and global contrastive together (beyond both papers)",
-}
-
-
-def method_class(name: str) -> Callable[..., nn.Module]:
-    """The pretext task registered as ``name``; an unknown name lists the valid ones."""
-    if name not in METHODS:
-        raise ValueError(f"unknown pretraining method {name!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+#: method name -> pretext task class ``(model, **options) -> nn.Module``
+METHODS: Registry[Callable[..., nn.Module]] = Registry("pretraining method")
+METHODS.add("simclr", SimCLR,
+            "SimCLR: NT-Xent between two augmented views of each frame (encoder; Chen et al. 2020)")
+METHODS.add("byol", BYOL,
+            "BYOL: online network predicts an EMA target's projection of another view (encoder; Grill et al. 2020)")
+METHODS.add("regression", MaskedRegression,
+            "masked-noise regression: L1 on pixels replaced by Gaussian noise (encoder + decoder; Umapathy 2022)")
+METHODS.add("global_contrastive", GlobalContrastive,
+            "global contrastive on partitions of volumes (encoder; Chaitanya et al. 2020)")
+METHODS.add("local_contrastive", LocalContrastive,
+            "local contrastive on decoder feature-map regions, encoder frozen (Chaitanya et al. 2020)")
+METHODS.add("global_local", GlobalLocal,
+            "global contrastive (encoder), then local contrastive (decoder): the staged schedule")
+METHODS.add("regression_contrastive", RegressionContrastive,
+            "masked-noise regression and global contrastive together (beyond both papers)")
 
 
 def build_method(name: str, model: nn.Module, **kwargs) -> nn.Module:
     """Wrap ``model`` in the named pretext task."""
-    cls = method_class(name)
+    cls = METHODS.get(name)
     try:
         return cls(model, **kwargs)
     except TypeError as err:
@@ -71,7 +61,7 @@ def method_options(name: str, options: dict | None) -> dict:
         ValueError: an unknown method, a per-method entry that is not a mapping,
             or an option the method does not take.
     """
-    cls = method_class(name)
+    cls = METHODS.get(name)
     options = dict(options or {})
     out = {k: v for k, v in options.items() if k not in METHODS}
     own = options.get(name) or {}
@@ -116,7 +106,7 @@ def resolve_options(name: str, options: dict, axis: str | None) -> tuple[dict, s
     partitions a batch). So cines get G^R unless a strategy is given.
     """
     out = method_options(name, options)
-    params = inspect.signature(method_class(name)).parameters
+    params = inspect.signature(METHODS.get(name)).parameters
     if axis == "time" and "strategy" in params and "strategy" not in out:
         out["strategy"] = "GR"
         if params["strategy"].default != "GR":

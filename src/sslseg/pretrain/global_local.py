@@ -39,14 +39,9 @@ from torch import nn
 
 from ..augment import intensity
 from ..augment.views import ViewAugment
+from ..data.batches import images_and_partitions
 from ..models.heads import ProjectionHead
 from .losses import global_contrastive, local_contrastive
-
-
-def _images_and_partitions(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(batch, dict):
-        return batch["images"], batch.get("partition")
-    return batch, None
 
 
 class GlobalContrastive(nn.Module):
@@ -96,7 +91,7 @@ class GlobalContrastive(nn.Module):
         return global_contrastive(z1, z2, partition, self.strategy, self.temperature, self.gather_distributed)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        images, partition = _images_and_partitions(batch)
+        images, partition = images_and_partitions(batch)
         return {"loss": self.global_loss(images, partition)}
 
 
@@ -197,7 +192,7 @@ class LocalContrastive(nn.Module):
         return local_contrastive(v1, v2, self.temperature)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        images, _ = _images_and_partitions(batch)
+        images, _ = images_and_partitions(batch)
         return {"loss": self.local_loss(images)}
 
 
@@ -237,7 +232,7 @@ class GlobalLocal(nn.Module):
         return "local" if bool(self.in_local_stage) else "global"
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        images, partition = _images_and_partitions(batch)
+        images, partition = images_and_partitions(batch)
         if self.stage == "global":
             return {"loss": self.glob.global_loss(images, partition)}
         return {"loss": self.local.local_loss(images)}

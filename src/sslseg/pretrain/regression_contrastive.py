@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .global_local import GlobalContrastive, _images_and_partitions
+from ..data.batches import images_and_partitions
+from .global_local import GlobalContrastive
 from .regression import MaskedRegression
 
 
@@ -37,7 +38,7 @@ class RegressionContrastive(nn.Module):
         return self.contrastive.partitions
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        images, partition = _images_and_partitions(batch)
+        images, partition = images_and_partitions(batch)
         reg = self.regression(images)["loss"]
         con = self.contrastive.global_loss(images, partition)
         return {"loss": self.w_reg * reg + self.w_con * con, "regression": reg.detach(), "contrastive": con.detach()}
