@@ -327,17 +327,18 @@ def cmd_finetune(args) -> int:
 
 def cmd_evaluate(args) -> int:
     import numpy as np
+    import torch
 
     from .data.registry import load_dataset
-    from .engine.checkpoint import load_checkpoint
+    from .engine.trained import open_trained
     from .experiments.config import DataConfig, from_dict
     from .experiments.pipeline import check_same_split, run_evaluate
 
-    ckpt = load_checkpoint(args.model)
-    dcfg = from_dict(DataConfig, ckpt.get("config", {}).get("data", {}), f"{args.model} config.data")
+    trained = open_trained(args.model, "cuda" if torch.cuda.is_available() else "cpu")
+    dcfg = from_dict(DataConfig, trained.config.get("data", {}), f"{args.model} config.data")
     options = dcfg.options if args.data.partition(":")[0] == dcfg.spec.partition(":")[0] else {}
     cases = load_dataset(args.data, **options)
-    splits = ckpt.get("splits") or {}
+    splits = trained.checkpoint.get("splits") or {}
     if not splits:
         raise ValueError(f"{args.model}: the checkpoint records no split; cannot tell test cases from training ones")
     unknown = [c.case_id for c in cases if c.case_id not in splits]
@@ -350,7 +351,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate.metrics import pooled_dice
     from .evaluate.postprocess import parse_steps
 
-    rows = run_evaluate(args.model, cases, args.split, args.out, args.convention, args.hd95_empty,
+    rows = run_evaluate(trained, cases, args.split, args.out, args.convention, args.hd95_empty,
                         postprocess=parse_steps(args.postprocess))
     d = np.array([r["dice"] for r in rows], dtype=float)
     h = np.array([r["hd95"] for r in rows], dtype=float)

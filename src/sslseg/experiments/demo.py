@@ -18,7 +18,6 @@ import numpy as np
 from ..report.tables import REFERENCE, format_gains, subset_gains, subset_means
 from .sweep import BaselineConfig, SweepConfig, run_sweep
 
-
 PRETRAIN_STEPS = 800
 
 

@@ -21,7 +21,7 @@ from ..engine import distributed
 from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import LoopConfig, fit
 from ..engine.seed import seed_everything
-from ..engine.trained import open_trained
+from ..engine.trained import TrainedModel, open_trained
 from ..evaluate.inference import score_cases
 from ..evaluate.metrics import dice_per_frame
 from ..finetune import recipe
@@ -32,7 +32,7 @@ from ..io.tables import write_table
 from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
 from ..pretrain.ddp import prepare_for_ddp
-from .config import RunConfig, dump_yaml, resolve_run_config, to_dict
+from .config import EvaluateConfig, RunConfig, dump_yaml, resolve_run_config, to_dict
 from .provenance import resolved_options, write_provenance
 
 log = logging.getLogger("sslseg")
@@ -377,10 +377,11 @@ def _mean_dice(model, data: LabelledSet, num_classes: int, batch: int = 32) -> f
     return float(d.astype(np.float64).mean()) if d.size else float("nan")
 
 
-def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: str | Path,
-                 convention: str = "auto", hd95_empty: str = "diagonal",
+def run_evaluate(ckpt_path: str | Path | TrainedModel, cases: list[Case], split: str, out_dir: str | Path,
+                 convention: str = EvaluateConfig.convention, hd95_empty: str = EvaluateConfig.hd95_empty,
                  postprocess: dict | None = None) -> list[dict]:
-    """Evaluate a fine-tuned checkpoint on the labelled cases of ``split``; write CSVs.
+    """Evaluate a fine-tuned checkpoint (a path, or one opened by :func:`open_trained`) on the labelled
+    cases of ``split``; write CSVs.
 
     ``per_frame.csv``: one row per labelled frame and foreground class;
     ``per_case.csv``: one row per case, scored by ``convention`` (see
@@ -390,8 +391,11 @@ def run_evaluate(ckpt_path: str | Path, cases: list[Case], split: str, out_dir: 
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    trained = open_trained(ckpt_path, device)
+    if isinstance(ckpt_path, TrainedModel):
+        trained = ckpt_path
+    else:
+        trained = open_trained(ckpt_path, "cuda" if torch.cuda.is_available() else "cpu")
+    device = next(trained.model.parameters()).device
     test = [c for c in cases if c.split == split and c.masks]
     if not test:
         raise ValueError(f"the {split!r} split has no labelled case to evaluate")

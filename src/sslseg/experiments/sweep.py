@@ -41,9 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.batches import Normalizer
 from ..data.splits import labelled_subset, read_json, resolve_budget, write_json
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..engine.trained import open_trained
 from ..evaluate.inference import predict_frames
 from ..evaluate.postprocess import parse_steps
@@ -530,14 +528,11 @@ def save_comparison(out: Path, runs: list[dict], cases, postprocess: dict | None
         arrays[f"gt_{i}"] = np.asarray(case.masks[idx]).astype(np.uint8)
         arrays[f"info_{i}"] = np.array([case_id, str(idx)])
     for j, r in enumerate(cols):
-        ckpt = load_checkpoint(out / "runs" / run_key(r) / "checkpoint.pt")
-        model = model_from_checkpoint(ckpt)
-        pre = ckpt["preprocess"]
-        norm = Normalizer.from_dict(pre["normalizer"])
-        num_classes = int(ckpt["model_kwargs"]["num_classes"])
+        trained = open_trained(out / "runs" / run_key(r) / "checkpoint.pt")
+        num_classes = trained.num_classes
         for i, (_, (case_id, idx)) in enumerate(rows):
             frame = np.asarray(by_id[case_id].frames[idx : idx + 1])
-            pred = predict_frames(model, frame, norm, pre["image_size"])
+            pred = predict_frames(trained.model, frame, trained.normalizer, trained.image_size)
             if postprocess and any(postprocess.values()):
                 pred = clean(pred, num_classes, **postprocess)
             gt = arrays[f"gt_{i}"]
