@@ -140,9 +140,9 @@ def read_case(kind: str, path: Path) -> None:
 
         read_tracings(path)
     elif kind == "cases.csv":
-        from sslseg.data.folder import _read_case_csv
+        from sslseg.data.folder import read_case_csv
 
-        _read_case_csv(path, {"a": path.parent / "a.png", "b": path.parent / "b.png"})
+        read_case_csv(path, {"a": path.parent / "a.png", "b": path.parent / "b.png"})
 
 
 def run_case(kind: str, path: Path, timeout: float) -> tuple[str, str]:

@@ -63,7 +63,12 @@ def _find(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _read_case_csv(path: Path, known: dict[str, Path]) -> tuple[OrderedDict[str, list[str]], dict[str, str]]:
+def read_case_csv(path: Path, known: dict[str, Path]) -> tuple[OrderedDict[str, list[str]], dict[str, str]]:
+    """A folder's ``cases.csv``: image stems grouped by case, and the splits it fixes (one-line errors naming it).
+
+    ``known`` maps the folder's image stems to their files; a row naming another
+    image, a case listed under two splits or an image under two cases is refused.
+    """
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first column
             reader = csv.DictReader(f)
@@ -184,7 +189,7 @@ def load_folder(
     files = {**images, **unlab}
     table = root / csv_file
     if table.is_file():
-        groups, fixed = _read_case_csv(table, files)
+        groups, fixed = read_case_csv(table, files)
     else:
         groups = OrderedDict((s, [s]) for s in sorted(files))
         fixed = {}
