@@ -43,6 +43,12 @@ def test_freeze_steps(kwargs, expected):
     assert recipe.freeze_steps(100, fraction=0.2, **kwargs) == expected
 
 
+@pytest.mark.parametrize("cases, expected", [(1, 50), (2, 20), (4, 20), (None, 20)])
+def test_automatic_freeze_is_longer_with_one_labelled_case(cases, expected):
+    assert recipe.freeze_steps(100, True, None, labelled_cases=cases) == expected
+    assert recipe.freeze_steps(100, False, None, labelled_cases=cases) == 0
+
+
 def test_param_groups_give_a_pretrained_encoder_its_own_rate():
     model = build_model("unet", base_channels=4, depth=2)
     assert recipe.param_groups(model, model, 1e-3, 1.0, True, 0) is None

@@ -188,3 +188,13 @@ def test_finetune_transfers_only_the_parts_asked_for(tmp_path, tiny_cases):
     cfg.finetune.transfer_parts = ["decoder"]
     with pytest.raises(ValueError, match="pretrained only encoder"):
         run_finetune(cfg, tmp_path / "bad2", tiny_cases)
+
+
+@pytest.mark.parametrize("labels, fraction", [("1", 0.5), ("2", 0.2)])
+def test_automatic_freeze_follows_the_number_of_labelled_cases(tmp_path, tiny_cases, labels, fraction):
+    _, init = _pretrained(tmp_path, tiny_cases)
+    cfg = _finetune_cfg(str(init), steps=10, freeze=None)
+    cfg.finetune.labels = labels
+    ck = load_checkpoint(run_finetune(cfg, tmp_path / "ft", tiny_cases))
+    assert len(ck["labelled_cases"]) == int(labels)
+    assert ck["freeze_encoder_steps"] == round(fraction * 10)

@@ -66,10 +66,12 @@ class FinetuneConfig:
     val_every: int = 100
     encoder_lr_ratio: float = 1.0  # lr multiplier for pretrained encoder weights
     # encoder frozen (weights and BatchNorm statistics) for the first k steps; None = automatic:
-    # 20% of the steps when starting from a pretrained encoder (linear-probe-then-fine-tune), 0 from random
+    # freeze_encoder_fraction of the steps when starting from a pretrained encoder (linear-probe-then-
+    # fine-tune), 0 from random
     freeze_encoder_steps: int | None = None
     freeze_encoder_epochs: int | None = None  # the same in epochs of the labelled frames (overrides steps)
-    freeze_encoder_fraction: float = 0.2
+    # None = automatic: half of the steps with one labelled case, a fifth with more (finetune.recipe.freeze_steps)
+    freeze_encoder_fraction: float | None = None
     # re-estimate a pretrained encoder's BatchNorm statistics on plain training frames (labelled or
     # not) before fine-tuning: pretext tasks normalised augmented views (AdaBN, Li et al. 2016)
     recalibrate_bn: bool = False

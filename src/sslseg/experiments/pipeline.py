@@ -231,7 +231,7 @@ def run_finetune(
     steps = _steps(ft, len(data))
     frozen = recipe.freeze_steps(steps, recipe.encoder_loaded(report), ft.freeze_encoder_fraction,
                                  ft.freeze_encoder_steps, ft.freeze_encoder_epochs,
-                                 recipe.steps_per_epoch(len(data), ft.batch_size))
+                                 recipe.steps_per_epoch(len(data), ft.batch_size), len(chosen))
     params = recipe.param_groups(model, task, ft.lr, ft.encoder_lr_ratio, init is not None, frozen)
     if frozen > 0:
         log.info("encoder frozen for the first %d of %d steps", frozen, steps)
