@@ -149,3 +149,16 @@ def test_speckle_partly_coherent_in_time():
     # consecutive frames are strongly but not perfectly correlated
     assert 0.3 < corr_next < 0.995
     assert corr_next > np.corrcoef(a, other)[0, 1] + 0.1
+
+
+def test_unlabelled_videos_join_training_and_change_no_labelled_split():
+    from sslseg.data.splits import assign_splits
+
+    plain = synthetic_echo(num_cases=6, seed=4, num_frames=T, size=SIZE)
+    more = synthetic_echo(num_cases=6, seed=4, num_frames=T, size=SIZE, unlabelled=3)
+    assert len(more) == 9 and [len(c.masks) for c in more[6:]] == [0, 0, 0]
+    assert all(len(c.masks) > 0 for c in more[:6])
+    np.testing.assert_array_equal(more[7].frames, synthetic_echo(num_cases=8, seed=4, num_frames=T, size=SIZE)[7].frames)
+    splits = assign_splits(more)
+    assert {splits[c.case_id] for c in more[6:]} == {"train"}
+    assert {c.case_id: splits[c.case_id] for c in plain} == assign_splits(plain)

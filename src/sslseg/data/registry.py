@@ -44,10 +44,11 @@ def load_dataset(spec: str, **options) -> list[Case]:
 @DATASETS.register("synthetic-echo",
                    "built-in synthetic apical four-chamber echo videos (112x112)",
                    needs_path=False)
-def _synthetic_echo(*, num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112) -> list[Case]:
+def _synthetic_echo(*, num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112,
+                    unlabelled: int = 0) -> list[Case]:
     from .synthetic import synthetic_echo
 
-    return synthetic_echo(num_cases=num_cases, seed=seed, num_frames=num_frames, size=size)
+    return synthetic_echo(num_cases=num_cases, seed=seed, num_frames=num_frames, size=size, unlabelled=unlabelled)
 
 
 def _call_reader(fn, name: str, *args, **options) -> list[Case]:

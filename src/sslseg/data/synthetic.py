@@ -692,9 +692,17 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
 
 
 def synthetic_echo(
-    num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112
+    num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112, unlabelled: int = 0
 ) -> list[Case]:
-    """``num_cases`` independent synthetic A4C videos; case ``i`` does not depend on ``num_cases``."""
-    return [
-        make_echo_case(i, seed=seed, num_frames=num_frames, size=size) for i in range(num_cases)
-    ]
+    """``num_cases`` independent synthetic A4C videos; case ``i`` does not depend on ``num_cases``.
+
+    ``unlabelled`` more videos (cases ``num_cases`` on) come without their masks:
+    the cheap unlabelled pool self-supervision is for. They join the training
+    split (pretraining) and change no labelled case, split or subset.
+    """
+    cases = [make_echo_case(i, seed=seed, num_frames=num_frames, size=size) for i in range(num_cases)]
+    for i in range(num_cases, num_cases + unlabelled):
+        case = make_echo_case(i, seed=seed, num_frames=num_frames, size=size)
+        case.masks = {}
+        cases.append(case)
+    return cases
