@@ -8,10 +8,12 @@ same ``--out`` and finished runs are skipped, an unfinished one resumes):
   training videos at batch 32, bf16 autocast; 200 fine-tuning steps on 1 and
   4 labelled videos, 3 labelled subsets (seeds), the same subsets in every
   variant. Random init is fine-tuned once (``echo_none``) and its runs are
-  copied into every variant's folder, so each table pairs with the same runs.
-  Variants: SimCLR for 800 / 1600 / 2400 steps; BYOL for 1600 steps, stock and
-  with the predictor at 10x the learning rate; global_local (G^R on cines) and
-  square-masked regression for 1600 steps.
+  copied into every variant on the same data, so each table pairs with the same
+  runs. Variants (``ECHO_VARIANTS``): SimCLR for 800 steps with the encoder
+  frozen for 20 / 50 / 100% of the fine-tuning, for 2400 steps, and the demo's
+  recipe (1200 steps, 64 more unlabelled videos, the automatic freeze); BYOL
+  for 1600 steps, stock and with the predictor at 10x the learning rate;
+  global_local (G^R on cines) for 1600 steps.
 - ``probe.csv``: linear probe and effective rank of each pretrained echo encoder
   and of three random ones (``studies/encoder_probe.py``).
 - ``mri_ismrm``: ``configs/synthetic_mri_ismrm.yaml`` (random init vs regression
@@ -46,25 +48,29 @@ ECHO = {
     "baseline": {"enabled": False},
 }
 
-#: folder suffix -> (method, pretraining overrides)
+#: folder suffix -> (method, overrides of ECHO's sections: pretrain / finetune / data_options)
 ECHO_VARIANTS = {
-    "simclr_800": ("simclr", {"steps": 800}),
-    "simclr_1600": ("simclr", {}),
-    "simclr_2400": ("simclr", {"steps": 2400}),
+    "simclr_800_freeze20": ("simclr", {"pretrain": {"steps": 800}, "finetune": {"freeze_encoder_fraction": 0.2}}),
+    "simclr_800_freeze50": ("simclr", {"pretrain": {"steps": 800}, "finetune": {"freeze_encoder_fraction": 0.5}}),
+    "simclr_800_freeze100": ("simclr", {"pretrain": {"steps": 800}, "finetune": {"freeze_encoder_fraction": 1.0}}),
+    "simclr_2400_freeze20": ("simclr", {"pretrain": {"steps": 2400}, "finetune": {"freeze_encoder_fraction": 0.2}}),
+    # the demo's recipe: 64 more videos without masks in the pretraining pool, the automatic freeze
+    "simclr_1200_unlabelled64": ("simclr", {"pretrain": {"steps": 1200}, "data_options": {"unlabelled": 64}}),
     "byol_1600": ("byol", {}),
-    "byol_plr10_1600": ("byol", {"options": {"byol": {"predictor_lr_ratio": 10}}}),
+    "byol_plr10_1600": ("byol", {"pretrain": {"options": {"byol": {"predictor_lr_ratio": 10}}}}),
     "global_local_GR_1600": ("global_local", {}),
-    "regression_patch8_1600": ("regression", {}),
 }
 
 
-def echo_config(method: str, pretrain: dict, tiny: bool) -> dict:
+def echo_config(method: str, overrides: dict, tiny: bool) -> dict:
     cfg = copy.deepcopy(ECHO)
     cfg["methods"] = ["none"] if method == "none" else ["none", method]
-    cfg["pretrain"].update(pretrain)
+    for key, values in overrides.items():
+        cfg[key].update(values)
     if tiny:
-        cfg.update(data_options={"num_cases": 10, "num_frames": 6}, image_size=32, budgets=[1], seeds=[0, 1],
+        cfg.update(image_size=32, budgets=[1], seeds=[0, 1],
                    model_options={"base_channels": 4, "depth": 2, "norm": "batch"})
+        cfg["data_options"].update(num_cases=10, num_frames=6, unlabelled=min(2, cfg["data_options"].get("unlabelled", 0)))
         cfg["pretrain"].update(steps=2, batch_size=8)
         cfg["finetune"].update(steps=2, val_every=1)
     return cfg
@@ -132,8 +138,10 @@ def main() -> None:
         if "echo" in args.only:
             ref = out / "echo_none"
             run(ref, echo_config("none", {}, args.tiny), None)
-            for name, (method, pretrain) in ECHO_VARIANTS.items():
-                run(out / f"echo_{name}", echo_config(method, pretrain, args.tiny), ref)
+            for name, (method, overrides) in ECHO_VARIANTS.items():
+                # random init's runs are shared where its data is the same (unlabelled videos change the normaliser)
+                same_data = "data_options" not in overrides
+                run(out / f"echo_{name}", echo_config(method, overrides, args.tiny), ref if same_data else None)
         if "probe" in args.only:
             probe(out, args.tiny)
         if "mri" in args.only:
