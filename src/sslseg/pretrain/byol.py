@@ -15,7 +15,9 @@ role of BYOL's moving-averaged target network is to ensure the near-optimality
 of the predictor over training" [0]; Tian et al. [2] show that a larger
 learning rate for the predictor than for the rest shrinks the basin of the
 collapsed solution. ``predictor_lr_ratio`` trains the predictor at that multiple
-of the stage's learning rate (10 is the usual cure). The projector and
+of the stage's learning rate (10 is the usual cure; on synthetic-echo it did
+not lift the effective rank, 13.0 -> 13.9 against ~30 for random encoders, and
+Dice fell: README, "Does it pay off?"; so the default stays 1). The projector and
 predictor already hold BatchNorm (Linear-BN-ReLU-Linear, as the paper's), and
 the target runs in training mode, so both branches use batch statistics.
 
