@@ -164,7 +164,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "simclr" in out and any(f"{w} random init" in out for w in ("beats", "loses to", "ties with"))
     assert "one labelled subset: no interval" in out  # one seed: the gain is stated without a CI
-    assert ("loses to random init" in out) == ("Pretraining length decides" in out)  # the pointer when it loses
+    assert ("loses to random init" in out) == ("What decides the pay-off" in out)  # the pointer when it loses
     for name in ("results.csv", "report.html", "figures/dice_vs_labels.png"):
         assert (tmp_path / "demo" / name).is_file()
 

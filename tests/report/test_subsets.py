@@ -86,3 +86,8 @@ def test_gain_whose_interval_includes_zero_is_called_unclear():
     for seed, off in {0: 0.05, 1: 0.06, 2: 0.055}.items():
         clear += _rows("none", seed, 0.0) + _rows("simclr", seed, off)
     assert "not a clear difference" not in format_gains(subset_gains(clear))
+
+
+def test_a_gain_that_rounds_to_zero_ties():
+    (g,) = subset_gains(_rows("none", 0, 0.0) + _rows("simclr", 0, 0.0002))
+    assert "ties with random init by 0.000" in format_gains([g])

@@ -72,9 +72,9 @@ def run_demo(out_dir: str | Path, quick: bool = False, seed: int = 0) -> list[di
     table = format_table(rows)
     print(table)
     if "loses to random init" in table:
-        print(f"\nThe demo pretrained for {cfg.pretrain['steps']} steps to fit its time budget. Pretraining length "
-              "decides the pay-off on this data, with the number of unlabelled videos and how long the encoder "
-              "stays frozen: README, 'Does it pay off?'.")
+        print(f"\nThe demo pretrained for {cfg.pretrain['steps']} steps to fit its time budget. What decides the "
+              "pay-off on this data (how many unlabelled videos, the pretraining length, how long the encoder "
+              "stays frozen): README, 'Does it pay off?'.")
     print(f"\nresults: {results}\nfigure:  {out / 'figures' / 'dice_vs_labels.png'}\n"
           f"report:  {out / 'report.html'}\ntime:    {time.perf_counter() - t0:.0f} s")
     return rows

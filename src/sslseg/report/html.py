@@ -13,7 +13,7 @@ import yaml
 
 from .plots import dice_vs_labels, overlays, subset_gains_figure, training_curves
 from .stats import format_p
-from .tables import REFERENCE, paired_tests, subset_gains, summary_table, within_noise
+from .tables import REFERENCE, gain_word, paired_tests, subset_gains, summary_table, within_noise
 
 SECTIONS = ("summary", "gains", "dice-curve", "hd95-curve", "table", "overlays", "training-curves",
             "paired-tests", "config", "environment")
@@ -152,7 +152,7 @@ def _summary(table: list[dict], gains: list[dict], rows: list[dict]) -> str:
     items = []
     for g in gains:
         d = g["mean_gain"]
-        word = "beats" if d > 0 else ("loses to" if d < 0 else "ties with")
+        word = gain_word(d)
         cls = "pos" if d > 0 else ("neg" if d < 0 else "")
         if g["n"] >= 2:
             detail = (f"95% CI across {g['n']} labelled subsets {_s(g['ci_low'])} to {_s(g['ci_high'])}; "

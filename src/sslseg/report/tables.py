@@ -114,12 +114,17 @@ def subset_gains(rows: list[dict], metric: str = "dice") -> list[dict]:
 def gain_sentence(g: dict, metric: str = "Dice") -> str:
     """One line: how a method does against random init across labelled subsets, with its interval."""
     d = g["mean_gain"]
-    word = "beats" if d > 0 else ("loses to" if d < 0 else "ties with")
-    text = f"{g['method']} {word} random init by {abs(d):.3f} {metric} at {g['labelled_cases']} labelled case(s)"
+    text = f"{g['method']} {gain_word(d)} random init by {abs(d):.3f} {metric} at {g['labelled_cases']} labelled case(s)"
     if g["n"] < 2:
         return text + " [one labelled subset: no interval; run more seeds]"
     return (text + f" [95% CI across {g['n']} labelled subsets {g['ci_low']:+.3f} to {g['ci_high']:+.3f}; "
             f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}]{within_noise(g)}")
+
+
+def gain_word(d: float) -> str:
+    """``beats`` / ``loses to`` / ``ties with`` for a gain, as printed (a gain that rounds to 0.000 ties)."""
+    d = round(float(d), 3)
+    return "beats" if d > 0 else ("loses to" if d < 0 else "ties with")
 
 
 def within_noise(g: dict) -> str:
