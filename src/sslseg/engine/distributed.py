@@ -73,6 +73,13 @@ def normalise_precision(precision: str) -> str:
     return PRECISIONS[p]
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS says, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def native_bf16() -> bool:
     """Whether this machine computes in bfloat16 natively: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX.
 

@@ -32,13 +32,11 @@ def demo_config(quick: bool) -> SweepConfig:
     in bf16 natively (Dice did not move: README); on CPUs, fine-tuning runs go
     ``cores`` at a time (at most 4), on a GPU one at a time.
     """
-    import os
-
     import torch
 
-    from ..engine.distributed import native_bf16
+    from ..engine.distributed import native_bf16, usable_cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return SweepConfig(
         data="synthetic-echo",
         data_options={"num_cases": 32} if quick else {"num_cases": 64, "unlabelled": 64},
@@ -91,9 +89,8 @@ def format_table(rows: list[dict]) -> str:
     lines = [f"{'init':<14} {'labelled':>8} {'Dice':>6}  {'per labelled subset':<22} "
              f"{'vs random init [95% CI across subsets]':<40} {'HD95 mm':>8}"]
     for k, method in cells:
-        seeds = sorted(s for (_, m, kk, s) in means if (m, kk) == (method, k))
-        dice = [means[(a, m, kk, s)] for (a, m, kk, s) in means if (m, kk) == (method, k) and s in seeds]
-        hd95 = [v for (a, m, kk, s), v in hd.items() if (m, kk) == (method, k)]
+        dice = [v for (_, m, kk, _), v in sorted(means.items()) if (m, kk) == (method, k)]  # by seed
+        hd95 = [v for (_, m, kk, _), v in hd.items() if (m, kk) == (method, k)]
         g = gains.get((method, k))
         vs = ""
         if g is not None:
@@ -101,8 +98,7 @@ def format_table(rows: list[dict]) -> str:
             vs += (f" [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] ahead {g['wins']}/{g['n']}" if g["n"] > 1
                    else " (one subset)")
         name = "random" if method == REFERENCE else method
-        per = " ".join(f"{means[(a, m, kk, s)]:.3f}" for (a, m, kk, s) in sorted(means)
-                       if (m, kk) == (method, k))
+        per = " ".join(f"{v:.3f}" for v in dice)
         lines.append(f"{name:<14} {k:>8d} {np.nanmean(dice):>6.3f}  {per:<22} {vs:<40} "
                      f"{np.nanmean(hd95) if hd95 else float('nan'):>8.2f}")
     notes = format_gains(subset_gains(rows, "dice")).splitlines()

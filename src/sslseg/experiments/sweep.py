@@ -374,8 +374,9 @@ def _worker_run(r: dict, labelled: list[str]) -> str:
 def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total: int) -> None:
     """Pretrain what is missing here, one run at a time on every core, then fine-tune ``sw.jobs`` runs at once."""
     import multiprocessing as mp
-    import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from ..engine.distributed import usable_cores
 
     pending = []
     for cases, runs, subsets in todo:
@@ -388,7 +389,7 @@ def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total:
             pending.append((r, subsets[(r["budget"], r["seed"])]))
     if not pending:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     threads = max(1, cores // sw.jobs)
     # fork shares the cases with the workers at no cost; spawn pickles them once: on macOS and Windows,
     # and with CUDA, which cannot be used again in a forked child once the parent has touched it
