@@ -296,7 +296,8 @@ def _own(args, cfg):
         return
     # a device request the machine cannot serve is refused before the folder is touched
     distributed.check_request(cfg.devices, cfg.precision, cfg.num_nodes, relaunch=False)
-    with claim(args.out, to_dict(cfg), args.overwrite) as folder:
+    init = cfg.finetune.init if args.command == "finetune" and cfg.finetune.init != "random" else None
+    with claim(args.out, to_dict(cfg), args.overwrite, inputs={"--init": init}) as folder:
         if folder.finished:
             print(f"already finished with this configuration: {Path(args.out) / 'checkpoint.pt'}")
         yield folder.finished
@@ -336,18 +337,24 @@ def cmd_evaluate(args) -> int:
 
     trained = open_trained(args.model, "cuda" if torch.cuda.is_available() else "cpu")
     dcfg = from_dict(DataConfig, trained.config.get("data", {}), f"{args.model} config.data")
+    _check_same_kind(args.model, trained.dataset, args.data)
     options = dcfg.options if args.data.partition(":")[0] == dcfg.spec.partition(":")[0] else {}
     cases = load_dataset(args.data, **options)
+    _check_classes(args.model, trained.num_classes, args.data, cases)
     splits = trained.checkpoint.get("splits") or {}
     if not splits:
         raise ValueError(f"{args.model}: the checkpoint records no split; cannot tell test cases from training ones")
     unknown = [c.case_id for c in cases if c.case_id not in splits]
+    _check_not_derived(args.model, unknown, splits)
     for c in cases:
         c.split = None
     check_same_split(cases, splits, args.model)
     for c in cases:
         if c.case_id in unknown:
-            c.split = "test"  # never seen in training: safe to evaluate on
+            c.split = "test"  # in no split of the checkpoint's: never seen in training
+    if unknown:
+        print(f"{len(unknown)} of {len(cases)} case(s) are not in the checkpoint's recorded split "
+              f"(e.g. {unknown[0]!r}): scored as never seen in training (split 'test')")
     from .evaluate.metrics import pooled_dice
     from .evaluate.postprocess import parse_steps
 
@@ -363,6 +370,40 @@ def cmd_evaluate(args) -> int:
           f"undefined: {int(sum(r['hd95_undefined'] for r in rows))}; "
           f"per case: {Path(args.out) / 'per_case.csv'}")
     return 0
+
+
+def _check_same_kind(model: str, trained_on: str, data: str) -> None:
+    """Refuse data of another kind than the model's training data (``echonet:A`` and ``echonet:B`` are one kind)."""
+    if not trained_on:
+        return  # an older checkpoint that records no data set
+    have, want = data.partition(":")[0], trained_on.partition(":")[0]
+    if have != want:
+        raise ValueError(f"{model} was trained on {trained_on}, not on {have} data: its classes, splits and "
+                         f"preprocessing are {want}'s; fine-tune a model on {have} to score {data}")
+
+
+def _check_classes(model: str, num_classes: int, data: str, cases) -> None:
+    """Refuse data whose label maps hold another number of classes than the model predicts."""
+    top = 0
+    for c in cases:
+        for m in c.masks.values():
+            top = max(top, int(m.max()))
+    have = max(2, top + 1)  # as training counts them (experiments.pipeline.num_classes_of)
+    if have != num_classes:
+        raise ValueError(f"{model} predicts {num_classes} classes (background + {num_classes - 1}), but the masks "
+                         f"of {data} hold {have} (labels 0 to {have - 1}); score it with a model fine-tuned on "
+                         "labels like these")
+
+
+def _check_not_derived(model: str, unknown: list[str], splits: dict) -> None:
+    """Refuse cases whose ids extend a training or validation case's id (frames exported from it: ``<case>_0003``)."""
+    seen = {cid for cid, s in splits.items() if s in ("train", "val")}
+    for cid in unknown:
+        for k, ch in enumerate(cid):
+            if ch in "_-." and cid[:k] in seen:
+                raise ValueError(f"case {cid!r} looks taken from {splits[cid[:k]]} case {cid[:k]!r} of {model} "
+                                 f"(its id with {cid[k:]!r} added); scoring it as never seen would count training "
+                                 "data as test data; give the cases their own ids")
 
 
 def cmd_demo(args) -> int:
@@ -432,6 +473,10 @@ def cmd_predict(args) -> int:
     from .predict.run import Predictor, predict_inputs, write_summary
 
     _check_predict_options(args)
+    for item in args.inputs:  # an output folder inside an input folder is passed over when searching it
+        if Path(item).is_dir() and _within(Path(item), Path(args.out)):
+            raise ValueError(f"--out {args.out}: holds the input folder {item}, so a second run would read its "
+                             "own masks; write the predictions elsewhere")
     known = read_filelist_ef(args.filelist) if args.filelist else None
     if args.tile is not None and args.prepare != "auto":
         raise ValueError("--tile/--no-tile and --prepare given together; use --prepare alone")
@@ -522,6 +567,10 @@ def _one_line(err: BaseException) -> str:
 
 def _check_outputs(args) -> None:
     """Output paths that cannot be what the command writes, refused before any work."""
+    for flag in ("--out", "--export"):
+        value = getattr(args, flag[2:], None)
+        if value is not None and not value.strip():
+            raise ValueError(f"{flag} is empty; give a {'file' if args.command == 'export' else 'folder'}")
     folders = [("--out", getattr(args, "out", None))] if args.command != "export" else []
     folders.append(("--export", getattr(args, "export", None)))
     for flag, value in folders:
@@ -529,6 +578,17 @@ def _check_outputs(args) -> None:
             raise ValueError(f"{flag} {value}: is a file, not a folder")
     if args.command == "export" and args.out and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give the file to write")
+    if args.command == "data" and args.export and args.spec and ":" in args.spec:
+        source = Path(args.spec.partition(":")[2]).expanduser()
+        if source.is_dir() and _within(Path(args.export), source):
+            raise ValueError(f"--export {args.export}: lies inside the data set's folder {source}, which would then "
+                             "hold every case twice; export to a folder outside it")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (which may not exist yet) is ``folder`` or lies under it, links resolved."""
+    path, folder = path.expanduser().resolve(), folder.resolve()
+    return path == folder or folder in path.parents
 
 
 COMMANDS = {"sweep": cmd_sweep, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finetune": cmd_finetune,

@@ -106,7 +106,7 @@ def export_model(
         diff = _export_torchscript(model, example, probe, path, meta, check)
     if diff is not None:
         diff = float(np.abs(diff - ref).max())
-        if diff > atol:
+        if not diff <= atol:  # nan (a NaN in either output) fails too
             raise RuntimeError(f"{path}: the exported model differs from PyTorch by {diff:.3g} (> {atol:g})")
     return ExportResult(path, diff, meta)
 

@@ -80,6 +80,19 @@ class TrainedModel:
     checkpoint: dict = field(default_factory=dict, repr=False)
 
 
+def check_finite(state_dict: dict, where: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or infinite values (a run that diverged): nothing they predict means anything.
+
+    Raises:
+        ValueError: one line naming ``where``, how many tensors are affected and the first of them.
+    """
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{where}: its weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]!r}); "
+                         "the run diverged: train it again, e.g. with a lower learning rate")
+
+
 def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedModel:
     """Open a fine-tuned ``sslseg/1`` checkpoint: its model in eval mode on ``device``, and its preprocessing.
 
@@ -88,8 +101,8 @@ def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
 
     Raises:
         ValueError: a missing or unreadable file, a checkpoint that is not fine-tuned
-            or records no preprocessing, or weights that do not fit their model
-            (one line naming the file).
+            or records no preprocessing, weights that do not fit their model, or
+            weights holding NaN or infinite values (one line naming the file).
     """
     ckpt = load_checkpoint(path)
     if ckpt.get("stage") != "finetune":
@@ -108,6 +121,7 @@ def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         frames = training_frames(str(data_cfg.get("spec", "")), native, image_size)
     if frames not in TRAINING_FRAMES:
         raise ValueError(f"{path}: preprocess.frames is {frames!r}; expected one of {', '.join(TRAINING_FRAMES)}")
+    check_finite(ckpt.get("state_dict") or {}, path)
     model = model_from_checkpoint(ckpt, where=path).to(device).eval()
     return TrainedModel(
         path=Path(path),

@@ -7,7 +7,10 @@ starts writing. It
   process ends in any way, so a lock left by a killed run is never stale) and
   refuses a second process with one line;
 - compares the resolved configuration with the folder's ``config.yaml``: a
-  different one is refused (``--overwrite`` clears the run's outputs first);
+  different one is refused (``--overwrite`` clears the run's outputs first), and
+  so are a damaged ``config.yaml`` and a ``checkpoint.pt`` without one (nothing
+  is removed without ``--overwrite``);
+- refuses a run that reads a file it would replace (``--init out/checkpoint.pt``);
 - reports a finished run (``checkpoint.pt`` beside the same ``config.yaml``) so
   the caller can say so and stop without training again.
 """
@@ -73,25 +76,67 @@ def _loosen_resolved(saved: dict, new: dict) -> dict:
         old_opt, new_opt = old_pre.get("options"), new_pre.get("options")
         if isinstance(old_opt, dict) and isinstance(new_opt, dict):
             saved["pretrain"] = {**old_pre, "options": {k: v for k, v in old_opt.items() if k in new_opt}}
+    # fine-tuning records the mode that ran where the request said auto (sslseg.finetune.modes)
+    old_ft, new_ft = saved.get("finetune"), new.get("finetune")
+    if isinstance(old_ft, dict) and isinstance(new_ft, dict) and new_ft.get("mode") == "auto":
+        saved["finetune"] = {**old_ft, "mode": "auto"}
+    return saved
+
+
+def check_inputs(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse a run that reads one of the files it writes (and ``--overwrite`` clears) in ``out``.
+
+    Args:
+        inputs: flag -> the file it names (None: not given), e.g. ``{"--init": "runs/a/checkpoint.pt"}``.
+
+    Raises:
+        ValueError: one line naming the flag, the file and the folder.
+    """
+    out = Path(out)
+    for flag, given in inputs.items():
+        if given is None or not Path(given).is_file():
+            continue
+        path = Path(given)
+        inside = path.name in RUN_OUTPUTS or (path.name.startswith(".") and path.name.endswith(".tmp"))
+        if inside and path.parent.resolve() == out.resolve():
+            raise ValueError(f"{flag} {given} lies in --out {out}, whose {path.name} this run replaces; "
+                             "choose another --out (or copy the file elsewhere first)")
+
+
+def _saved_or_refuse(out: Path, overwrite: bool) -> dict | None:
+    """The folder's ``config.yaml``; one that cannot be read is refused unless ``overwrite`` (None: none there)."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = _saved_config(path)
+    if saved is None and not overwrite:
+        raise ValueError(f"{path} is damaged (not a readable YAML mapping), so which run {out} holds cannot be told; "
+                         "add --overwrite to replace that run or choose another --out")
     return saved
 
 
 @contextlib.contextmanager
-def claim(out: str | os.PathLike, config: dict, overwrite: bool = False) -> Iterator[RunFolder]:
+def claim(out: str | os.PathLike, config: dict, overwrite: bool = False,
+          inputs: dict[str, str | os.PathLike | None] | None = None) -> Iterator[RunFolder]:
     """Own ``out`` for the duration of a run.
 
     Args:
         out: the run folder (created when missing).
         config: the fully resolved configuration of the requested run.
         overwrite: clear a previous run's outputs when its configuration differs.
+        inputs: files the run reads, by flag (:func:`check_inputs`): refused when they are outputs of ``out``.
 
     Raises:
-        ValueError: ``out`` is a file, is in use by another process, or holds a run with another configuration.
+        ValueError: ``out`` is empty, a file, in use by another process, holds a run with another
+            configuration or a damaged ``config.yaml``, or holds a file the run reads; nothing is removed then.
     """
+    if not str(out).strip():
+        raise ValueError("--out is empty; give a folder")
+    check_inputs(out, inputs or {})
     out = Path(out)
     with lock(out):
         new = _comparable(config)
-        saved = _saved_config(out / "config.yaml") if (out / "config.yaml").is_file() else None
+        saved = _saved_or_refuse(out, overwrite)
         finished = False
         if saved is not None:
             diff = first_difference(_loosen_resolved(saved, new), new)
@@ -104,7 +149,10 @@ def claim(out: str | os.PathLike, config: dict, overwrite: bool = False) -> Iter
                 finished = (out / "checkpoint.pt").is_file() and not (out / "last.pt").is_file()
             else:
                 clear_outputs(out)
-        elif overwrite or (out / "checkpoint.pt").exists():
+        elif (out / "checkpoint.pt").exists() and not overwrite:
+            raise ValueError(f"{out} holds a checkpoint.pt but no config.yaml, so which run it is cannot be told; "
+                             "add --overwrite to replace it or choose another --out")
+        elif overwrite:
             clear_outputs(out)  # outputs without a readable config.yaml: nothing to resume from safely
         yield RunFolder(out, finished)
 

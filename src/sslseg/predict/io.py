@@ -121,19 +121,29 @@ def supported(path: Path) -> bool:
     return ext in EXTENSIONS or (ext == "" and is_dicom_file(path))
 
 
-def expand_inputs(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path | None, str | None]]:
+def expand_inputs(inputs: list[str | os.PathLike],
+                  skip: str | os.PathLike | None = None) -> list[tuple[Path, Path | None, str | None]]:
     """Files to predict on: ``(file, folder it was found under or None, error or None)``.
 
     A folder is searched recursively for supported files (others, such as a
     MetaImage's ``.raw`` data or a CSV, are passed over); a file named
     explicitly is always returned, with an error when it is missing or of an
-    unsupported format, so the caller can report it and go on.
+    unsupported format, so the caller can report it and go on.  Files under
+    ``skip`` (the output folder) are not searched: a second run never takes
+    its own masks for inputs.
     """
     out: list[tuple[Path, Path | None, str | None]] = []
+    skipped = Path(skip).expanduser().resolve() if skip is not None else None
+
+    def wanted(f: Path) -> bool:
+        if not f.is_file() or f.name.startswith(".") or not supported(f):
+            return False
+        return skipped is None or skipped not in f.resolve().parents
+
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and supported(f))
+            found = sorted(f for f in p.rglob("*") if wanted(f))
             if not found:
                 out.append((p, None, f"{p}: no supported file in this folder ({', '.join(EXTENSIONS)})"))
             out.extend((f, p, None) for f in found)

@@ -361,11 +361,12 @@ def predict_inputs(
     a result with ``error`` set; the others are still processed.  Outputs go to
     ``out_dir`` under the input's name (files found in a folder keep their path
     relative to it); a name already used gets ``-2``, ``-3``, ... appended.
+    Files under ``out_dir`` are not taken from a folder given as input.
     ``options`` are passed to :func:`predict_file`.
     """
     out = Path(out_dir)
     used: set[str] = set()
-    for path, root, err in expand_inputs(list(inputs)):
+    for path, root, err in expand_inputs(list(inputs), skip=out):  # never its own outputs
         if err is not None:
             yield FileResult(path, error=err)
             continue
