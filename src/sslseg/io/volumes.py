@@ -9,6 +9,7 @@ volume cut along ``k`` has ``j`` as rows and ``i`` as columns (see
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,15 @@ def check_metaimage(path: Path) -> None:
 
     Checks the header fields the voxels depend on: ``NDims``, ``DimSize``, ``ElementType``,
     ``ElementDataFile = LOCAL`` and, for uncompressed data, that the file holds every voxel.
-    ``.mhd`` (separate data file) and NRRD go to SimpleITK unchecked.
+    A ``.mhd`` or ``.nhdr`` (voxels in a separate file) is checked by :func:`check_data_file`;
+    ``.nrrd`` goes to SimpleITK unchecked.
 
     Raises:
         ValueError: naming the file and the field.
     """
+    if path.suffix.lower() in (".mhd", ".nhdr"):
+        check_data_file(path)
+        return
     if path.suffix.lower() != ".mha":
         return
     head = path.read_bytes()[:65536]
@@ -65,6 +70,48 @@ def check_metaimage(path: Path) -> None:
     compressed = fields.get("CompressedData", "False").lower() == "true"
     if not compressed and path.stat().st_size - end < size * int(np.prod(dims)):
         raise ValueError(f"{path}: truncated MetaImage: fewer bytes than DimSize x ElementType")
+
+
+def _data_files(path: Path) -> list[str]:
+    """The voxel files a detached header (``.mhd``: ``ElementDataFile``; ``.nhdr``: ``data file``) names."""
+    lines = path.read_bytes()[:65536].decode("latin-1").splitlines()
+    mhd = path.suffix.lower() == ".mhd"
+    for n, line in enumerate(lines):
+        if mhd:
+            key, sep, value = line.partition("=")
+            found = sep and key.strip() == "ElementDataFile"
+        else:
+            key, sep, value = line.partition(":")
+            found = sep and key.strip().lower() in ("data file", "datafile")
+        if not found:
+            continue
+        value = value.strip()
+        words = value.split()
+        if value.upper() == "LOCAL" or not words:
+            return []
+        if words[0].upper() == "LIST":  # one file a line after this one
+            return [ln.strip() for ln in lines[n + 1:] if ln.strip()]
+        # MetaImage "pattern%03d.raw 1 10 1" and NRRD "pattern%03d.raw 1 10 1 [2]": the pattern's folder counts
+        return [words[0]] if "%" in words[0] and len(words) >= 4 else [value]
+    return []
+
+
+def check_data_file(path: Path) -> None:
+    """Refuse a detached header (``.mhd``, ``.nhdr``) whose voxel file lies outside the header's own folder.
+
+    An absolute name or one that climbs out (``../../x.raw``) would read pixels from anywhere on the
+    machine; a data set's files stay in its folder (names in sub-folders are fine).
+
+    Raises:
+        ValueError: one line naming the header and the voxel file it names.
+    """
+    for name in _data_files(path):
+        norm = name.replace("\\", "/")  # Windows separators climb out as well
+        drive = len(norm) > 1 and norm[1] == ":"
+        if norm.startswith("/") or drive or posixpath.normpath(norm).split("/")[0] == "..":
+            field = "ElementDataFile" if path.suffix.lower() == ".mhd" else "data file"
+            raise ValueError(f"{path}: {field} {name!r} lies outside the header's folder; voxel files must sit "
+                             "beside their header (or below it)")
 
 
 def read_nifti(path: Path):
