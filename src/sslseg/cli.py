@@ -294,8 +294,12 @@ def _own(args, cfg):
     if not distributed.is_rank_zero():
         yield False
         return
-    # a device request the machine cannot serve is refused before the folder is touched
+    # a device request the machine cannot serve, or a model that cannot be built, is refused before the folder
+    # is touched
     distributed.check_request(cfg.devices, cfg.precision, cfg.num_nodes, relaunch=False)
+    from .models.build import check_model_options
+
+    check_model_options(cfg.model.arch, cfg.model.options)
     init = cfg.finetune.init if args.command == "finetune" and cfg.finetune.init != "random" else None
     with claim(args.out, to_dict(cfg), args.overwrite, inputs={"--init": init}) as folder:
         if folder.finished:
@@ -566,7 +570,12 @@ def _one_line(err: BaseException) -> str:
 
 
 def _check_outputs(args) -> None:
-    """Output paths that cannot be what the command writes, refused before any work."""
+    """Output paths that cannot be what the command writes (and a seed no generator takes), refused before any
+    work."""
+    if getattr(args, "seed", None) is not None:
+        from .engine.seed import check_seed
+
+        check_seed(args.seed, "--seed")
     for flag in ("--out", "--export"):
         value = getattr(args, flag[2:], None)
         if value is not None and not value.strip():

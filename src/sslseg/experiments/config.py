@@ -133,8 +133,22 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
+    class Loader(yaml.SafeLoader):
+        """safe_load, refusing a key given twice in one mapping (YAML keeps the last silently: a lost block)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise ValueError(f"{path}: key {key!r} appears twice in one section, at line "
+                                     f"{seen[key] + 1} and line {key_node.start_mark.line + 1}; "
+                                     "YAML would keep only the last; merge them")
+                seen.setdefault(key, key_node.start_mark.line)
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=Loader)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:

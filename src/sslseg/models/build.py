@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 from ..registry import Registry
@@ -33,13 +34,47 @@ MODELS.add("deeplabv3", build_deeplabv3,
            "DeepLabV3, ResNet-50 dilated (output stride 8, ASPP); loads torchvision-named weights")
 
 
+#: architecture -> option -> (lowest, highest) integer; wider or deeper networks do not fit any machine
+#: (a UNet doubles its width at each of its ``depth`` stages: base_channels 16, depth 12 asks for 65536 channels)
+OPTION_RANGES: dict[str, dict[str, tuple[int, int]]] = {
+    "unet": {"in_channels": (1, 64), "num_classes": (1, 1000), "base_channels": (1, 512), "depth": (1, 8)},
+    "deeplabv3": {"in_channels": (1, 64), "num_classes": (1, 1000)},
+}
+
+
+def check_model_options(name: str, options: dict) -> None:
+    """Refuse an architecture option of the wrong type or out of range, in one line naming it and what is allowed.
+
+    Options the table does not list are left to the builder (which names them when they are unknown, and
+    checks ``output_stride`` and ``norm`` values).
+
+    Raises:
+        ValueError: e.g. ``model.options.depth = 12 is not allowed for unet: expected an integer from 1 to 8``.
+    """
+    for key, value in options.items():
+        where = f"model.options.{key} = {value!r} is not allowed for {name}"
+        bounds = OPTION_RANGES.get(name, {}).get(key)
+        if bounds is not None:
+            lo, hi = bounds
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ValueError(f"{where}: expected an integer from {lo} to {hi}")
+        elif name == "deeplabv3" and key == "atrous_rates" and value is not None and (
+                not isinstance(value, (list, tuple)) or len(value) != 3
+                or not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) and 1 <= r <= 256 for r in value)):
+            raise ValueError(f"{where}: expected three integers from 1 to 256, e.g. [12, 24, 36]")
+        elif key == "norm" and not isinstance(value, str):
+            raise ValueError(f"{where}: expected one of batch, instance, group, none")
+
+
 def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs) -> SegmentationModel:
     """Build a segmentation model by registry name.
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones) or unknown keyword.
+        ValueError: unknown name (the message lists the valid ones), unknown keyword, or an option out of
+            range (:func:`check_model_options`).
     """
     builder = MODELS.get(name)
+    check_model_options(name, {"in_channels": in_channels, "num_classes": num_classes, **kwargs})
     try:
         return builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
     except TypeError as err:

@@ -71,11 +71,65 @@ def method_options(name: str, options: dict | None) -> dict:
     params = inspect.signature(cls).parameters
     accepted = [p for p in params if p not in ("self", "model", "augment")]
     for key in out:
+        where = f"pretrain.options.{name}.{key}" if key in own else f"pretrain.options.{key}"
         if key not in accepted:
-            where = f"pretrain.options.{name}.{key}" if key in own else f"pretrain.options.{key}"
             raise ValueError(f"{where}: method {name!r} takes no option {key!r} (it takes {', '.join(accepted)}); "
                              f"options for some methods only go under their name, e.g. {{simclr: {{{key}: ...}}}}")
+        check_option(where, params[key], out[key])
     return out
+
+
+#: what a method option allows beyond its type: (low, high, low is open); the same name means the same thing
+#: in every method (a temperature divides similarities, a fraction is a share of pixels or steps)
+OPTION_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "temperature": (0.0, None, True), "momentum": (0.0, 1.0, False), "predictor_lr_ratio": (0.0, None, True),
+    "mask_fraction": (0.0, 1.0, True), "noise_std": (0.0, None, False), "mask_patch": (1, None, False),
+    "n_parts": (1, None, False), "proj_dim": (1, None, False), "proj_hidden": (1, None, False),
+    "num_blocks": (1, None, False), "num_regions": (1, None, False), "region_size": (1, None, False),
+    "w_reg": (0.0, None, False), "w_con": (0.0, None, False), "global_fraction": (0.0, 1.0, True),
+}
+
+
+def check_option(where: str, param: inspect.Parameter, value) -> None:
+    """One method option against its parameter's type (read from its default and annotation) and range.
+
+    Raises:
+        ValueError: one line, e.g. ``pretrain.options.temperature = 'abc' is not allowed: expected a number > 0``.
+    """
+    import math
+    import numbers
+
+    default, hint = param.default, str(param.annotation)
+    optional = default is None or "None" in hint
+    if value is None and optional:
+        return
+    lo, hi, open_low = OPTION_RANGES.get(param.name, (None, None, False))
+    if isinstance(default, bool) or hint.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} = {value!r} is not allowed: expected true or false")
+        return
+    if isinstance(default, str) or hint.startswith("str"):
+        if not isinstance(value, str):
+            raise ValueError(f"{where} = {value!r} is not allowed: expected a name (text)")
+        return
+    integer = isinstance(default, int) or hint.startswith("int")
+    number = integer or isinstance(default, float) or hint.startswith("float")
+    if not number:
+        return  # a structured option: the method checks it
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real) or \
+            not math.isfinite(value):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{where} = {value!r} is not allowed: expected {kind}{_range_text(lo, hi, open_low)}")
+    if (lo is not None and (value <= lo if open_low else value < lo)) or (hi is not None and value > hi):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{where} = {value!r} is not allowed: expected {kind}{_range_text(lo, hi, open_low)}")
+
+
+def _range_text(lo, hi, open_low: bool) -> str:
+    if lo is None:
+        return ""
+    low = f"> {lo:g}" if open_low else f">= {lo:g}"
+    return f" {low}" + (f" and <= {hi:g}" if hi is not None else "")
 
 
 def frame_axis(cases) -> str | None:
