@@ -37,6 +37,7 @@ def _choices(module: str, registry: str) -> str:
 
 
 _LISTS = {"{methods}": lambda: _choices("sslseg.pretrain.build", "METHODS"),
+          "{modes}": lambda: _choices("sslseg.finetune.modes", "MODES"),
           "{archs}": lambda: _choices("sslseg.models.build", "MODELS"),
           "{data}": lambda: _choices("sslseg.data.registry", "DATASETS")}
 
@@ -56,6 +57,7 @@ EXAMPLES = {
     "predict": "sslseg predict --model runs/ft-5pct/checkpoint.pt study.avi dicoms/ --out predictions/",
     "export": "sslseg export --model runs/ft-5pct/checkpoint.pt --format onnx",
     "methods": "sslseg methods",
+    "modes": "sslseg modes",
     "archs": "sslseg archs",
 }
 
@@ -134,13 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)
 
-    p = _sub(sub, "finetune", "supervised fine-tuning on a label budget")
+    p = _sub(sub, "finetune", "fine-tuning on a label budget, supervised or semi-supervised")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--arch", help=arch_help)
     p.add_argument("--init", help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or "
                                   f"'random' (config default: {FinetuneConfig.init})")
     p.add_argument("--labels", help=f"labelled cases: a count (4) or a percentage (5%%) (config default: "
                                     f"{FinetuneConfig.labels})")
+    p.add_argument("--mode", help="fine-tuning mode: one of {modes} (sslseg modes; config default: "
+                                  f"{FinetuneConfig.mode})")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)
 
@@ -197,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: next to the checkpoint)")
 
     _sub(sub, "methods", "list the pretraining methods, one line each")
+    _sub(sub, "modes", "list the fine-tuning modes (supervised, semi-supervised), one line each")
     _sub(sub, "archs", "list the architectures, one line each")
     return ap
 
@@ -212,7 +217,7 @@ def _config(args, stage: str):
     if stage == "pretrain":
         flags["pretrain.method"] = args.method
     else:
-        flags.update({"finetune.init": args.init, "finetune.labels": args.labels})
+        flags.update({"finetune.init": args.init, "finetune.labels": args.labels, "finetune.mode": args.mode})
     given = {key: value for key, value in flags.items() if value is not None}  # None: not given
     if args.steps is not None:  # --steps wins over --epochs and over epochs in --config
         given.update({f"{stage}.steps": args.steps, f"{stage}.epochs": None})
@@ -243,6 +248,15 @@ def cmd_data(args) -> int:
     if args.export:
         n = export_dataset(cases, args.export, dcfg.image_size)
         print(f"exported {n} labelled frames to {args.export}")
+    return 0
+
+
+def cmd_modes(args) -> int:
+    from .finetune.modes import MODES
+
+    _print_list(MODES.listing())
+    print("\nauto (the default): the measured best mode where the training split has unlabelled frames, "
+          "else supervised")
     return 0
 
 
@@ -602,6 +616,7 @@ def _within(path: Path, folder: Path) -> bool:
 
 COMMANDS = {"sweep": cmd_sweep, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "methods": cmd_methods,
+            "modes": cmd_modes,
             "archs": cmd_archs}
 
 

@@ -20,6 +20,7 @@ from sslseg.engine import checkpoint as checkpoint_mod
 from sslseg.engine import resume
 from sslseg.engine.loop import LoopConfig, fit
 from sslseg.experiments import pipeline
+from sslseg.finetune.modes import MODES
 from sslseg.pretrain.simclr import SimCLR
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills forked runs")
@@ -37,7 +38,7 @@ def one_thread():
 TINY = ["--data", "synthetic-echo", "--image-size", "32", "--batch-size", "4", "--seed", "3",
         "--set", "model.options.base_channels=4", "--set", "model.options.depth=2",
         "--set", "data.options.num_cases=8", "--set", "data.options.num_frames=6", "--set", "data.options.size=32"]
-FINETUNE = ["finetune", *TINY, "--labels", "3", "--steps", "20", "--set", "finetune.val_every=5"]
+FINETUNE = ["finetune", *TINY, "--labels", "3", "--steps", "20", "--set", "finetune.val_every=5", "--mode", "supervised"]
 PRETRAIN = ["pretrain", *TINY, "--method", "simclr", "--steps", "12"]
 
 
@@ -78,7 +79,7 @@ def _kill_in_snapshot_write(n):
 
 KILLS = {
     # the task's forward runs on the training thread (batches are built ahead on another one)
-    "mid-step 8": lambda: _on_call(pipeline.SupervisedTask, "forward", 8),
+    "mid-step 8": lambda: _on_call(MODES.get("supervised"), "forward", 8),
     "inside the 2nd validation": lambda: _on_call(pipeline, "_mean_dice", 2),
     "right after the 3rd snapshot": lambda: _on_call(resume.SnapshotPolicy, "save", 3, before=False),
     "while writing the 4th snapshot": lambda: _kill_in_snapshot_write(4),
@@ -133,6 +134,25 @@ def test_finetune_killed_then_resumed_is_bitwise_equal(where, finetune_reference
     assert main(argv) == 0
     _assert_same_run(out, finetune_reference)
     assert not (out / "last.pt").exists()
+
+
+SEMI_KILLS = {
+    # the step counter, the unlabelled stream, the strong views' and CutMix draws and BCP's teacher all resume
+    "mid-step 8": lambda mode: _on_call(MODES.get(mode), "forward", 8),
+    "right after the 3rd snapshot": lambda mode: _on_call(resume.SnapshotPolicy, "save", 3, before=False),
+}
+
+
+@pytest.mark.parametrize("mode", ["unimatch", "bcp"])
+def test_semi_supervised_killed_then_resumed_is_bitwise_equal(mode, tmp_path):
+    argv = [*FINETUNE[:-1], mode]
+    ref = tmp_path / "ref"
+    assert main([*argv, "--out", str(ref)]) == 0
+    for i, (where, install) in enumerate(SEMI_KILLS.items()):
+        out = tmp_path / f"run{i}"
+        assert _killed_run([*argv, "--out", str(out)], lambda: install(mode)) == signal.SIGKILL, where
+        assert main([*argv, "--out", str(out)]) == 0
+        _assert_same_run(out, ref)
 
 
 def test_pretrain_killed_twice_is_bitwise_equal(tmp_path):

@@ -126,9 +126,14 @@ class FramePool:
 
     ``batch(n, generator)`` draws ``n`` frames uniformly (with replacement) and
     returns them normalised, ``(n, C, S, S)``.
+
+    ``exclude`` (case id -> frame indices) leaves frames out of the draw: the
+    semi-supervised modes' pool is every training frame but the labelled frames
+    of the selected cases (:func:`unlabelled_pool`).
     """
 
-    def __init__(self, cases: list[Case], image_size: int, normalizer: Normalizer) -> None:
+    def __init__(self, cases: list[Case], image_size: int, normalizer: Normalizer,
+                 exclude: dict[str, set[int]] | None = None) -> None:
         if not cases:
             raise ValueError("no case to pretrain on")
         self.cases = cases
@@ -137,13 +142,20 @@ class FramePool:
         counts = np.array([c.num_frames for c in cases])
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         self.total = int(self.offsets[-1])
+        self.allowed: np.ndarray | None = None
+        if exclude:
+            drop = [int(self.offsets[ci]) + int(f) for ci, c in enumerate(cases)
+                    for f in exclude.get(c.case_id, ()) if 0 <= int(f) < c.num_frames]
+            self.allowed = np.setdiff1d(np.arange(self.total), np.array(drop, dtype=np.int64))
 
     def __len__(self) -> int:
-        return self.total
+        return self.total if self.allowed is None else len(self.allowed)
 
     def indices(self, n: int, generator: np.random.Generator) -> np.ndarray:
-        """``n`` flat frame indices drawn uniformly with replacement."""
-        return generator.integers(0, self.total, size=n)
+        """``n`` flat frame indices drawn uniformly with replacement (among the allowed ones)."""
+        if self.allowed is None:
+            return generator.integers(0, self.total, size=n)
+        return self.allowed[generator.integers(0, len(self.allowed), size=n)]
 
     def load(self, flat: np.ndarray) -> torch.Tensor:
         """The frames at flat indices, converted and resized as one batch, normalised: ``(n, C, S, S)``."""
@@ -182,6 +194,19 @@ class FramePool:
             "partition": torch.as_tensor(draw["partition"]),
             "case": torch.as_tensor(draw["case"]),
         }
+
+
+def unlabelled_pool(train: list[Case], labelled_ids, image_size: int, normalizer: Normalizer) -> FramePool:
+    """The semi-supervised modes' unlabelled frames: every frame of the training cases except the
+    labelled frames of the selected cases (the masks of unselected cases are never read).
+
+    Only ever built from the training split: validation and test frames stay unseen.
+    """
+    if any(c.split not in (None, "train") for c in train):
+        raise ValueError("the unlabelled pool takes training cases only")
+    chosen = set(labelled_ids)
+    exclude = {c.case_id: set(int(i) for i in c.labelled_indices) for c in train if c.case_id in chosen}
+    return FramePool(train, image_size, normalizer, exclude=exclude)
 
 
 class LabelledSet:

@@ -56,6 +56,10 @@ class PretrainConfig:
 class FinetuneConfig:
     init: str = "random"  # "random" or a checkpoint path
     labels: str = "4"
+    # supervised, a semi-supervised mode (unimatch, bcp: sslseg.finetune.modes), or auto: the measured best
+    # mode where the training split holds unlabelled frames, else supervised
+    mode: str = "auto"
+    mode_options: dict = field(default_factory=dict)  # the mode's keyword arguments (threshold, ...)
     steps: int = 600
     epochs: int | None = None
     batch_size: int = 8
@@ -254,6 +258,9 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
         value = getattr(cfg.evaluate, key)
         if value not in allowed:
             raise ValueError(f"evaluate.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    from ..finetune.modes import check_mode
+
+    check_mode(cfg.finetune.mode, cfg.finetune.mode_options)
     if cfg.finetune.loss not in LOSSES:
         raise ValueError(f"finetune.loss = {cfg.finetune.loss!r} is not allowed: expected one of {', '.join(LOSSES)}")
     check_logger(cfg.logger)

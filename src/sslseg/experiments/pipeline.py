@@ -6,6 +6,7 @@ Each writes a run directory: ``config.yaml`` (fully resolved), ``checkpoint.pt``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import numpy as np
 import torch
 
 from ..augment.views import SegAugment
-from ..data.batches import FramePool, LabelledSet, Normalizer, Prefetcher, shard, step_generator
+from ..data.batches import (
+    FramePool,
+    LabelledSet,
+    Normalizer,
+    Prefetcher,
+    shard,
+    step_generator,
+    unlabelled_pool,
+)
 from ..data.registry import load_dataset
 from ..data.sample import Case
 from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for, write_json
@@ -24,9 +33,8 @@ from ..engine.seed import seed_everything
 from ..engine.trained import TrainedModel, open_trained
 from ..evaluate.inference import score_cases
 from ..evaluate.metrics import dice_per_frame
-from ..finetune import recipe
+from ..finetune import modes, recipe
 from ..finetune.losses import segmentation_loss
-from ..finetune.task import SupervisedTask
 from ..finetune.transfer import freeze_encoder, read_init
 from ..io.tables import write_table
 from ..models.build import build_model
@@ -227,8 +235,18 @@ def run_finetune(
 
     data = LabelledSet(chosen, cfg.data.image_size, normalizer)
     val_set = LabelledSet(val, cfg.data.image_size, normalizer) if val else None
-    task = SupervisedTask(model, segmentation_loss(ft.loss), SegAugment(strength=ft.augment) if ft.augment > 0 else None)
     steps = _steps(ft, len(data))
+    # the unlabelled frames of the training split only: unselected cases and the unlabelled frames of the
+    # selected ones; validation and test frames are never drawn
+    pool = unlabelled_pool(train, labelled, cfg.data.image_size, normalizer) if ft.mode != "supervised" else None
+    mode = modes.resolve_mode(ft.mode, len(pool) if pool is not None else 0)
+    if not modes.needs_unlabelled(mode):
+        pool = None
+    # config.yaml and the checkpoint record the mode that ran (auto resolved)
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(ft, mode=mode))
+    ft = cfg.finetune
+    task = modes.build_task(mode, model, segmentation_loss(ft.loss),
+                            SegAugment(strength=ft.augment) if ft.augment > 0 else None, steps, ft.mode_options)
     frozen = recipe.freeze_steps(steps, recipe.encoder_loaded(report), ft.freeze_encoder_fraction,
                                  ft.freeze_encoder_steps, ft.freeze_encoder_epochs,
                                  recipe.steps_per_epoch(len(data), ft.batch_size), len(chosen))
@@ -236,17 +254,21 @@ def run_finetune(
     if frozen > 0:
         log.info("encoder frozen for the first %d of %d steps", frozen, steps)
     if fabric.is_global_zero:
-        _record_finetune(out, cfg, report, frozen, steps, sorted(labelled), len(data), task)
+        _record_finetune(out, cfg, report, frozen, steps, sorted(labelled), len(data), task,
+                         len(pool) if pool is not None else 0)
     log.info("fine-tuning %s from %s on %d labelled frames of %d cases", cfg.model.arch, ft.init, len(data), len(chosen))
+    if pool is not None:
+        log.info("%s: %d unlabelled frames of %d training cases", mode, len(pool), len(train))
+    name = Path(str(ft.init)).parent.name if init else "random"
     result = _fit_finetune(cfg, fabric, task, data, val_set, model_kwargs["num_classes"], steps, frozen, params, out,
-                           desc=f"finetune {Path(str(ft.init)).parent.name if init else 'random'}")
+                           desc=f"finetune {name}" + (f" {mode}" if mode != "supervised" else ""), pool=pool)
     ckpt = out / "checkpoint.pt"
     if fabric.is_global_zero:
         save_checkpoint(
             ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="finetune",
             preprocess=_finetune_preprocess(cfg, chosen, normalizer),
             splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
-            labelled_cases=sorted(labelled), best_val=result.best or {},
+            labelled_cases=sorted(labelled), best_val=result.best or {}, mode=mode,
             transfer=report.summary() if report else "random initialisation", freeze_encoder_steps=frozen,
         )
     return ckpt
@@ -289,7 +311,7 @@ def _finetune_normalizer(init: dict | None, train: list[Case], seed: int) -> Nor
 
 
 def _record_finetune(out: Path, cfg: RunConfig, report, frozen: int, steps: int, labelled: list[str],
-                     frames: int, task: SupervisedTask) -> None:
+                     frames: int, task, unlabelled_frames: int = 0) -> None:
     """``transfer.json`` (every key by part, for a user checking what their weights moved), ``config.yaml``, provenance."""
     if report is not None:
         write_json(out / "transfer.json", {"init": str(cfg.finetune.init), "summary": report.summary(),
@@ -299,20 +321,30 @@ def _record_finetune(out: Path, cfg: RunConfig, report, frozen: int, steps: int,
     dump_yaml(cfg, out / "config.yaml")
     write_provenance(out, {"finetune": {"steps": steps, "freeze_encoder_steps": frozen,
                                         "labelled_cases": labelled, "labelled_frames": frames,
+                                        "mode": cfg.finetune.mode, "unlabelled_frames": unlabelled_frames,
                                         "augment": task.augment,
                                         "weights": report.summary() if report else "random initialisation"}})
 
 
-def _fit_finetune(cfg: RunConfig, fabric, task: SupervisedTask, data: LabelledSet, val_set: LabelledSet | None,
-                  num_classes: int, steps: int, frozen: int, params, out: Path, desc: str):
-    """The training loop over this rank's share of each step's labelled batch; the encoder thawed after ``frozen`` steps."""
+def _fit_finetune(cfg: RunConfig, fabric, task, data: LabelledSet, val_set: LabelledSet | None,
+                  num_classes: int, steps: int, frozen: int, params, out: Path, desc: str,
+                  pool: FramePool | None = None):
+    """The training loop over this rank's share of each step's labelled batch (and, for a semi-supervised
+    mode, of its unlabelled batch from ``pool``); the encoder thawed after ``frozen`` steps."""
     ft = cfg.finetune
     model = task.model
     part = shard(ft.batch_size, fabric.global_rank, fabric.world_size)
+    n_unlabelled = int(getattr(task, "unlabelled_batch", None) or ft.batch_size)
+    part_u = shard(n_unlabelled, fabric.global_rank, fabric.world_size) if pool is not None else None
 
     def make_batch(step: int):
         # the global batch's draw, a pure function of (seed, step); this rank takes its slice
-        return data.take(data.indices(ft.batch_size, step_generator(cfg.seed, step))[part])
+        images, masks = data.take(data.indices(ft.batch_size, step_generator(cfg.seed, step))[part])
+        if pool is None:
+            return images, masks
+        # the unlabelled draw: its own stream of the same (seed, step)
+        unlabelled = pool.load(pool.indices(n_unlabelled, step_generator(cfg.seed, step, stream=1))[part_u])
+        return {"images": images, "masks": masks, "unlabelled": unlabelled, "step": step}
 
     prefetch = Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda")
 
@@ -337,6 +369,7 @@ def _fit_finetune(cfg: RunConfig, fabric, task: SupervisedTask, data: LabelledSe
             desc=desc,
             validate=validate if val_set is not None else None,
             monitor="dice" if val_set is not None else None,
+            after_step=getattr(task, "after_step", None),
             fabric=fabric,
         )
     if frozen > 0:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.splits import labelled_subset, read_json, resolve_budget, write_json
+from ..engine.checkpoint import load_checkpoint
 from ..engine.trained import open_trained
 from ..evaluate.inference import predict_frames
 from ..evaluate.postprocess import parse_steps
@@ -64,9 +66,9 @@ from .provenance import write_provenance
 
 # dice/hd95: the case's primary scores under its convention (3D per volume for slices, frame mean for
 # cines); the per-frame means, EchoNet's pooled-Dice terms and the HD95 penalty count beside them
-RESULT_KEYS = ["method", "arch", "dataset", "budget", "labelled_cases", "seed", "case_id", "dice", "hd95",
+RESULT_KEYS = ["method", "init", "mode", "arch", "dataset", "budget", "labelled_cases", "seed", "case_id", "dice", "hd95",
                "frames", "hd95_undefined", "run", "convention", "dice_frames", "hd95_frames", "dice_pooled",
-               "overlap", "total", "hd95_penalised", "empty_truth_fp"]
+               "overlap", "total", "hd95_penalised", "empty_truth_fp", "val_dice"]
 
 
 @dataclass
@@ -93,6 +95,9 @@ class SweepConfig:
     archs: list = field(default_factory=lambda: [ModelConfig.arch])
     model_options: dict = field(default_factory=dict)
     methods: list = field(default_factory=lambda: ["none", "simclr"])
+    # fine-tuning modes crossed with the methods: supervised, a semi-supervised mode (sslseg modes), or
+    # auto (sslseg finetune's default); a run with a mode other than supervised is labelled method+mode
+    modes: list = field(default_factory=lambda: ["supervised"])
     budgets: list = field(default_factory=lambda: [1, 4])
     seeds: list = field(default_factory=lambda: [0])
     # None: each seed pretrains its own encoder; an integer: every seed's runs fine-tune the encoder
@@ -139,7 +144,7 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     from ..pretrain.build import METHODS
 
     validate_config(cfg, "sweep", SWEEP_RANGES)
-    for key in ("archs", "methods"):
+    for key in ("archs", "methods", "modes"):
         bad = [v for v in getattr(cfg, key) if not isinstance(v, str)]
         if bad:
             raise ValueError(f"sweep.{key}: {bad[0]!r} is not allowed: expected names")
@@ -153,6 +158,19 @@ def validate(cfg: SweepConfig) -> SweepConfig:
             METHODS.check(m, also=("none",))  # none: random initialisation, the reference
         except ValueError as err:
             raise ValueError(f"sweep: {err}") from None
+    if "mode" in (cfg.finetune or {}):
+        raise ValueError("sweep.finetune.mode has no effect in a sweep: list the modes to compare as modes: [...]")
+    if not cfg.modes:
+        raise ValueError("sweep: give at least one fine-tuning mode (modes: [supervised])")
+    if len(set(cfg.modes)) != len(cfg.modes):
+        raise ValueError(f"sweep.modes: a mode is listed twice in {cfg.modes}")
+    from ..finetune.modes import check_mode
+
+    for mode in cfg.modes:
+        try:
+            check_mode(mode)
+        except ValueError as err:
+            raise ValueError(f"sweep.modes: {err}") from None
     for b in cfg.budgets:
         parse_budget(b)
     if cfg.devices != 1:
@@ -222,19 +240,45 @@ def budget_tag(budget) -> str:
     return str(budget).replace("%", "pct")
 
 
-def plan(sw: SweepConfig, n_train: int) -> list[dict]:
-    """Every fine-tuning run of the sweep, in order (budgets that exceed the data are refused)."""
+def mode_label(method: str, mode: str) -> str:
+    """The name a run goes by in ``results.csv`` and the report: ``simclr``, ``simclr+unimatch``, ``none+bcp``."""
+    return method if mode == "supervised" else f"{method}+{mode}"
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """``simclr+unimatch`` -> (``simclr``, ``unimatch``); ``simclr`` -> (``simclr``, ``supervised``)."""
+    method, _, mode = label.partition("+")
+    return method, mode or "supervised"
+
+
+def plan(sw: SweepConfig, n_train: int, unlabelled: Callable[[int], bool] | None = None) -> list[dict]:
+    """Every fine-tuning run of the sweep, in order (budgets that exceed the data are refused).
+
+    ``unlabelled(k)``: whether the training split holds unlabelled frames beside ``k`` labelled cases
+    (resolves the mode ``auto``; default yes).
+    """
+    from ..finetune.modes import AUTO, AUTO_MODE
+
     runs = []
     for arch in sw.archs:
         for seed in sw.seeds:
             for method in sw.methods:
                 for budget in sw.budgets:
-                    runs.append({"arch": arch, "seed": int(seed), "method": method, "budget": str(budget),
-                                 "k": resolve_budget(budget, n_train), "kind": "finetune",
-                                 "pretrain_seed": sw.pretrain_seed})
+                    k = resolve_budget(budget, n_train)
+                    has_unlabelled = unlabelled(k) if unlabelled is not None else True
+                    seen = set()
+                    for mode in sw.modes:
+                        if mode == AUTO:
+                            mode = AUTO_MODE if has_unlabelled else "supervised"
+                        if mode in seen:  # auto resolved to a mode listed as well
+                            continue
+                        seen.add(mode)
+                        runs.append({"arch": arch, "seed": int(seed), "method": mode_label(method, mode),
+                                     "init": method, "mode": mode, "budget": str(budget), "k": k,
+                                     "kind": "finetune", "pretrain_seed": sw.pretrain_seed})
             if sw.baseline.enabled:
-                runs.append({"arch": arch, "seed": int(seed), "method": "supervised", "budget": "100%",
-                             "k": n_train, "kind": "baseline"})
+                runs.append({"arch": arch, "seed": int(seed), "method": "supervised", "init": "none",
+                             "mode": "supervised", "budget": "100%", "k": n_train, "kind": "baseline"})
     return runs
 
 
@@ -263,9 +307,15 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
         split_dir = out / "splits" / tag if tag else out / "splits"
         base = run_config(sw, sw.archs[0], sw.seeds[0], (spec, options))
         cases = load_cases(base, splits_path=split_dir / "splits.json")
-        train_ids = [c.case_id for c in by_split(cases, "train") if c.masks]
+        train = by_split(cases, "train")
+        train_ids = [c.case_id for c in train if c.masks]
+        # unlabelled frames beside k labelled cases: unselected cases, cases without masks, unlabelled frames
+        frames_beside = any(c.num_frames > len(c.labelled_indices) for c in train)
+
+        n_train = len(train_ids)
         try:
-            runs = [{**r, "data": tag, "spec": spec, "options": options} for r in plan(sw, len(train_ids))]
+            runs = [{**r, "data": tag, "spec": spec, "options": options}
+                    for r in plan(sw, n_train, lambda k, n=n_train, more=frames_beside: more or k < n)]
         except ValueError as e:
             raise ValueError(f"sweep, data set {spec}: {e}") from None
         # nested labelled subsets, drawn once per (budget, seed), saved and reused
@@ -318,9 +368,9 @@ def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path
     """Fine-tune, evaluate and record one run; ``done.json`` is written last."""
     data = (r["spec"], r["options"])
     init = "random"
-    if r["kind"] == "finetune" and r["method"] != "none":
+    if r["kind"] == "finetune" and r["init"] != "none":
         init = str(_pretrained(run_config(sw, r["arch"], r["seed"], data), r, cases, out))
-    run = {"finetune.init": init, "finetune.labels": r["budget"]}
+    run = {"finetune.init": init, "finetune.labels": r["budget"], "finetune.mode": r["mode"]}
     if r["kind"] == "baseline":
         run["finetune.augment"] = sw.baseline.augment
         if sw.baseline.steps:
@@ -329,8 +379,11 @@ def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path
     ckpt = run_finetune(rc, run_dir, cases, labelled_ids=labelled)
     per_case = run_evaluate(ckpt, cases, "test", run_dir, rc.evaluate.convention, rc.evaluate.hd95_empty,
                             postprocess=parse_steps(sw.postprocess))
-    rows = [{"method": r["method"], "arch": r["arch"], "dataset": r["spec"], "budget": r["budget"],
-             "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r)} for pc in per_case]
+    # the run's best validation Dice (what chose its checkpoint): recipe choices read this, never the test
+    val = load_checkpoint(ckpt).get("best_val") or {}
+    rows = [{"method": r["method"], "init": r["init"], "mode": r["mode"], "arch": r["arch"], "dataset": r["spec"],
+             "budget": r["budget"], "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r),
+             "val_dice": val.get("dice", math.nan)} for pc in per_case]
     write_table(run_dir / "rows.csv", rows)
     save_examples(ckpt, cases, per_case, run_dir / "examples.npz")
     write_json(run_dir / "done.json", {"rows": len(rows)})  # the completion marker, written last
@@ -340,10 +393,10 @@ def _pretrained(rc: RunConfig, r: dict, cases, out: Path) -> Path:
     """The pretraining checkpoint a fine-tuning run (config ``rc``) starts from, pretraining it first if needed."""
     seed = r["seed"] if r.get("pretrain_seed") is None else r["pretrain_seed"]
     prefix = f"{r['data']}_" if r.get("data") else ""
-    pre_dir = out / "pretrain" / f"{prefix}{r['method']}_{r['arch']}_seed{seed}"
+    pre_dir = out / "pretrain" / f"{prefix}{r['init']}_{r['arch']}_seed{seed}"
     ckpt = pre_dir / "checkpoint.pt"
     if not ckpt.exists():
-        pc = resolve_run_config(rc, {"seed": int(seed), "pretrain.method": r["method"]}, stage="pretrain",
+        pc = resolve_run_config(rc, {"seed": int(seed), "pretrain.method": r["init"]}, stage="pretrain",
                                 where="sweep")
         run_pretrain(pc, pre_dir, cases)
     return ckpt
@@ -383,7 +436,7 @@ def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total:
         for r in runs:
             if (out / "runs" / run_key(r) / "done.json").exists():
                 continue
-            if r["kind"] == "finetune" and r["method"] != "none":
+            if r["kind"] == "finetune" and r["init"] != "none":
                 rc = run_config(sw, r["arch"], r["seed"], (r["spec"], r["options"]))
                 _pretrained(rc, r, cases, out)
             pending.append((r, subsets[(r["budget"], r["seed"])]))

@@ -147,8 +147,9 @@ def param_groups(model: nn.Module, task: nn.Module, lr: float, encoder_lr_ratio:
     if pretrained and encoder_lr_ratio != 1.0:
         enc = list(model.encoder.parameters())
         enc_ids = {id(p) for p in enc}
-        rest = [p for p in task.parameters() if id(p) not in enc_ids]
+        rest = [p for p in task.parameters() if id(p) not in enc_ids and p.requires_grad]
         return [{"params": enc, "lr": lr * encoder_lr_ratio}, {"params": rest}]
     if frozen_steps > 0:
-        return list(task.parameters())
+        # every parameter the task trains (a mean teacher's never are)
+        return [p for p in task.parameters() if p.requires_grad]
     return None

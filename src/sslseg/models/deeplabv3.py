@@ -198,9 +198,12 @@ class DeepLabV3(SegmentationModel):
             return "decoder"
         return None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, perturb=None) -> torch.Tensor:
         size = x.shape[-2:]
-        logits = self.head(self.decoder(self.encoder(x)))
+        features = self.encoder(x)
+        if perturb is not None:  # see SegmentationModel.forward
+            features = perturb(features)
+        logits = self.head(self.decoder(features))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 

@@ -36,7 +36,9 @@ class SegmentationModel(nn.Module):
         first = key.split(".", 1)[0]
         return first if first in PARTS else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, perturb=None) -> torch.Tensor:
+        """Logits of ``x``; ``perturb(features) -> features`` (optional) acts between encoder and decoder
+        and may return more samples than it got (UniMatch's feature-perturbation branch)."""
         h, w = x.shape[-2:]
         r = int(getattr(self.encoder, "reduction", 1))
         ph, pw = (-h) % r, (-w) % r
@@ -44,6 +46,8 @@ class SegmentationModel(nn.Module):
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         features = self.encoder(x)
+        if perturb is not None:
+            features = perturb(features)
         decoded = self.decoder(features)
         logits = self.head(decoded)
         if logits.shape[-2:] != x.shape[-2:]:

@@ -80,8 +80,19 @@ def subset_means(rows: list[dict], metric: str = "dice") -> dict[tuple, float]:
     return out
 
 
-def subset_gains(rows: list[dict], metric: str = "dice") -> list[dict]:
-    """Each method's gain over random init, paired by labelled subset, at each budget.
+def pretrained_alone(method: str) -> str | None:
+    """The run a pretrained + semi-supervised one is paired with to show what the mode adds: ``simclr+unimatch``
+    -> ``simclr``; None for a run without both a pretraining method and a mode (``simclr``, ``none+bcp``)."""
+    init, _, mode = method.partition("+")
+    return init if mode and init != REFERENCE else None
+
+
+def subset_gains(rows: list[dict], metric: str = "dice", reference=REFERENCE) -> list[dict]:
+    """Each method's gain over random init (or over ``reference``), paired by labelled subset, at each budget.
+
+    ``reference``: a method name, or a function ``method -> name | None`` (None: no partner), e.g.
+    :func:`pretrained_alone` for the gain of a semi-supervised mode over pretraining alone; the
+    partner is named in each result's ``reference``.
 
     A labelled subset is one seed of a budget: the same labelled cases for every
     method. Per subset the gain is the method's mean over test cases minus random
@@ -97,24 +108,27 @@ def subset_gains(rows: list[dict], metric: str = "dice") -> list[dict]:
     cells = sorted({k[:3] for k in means}, key=lambda c: (c[0], c[2], c[1]))
     out = []
     for arch, method, k in cells:
-        if method == REFERENCE:
+        ref = reference(method) if callable(reference) else reference
+        if ref is None or method == ref:
             continue
         seeds = sorted(s for (a, m, kk, s) in means if (a, m, kk) == (arch, method, k)
-                       and (arch, REFERENCE, k, s) in means)
+                       and (arch, ref, k, s) in means)
         if not seeds:
             continue
-        gains = {s: means[(arch, method, k, s)] - means[(arch, REFERENCE, k, s)] for s in seeds}
+        gains = {s: means[(arch, method, k, s)] - means[(arch, ref, k, s)] for s in seeds}
         t = subset_test(list(gains.values()))
-        out.append({"arch": arch, "method": method, "labelled_cases": k, "gains": gains,
+        out.append({"arch": arch, "method": method, "labelled_cases": k, "gains": gains, "reference": ref,
                     "method_mean": float(np.nanmean([means[(arch, method, k, s)] for s in seeds])),
-                    "ref_mean": float(np.nanmean([means[(arch, REFERENCE, k, s)] for s in seeds])), **t})
+                    "ref_mean": float(np.nanmean([means[(arch, ref, k, s)] for s in seeds])), **t})
     return out
 
 
 def gain_sentence(g: dict, metric: str = "Dice") -> str:
     """One line: how a method does against random init across labelled subsets, with its interval."""
     d = g["mean_gain"]
-    text = f"{g['method']} {gain_word(d)} random init by {abs(d):.3f} {metric} at {g['labelled_cases']} labelled case(s)"
+    ref = g.get("reference", REFERENCE)
+    ref = "random init" if ref == REFERENCE else f"{ref} alone"
+    text = f"{g['method']} {gain_word(d)} {ref} by {abs(d):.3f} {metric} at {g['labelled_cases']} labelled case(s)"
     if g["n"] < 2:
         return text + " [one labelled subset: no interval; run more seeds]"
     return (text + f" [95% CI across {g['n']} labelled subsets {g['ci_low']:+.3f} to {g['ci_high']:+.3f}; "
