@@ -150,7 +150,7 @@ def test_semi_supervised_killed_then_resumed_is_bitwise_equal(mode, tmp_path):
     assert main([*argv, "--out", str(ref)]) == 0
     for i, (where, install) in enumerate(SEMI_KILLS.items()):
         out = tmp_path / f"run{i}"
-        assert _killed_run([*argv, "--out", str(out)], lambda: install(mode)) == signal.SIGKILL, where
+        assert _killed_run([*argv, "--out", str(out)], lambda f=install: f(mode)) == signal.SIGKILL, where
         assert main([*argv, "--out", str(out)]) == 0
         _assert_same_run(out, ref)
 
