@@ -290,3 +290,37 @@ def test_parallel_sweep_with_shared_pretraining_matches_sequential(tmp_path, mon
     assert rows["one"] == rows["fork"] == rows["spawn"]
     # the workers' console output went to each run's own file
     assert all(p.stat().st_size > 0 for p in (tmp_path / "spawn" / "runs").glob("*/output.txt"))
+
+
+def test_sweep_crosses_methods_with_modes_and_pairs_them_by_subset(tmp_path):
+    """modes cross the plain methods; a method+mode entry stands alone; auto resolves; the report pairs
+    each semi-supervised cell with random init and with pretraining alone on the same labelled subset."""
+    from sslseg.finetune.modes import AUTO_MODE
+    from sslseg.report.tables import pretrained_alone, subset_gains
+
+    sw = sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "methods": ["none", "simclr", "byol+bcp"],
+                                                            "modes": ["supervised", "auto"], "budgets": [1]}))
+    runs = sweep.plan(sw, 5, lambda k: True)
+    fine = [(r["method"], r["init"], r["mode"]) for r in runs if r["kind"] == "finetune"]
+    assert fine == [("none", "none", "supervised"), (f"none+{AUTO_MODE}", "none", AUTO_MODE),
+                    ("simclr", "simclr", "supervised"), (f"simclr+{AUTO_MODE}", "simclr", AUTO_MODE),
+                    ("byol+bcp", "byol", "bcp")]
+    # nothing unlabelled beside the labelled cases: auto is supervised, listed once
+    assert [r["mode"] for r in sweep.plan(sw, 5, lambda k: False) if r["init"] == "none"] == ["supervised"] * 2
+    for bad, match in ((["supervised", "supervised"], "listed twice"), (["fixmatch"], "unknown fine-tuning mode")):
+        with pytest.raises(ValueError, match=match):
+            sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "modes": bad}))
+    with pytest.raises(ValueError, match="sweep.finetune.mode has no effect"):
+        sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "finetune": {"mode": "bcp"}}))
+
+    rows = []
+    for seed, (none, pre, semi) in enumerate([(0.5, 0.6, 0.8), (0.4, 0.6, 0.7), (0.6, 0.6, 0.9)]):
+        for method, dice in (("none", none), ("simclr", pre), ("simclr+bcp", semi)):
+            rows += [{"arch": "unet", "method": method, "labelled_cases": 1, "seed": seed, "case_id": c,
+                      "dice": dice + d} for c, d in (("a", 0.01), ("b", -0.01))]
+    vs_random = {g["method"]: g for g in subset_gains(rows)}
+    vs_pre = {g["method"]: g for g in subset_gains(rows, reference=pretrained_alone)}
+    assert vs_random["simclr+bcp"]["gains"] == pytest.approx({"0": 0.3, "1": 0.3, "2": 0.3})
+    assert set(vs_pre) == {"simclr+bcp"} and vs_pre["simclr+bcp"]["reference"] == "simclr"
+    assert vs_pre["simclr+bcp"]["gains"] == pytest.approx({"0": 0.2, "1": 0.1, "2": 0.3})
+    assert pretrained_alone("none+bcp") is None and pretrained_alone("simclr") is None

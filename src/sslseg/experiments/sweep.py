@@ -96,7 +96,8 @@ class SweepConfig:
     model_options: dict = field(default_factory=dict)
     methods: list = field(default_factory=lambda: ["none", "simclr"])
     # fine-tuning modes crossed with the methods: supervised, a semi-supervised mode (sslseg modes), or
-    # auto (sslseg finetune's default); a run with a mode other than supervised is labelled method+mode
+    # auto (sslseg finetune's default); a run with a mode other than supervised is labelled method+mode.
+    # A methods entry written method+mode (simclr+bcp) is that pairing alone, not crossed with modes
     modes: list = field(default_factory=lambda: ["supervised"])
     budgets: list = field(default_factory=lambda: [1, 4])
     seeds: list = field(default_factory=lambda: [0])
@@ -153,9 +154,14 @@ def validate(cfg: SweepConfig) -> SweepConfig:
         raise ValueError(f"sweep.seeds: {bad_seeds[0]!r} is not allowed: expected integers >= 0")
     if not cfg.seeds:
         raise ValueError("sweep: give at least one seed")
-    for m in cfg.methods:
+    from ..finetune.modes import check_mode
+
+    for label in cfg.methods:
+        m, mode = split_label(label)
         try:
             METHODS.check(m, also=("none",))  # none: random initialisation, the reference
+            if "+" in label:  # method+mode: this pairing alone, not crossed with modes
+                check_mode(mode)
         except ValueError as err:
             raise ValueError(f"sweep: {err}") from None
     if "mode" in (cfg.finetune or {}):
@@ -164,8 +170,6 @@ def validate(cfg: SweepConfig) -> SweepConfig:
         raise ValueError("sweep: give at least one fine-tuning mode (modes: [supervised])")
     if len(set(cfg.modes)) != len(cfg.modes):
         raise ValueError(f"sweep.modes: a mode is listed twice in {cfg.modes}")
-    from ..finetune.modes import check_mode
-
     for mode in cfg.modes:
         try:
             check_mode(mode)
@@ -180,7 +184,7 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     for data in datasets(cfg):
         for arch in cfg.archs:
             run_config(cfg, arch, cfg.seeds[0], data)
-            for m in cfg.methods:
+            for m in dict.fromkeys(split_label(label)[0] for label in cfg.methods):
                 if m != "none":
                     # every method's options, before the first run: a sweep must not die at its third method
                     run_config(cfg, arch, cfg.seeds[0], data, {"pretrain.method": m}, stage="pretrain")
@@ -262,12 +266,13 @@ def plan(sw: SweepConfig, n_train: int, unlabelled: Callable[[int], bool] | None
     runs = []
     for arch in sw.archs:
         for seed in sw.seeds:
-            for method in sw.methods:
+            for label in sw.methods:
+                method, own_mode = split_label(label)
                 for budget in sw.budgets:
                     k = resolve_budget(budget, n_train)
                     has_unlabelled = unlabelled(k) if unlabelled is not None else True
                     seen = set()
-                    for mode in sw.modes:
+                    for mode in ([own_mode] if "+" in label else sw.modes):
                         if mode == AUTO:
                             mode = AUTO_MODE if has_unlabelled else "supervised"
                         if mode in seen:  # auto resolved to a mode listed as well

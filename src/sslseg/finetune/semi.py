@@ -7,8 +7,11 @@ snapshot holds its state, so a resumed run draws what an uninterrupted one would
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..augment import intensity
 
@@ -17,9 +20,13 @@ SMOOTH = 1e-5
 
 
 def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                   ce_over: str = "all") -> torch.Tensor:
-    """Soft Dice (background included, per sample and class, as MONAI's ``DiceLoss(softmax=True)``) plus
-    cross-entropy, each pixel counted with ``weight``.
+                   ce_over: str = "all", pooled: bool = False) -> torch.Tensor:
+    """Soft Dice (background included) plus cross-entropy, each pixel counted with ``weight``.
+
+    Dice per sample and class, as MONAI's ``DiceLoss(softmax=True)``, or ``pooled`` over
+    the batch per class, as UniMatch's and BCP's masked Dice: on pseudo-labels a sample
+    often has no confident pixel of a class, and a per-sample Dice then pushes that
+    class's probability to zero wherever it is confident of anything else.
 
     Args:
         logits: ``(B, K, H, W)``.
@@ -39,9 +46,10 @@ def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     prob = logits.softmax(1)
     onehot = F.one_hot(target, k).permute(0, 3, 1, 2).float()
     w = w[:, None]
-    # reducing only spatial dimensions: one Dice per sample and class, then their mean
-    inter = (prob * onehot * w).sum((2, 3))
-    denom = (prob * w).sum((2, 3)) + (onehot * w).sum((2, 3))
+    # reducing the spatial dimensions (and the batch when pooled): one Dice per (sample and) class, then their mean
+    dims = (0, 2, 3) if pooled else (2, 3)
+    inter = (prob * onehot * w).sum(dims)
+    denom = (prob * w).sum(dims) + (onehot * w).sum(dims)
     dice = 1 - (2 * inter + SMOOTH) / (denom + SMOOTH)
     return dice.mean() + ce
 
@@ -104,3 +112,24 @@ def partner(n: int, device=None) -> torch.Tensor:
     return torch.roll(torch.arange(n, device=device), -1) if n > 1 else torch.zeros(1, dtype=torch.long,
                                                                                     device=device)
 
+
+
+@contextlib.contextmanager
+def running_stats_kept(model: nn.Module):
+    """BatchNorm normalises with the batch's statistics but leaves its running ones as they are.
+
+    For the passes over perturbed inputs (strong views, dropped features): validation and
+    prediction normalise clean images with the running statistics, which must describe them.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)

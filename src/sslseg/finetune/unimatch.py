@@ -9,10 +9,11 @@ guided by a common weak view." [0]
     Semantic Segmentation, CVPR 2023, https://arxiv.org/abs/2208.09910
 
 What follows their medical (ACDC) recipe, and where it deviates (README, "Semi-supervised fine-tuning"):
-- one forward of the labelled batch and the weak view of the unlabelled batch together;
-  the feature-perturbation branch decodes the weak view's encoder features after
-  channel dropout (p = 0.5), as their UNet's ``need_fp``; two strong views (colour
-  jitter, blur, CutMix) in a second forward; pseudo-labels are the weak view's argmax,
+- the labelled batch and the weak view of the unlabelled batch in forwards of their own
+  (theirs: one forward of both); the feature-perturbation branch decodes the weak
+  view's encoder features after channel dropout (p = 0.5), as their UNet's ``need_fp``
+  (here a pass of its own); two strong views (colour jitter, blur, CutMix) in one more
+  pass; the perturbed passes leave BatchNorm's running statistics alone; pseudo-labels are the weak view's argmax,
   kept where its confidence reaches 0.95; loss ``(L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2``.
 - the labelled loss is the run's (``finetune.loss``, Dice + CE by default); the
   unlabelled ones are Dice + CE on confident pixels (theirs: Dice alone).
@@ -40,6 +41,10 @@ class UniMatch(nn.Module):
         model: the segmentation model being fine-tuned.
         loss: the labelled loss ``(logits, masks) -> scalar``.
         augment: the weak augmentation (None: none).
+        steps: the run's optimiser steps (the warm-up is a share of them).
+        warmup_fraction: share of the steps on the labelled loss alone, before any pseudo-label counts
+            (UniMatch: none; here the pseudo-labels of a network trained on one labelled case for a
+            few dozen steps are confident on background alone and pull it there: README).
         threshold: confidence a pseudo-label needs to count (UniMatch: 0.95 on ACDC).
         fp_dropout: channel dropout of the feature-perturbation branch (UniMatch: 0.5).
         cutmix_p: probability of a CutMix box in each strong view (UniMatch: 0.5).
@@ -49,12 +54,13 @@ class UniMatch(nn.Module):
     needs_unlabelled = True
 
     def __init__(self, model: nn.Module, loss: nn.Module, augment: SegAugment | None = None,
-                 threshold: float = 0.95, fp_dropout: float = 0.5, cutmix_p: float = 0.5,
-                 unlabelled_batch: int | None = None) -> None:
+                 steps: int = 1, warmup_fraction: float = 0.5, threshold: float = 0.95, fp_dropout: float = 0.5,
+                 cutmix_p: float = 0.5, unlabelled_batch: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
         self.augment = augment
+        self.warmup_steps = int(round(float(warmup_fraction) * int(steps)))
         self.threshold = float(threshold)
         self.fp_dropout = float(fp_dropout)
         self.cutmix_p = float(cutmix_p)
@@ -65,14 +71,18 @@ class UniMatch(nn.Module):
         if self.augment is not None and self.training:
             x, y = self.augment(x, y)
             u, _ = self.augment(u, None)  # the weak view
-        n, m = x.shape[0], u.shape[0]
-
-        def perturb(features: list[torch.Tensor]) -> list[torch.Tensor]:
-            # the weak view's features once more, channel-dropped: decoded alongside, in the same pass
-            return [torch.cat([f, F.dropout2d(f[n:], self.fp_dropout, training=True)]) for f in features]
-
-        logits = self.model(torch.cat([x, u]), perturb=perturb)
-        pred_x, pred_w, pred_fp = logits[:n], logits[n:n + m], logits[n + m:]
+        m = u.shape[0]
+        if int(batch.get("step", self.warmup_steps)) < self.warmup_steps:
+            loss_x = self.loss(self.model(x), y)
+            return {"loss": loss_x, "loss_labelled": loss_x.detach()}
+        # labelled and unlabelled in passes of their own: in one BatchNorm batch (as UniMatch) a few
+        # labelled frames among many unlabelled ones are told apart by the batch statistics, and the
+        # network learns that shortcut instead of the anatomy (measured: README)
+        pred_x = self.model(x)
+        pred_w = self.model(u)
+        with semi.running_stats_kept(self.model):
+            # the weak view's features, channel-dropped, decoded
+            pred_fp = self.model(u, perturb=lambda fs: [F.dropout2d(f, self.fp_dropout, training=True) for f in fs])
         with torch.no_grad():
             pseudo, conf, keep = semi.confident(pred_w.detach().float().softmax(1), self.threshold)
             mate = semi.partner(m, u.device)
@@ -83,11 +93,12 @@ class UniMatch(nn.Module):
                 views.append(torch.where(box[:, None], s[mate], s))
                 targets.append(torch.where(box, pseudo[mate], pseudo))
                 weights.append(torch.where(box, keep[mate], keep))
-        pred_s1, pred_s2 = self.model(torch.cat(views)).chunk(2)
+        with semi.running_stats_kept(self.model):
+            pred_s1, pred_s2 = self.model(torch.cat(views)).chunk(2)
         loss_x = self.loss(pred_x, y)
-        loss_s = (semi.masked_dice_ce(pred_s1, targets[0], weights[0])
-                  + semi.masked_dice_ce(pred_s2, targets[1], weights[1])) / 2
-        loss_fp = semi.masked_dice_ce(pred_fp, pseudo, keep)
+        loss_s = (semi.masked_dice_ce(pred_s1, targets[0], weights[0], pooled=True)
+                  + semi.masked_dice_ce(pred_s2, targets[1], weights[1], pooled=True)) / 2
+        loss_fp = semi.masked_dice_ce(pred_fp, pseudo, keep, pooled=True)
         loss = (loss_x + 0.5 * loss_s + 0.5 * loss_fp) / 2
         return {"loss": loss, "loss_labelled": loss_x.detach(), "loss_strong": loss_s.detach(),
                 "loss_fp": loss_fp.detach(), "confident": keep.mean()}
