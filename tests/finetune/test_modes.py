@@ -135,15 +135,15 @@ def test_bcp_teacher_copies_the_student_after_warmup_then_follows_by_ema():
             p.add_(1.0)
     task.after_step(0, 10)  # inside the warm-up: the teacher does not move
     t0 = [p.clone() for p in task.teacher.parameters()]
-    assert all(not torch.equal(a, b) for a, b in zip(t0, model.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(t0, model.parameters(), strict=True))
     task.after_step(2, 10)  # the warm-up ends: the teacher becomes the student
-    assert all(torch.equal(a, b) for a, b in zip(task.teacher.parameters(), model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(task.teacher.parameters(), model.parameters(), strict=True))
     before = [p.clone() for p in task.teacher.parameters()]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     task.after_step(3, 10)
-    for t, b, s in zip(task.teacher.parameters(), before, model.parameters()):
+    for t, b, s in zip(task.teacher.parameters(), before, model.parameters(), strict=True):
         assert torch.allclose(t, 0.9 * b + 0.1 * s)
     assert not any(p.requires_grad for p in task.teacher.parameters())
     # warm-up batches never call the teacher; self-training ones do
