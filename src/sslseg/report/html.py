@@ -13,7 +13,15 @@ import yaml
 
 from .plots import dice_vs_labels, overlays, subset_gains_figure, training_curves
 from .stats import format_p
-from .tables import REFERENCE, gain_word, paired_tests, subset_gains, summary_table, within_noise
+from .tables import (
+    REFERENCE,
+    gain_word,
+    paired_tests,
+    pretrained_alone,
+    subset_gains,
+    summary_table,
+    within_noise,
+)
 
 SECTIONS = ("summary", "gains", "dice-curve", "hd95-curve", "table", "overlays", "training-curves",
             "paired-tests", "config", "environment")
@@ -97,7 +105,8 @@ def write_report(sweep_dir: str | Path) -> Path:
         "<nav>" + "".join(f"<a href='#{s}'>{s.replace('-', ' ')}</a>" for s in SECTIONS) + "</nav>",
         f"<section id='summary'><h2>Does pretraining pay off?</h2>{summary}</section>",
         f"<section id='gains'><h2>Gain over random init, by labelled subset</h2>"
-        f"{_img(gains_png, 'gain over random init by labelled subset')}{_gains_html(gains)}</section>",
+        f"{_img(gains_png, 'gain over random init by labelled subset')}{_gains_html(gains)}"
+        f"{_over_pretraining_html(subset_gains(rows, 'dice', pretrained_alone))}</section>",
         f"<section id='dice-curve'><h2>Dice vs labelled cases</h2>{_img(dice_png, 'Dice vs labelled cases')}"
         "<p class='note'>Mean over test cases and seeds; bands: 95% bootstrap CI over test cases. The "
         "supervised baseline (every labelled case) is the dashed level.</p></section>",
@@ -182,11 +191,20 @@ def _summary(table: list[dict], gains: list[dict], rows: list[dict]) -> str:
             f"{warn}<ul>{''.join(items)}</ul>")
 
 
-def _gains_html(gains: list[dict]) -> str:
+def _over_pretraining_html(gains: list[dict]) -> str:
+    """What a semi-supervised mode adds on top of the same pretraining, paired by labelled subset (or nothing)."""
+    if not gains:
+        return ""
+    return ("<h3>Gain of semi-supervised fine-tuning over pretraining alone</h3>"
+            + _gains_html(gains, "pretraining alone").replace(
+                "that of random init fine-tuned", "that of the same pretrained encoder fine-tuned supervised"))
+
+
+def _gains_html(gains: list[dict], reference: str = "random init") -> str:
     if not gains:
         return "<p class='note'>No pretrained method alongside random init in this sweep.</p>"
     head = ("<tr><th class='l'>arch</th><th class='l'>method</th><th>labelled cases</th><th>subsets</th>"
-            "<th>Dice</th><th>random init</th><th>gain</th><th>95% CI (t)</th><th>ahead on</th>"
+            f"<th>Dice</th><th>{reference}</th><th>gain</th><th>95% CI (t)</th><th>ahead on</th>"
             "<th>paired t-test</th><th class='l'>gain per subset</th></tr>")
     body = []
     for g in gains:
