@@ -131,6 +131,9 @@ def test_dicom_image_with_png_mask_and_nan_volume(tmp_path):
 
 
 def test_errors_and_export(tmp_path, capsys):
+    out = tmp_path / "out"  # beside the data set: an export inside it is refused (tests/test_refusals.py)
+    tmp_path = tmp_path / "data"
+    tmp_path.mkdir()
     with pytest.raises(ValueError, match="no images found"):
         load_folder(tmp_path)
     with pytest.raises(ValueError, match="unknown image format"):
@@ -139,7 +142,6 @@ def test_errors_and_export(tmp_path, capsys):
     png(tmp_path / "masks" / "a.png", disc(16, 16, 8, 8, 4))
     with pytest.raises(ValueError, match="unknown option 'axes'"):
         load_dataset(f"folder:{tmp_path}", axes=1)
-    out = tmp_path / "out"
     assert main(["data", f"folder:{tmp_path}", "--export", str(out), "--image-size", "8"]) == 0
     text = capsys.readouterr().out
     assert "cases: 1" in text and "classes (pixel fraction in labelled frames): 0: " in text
