@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   f"'random' (config default: {FinetuneConfig.init})")
     p.add_argument("--labels", help=f"labelled cases: a count (4) or a percentage (5%%) (config default: "
                                     f"{FinetuneConfig.labels})")
-    p.add_argument("--mode", help="fine-tuning mode: one of {modes} (sslseg modes; config default: "
+    p.add_argument("--mode", help="fine-tuning mode: auto or one of {modes} (sslseg modes; config default: "
                                   f"{FinetuneConfig.mode})")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
     _common(p)

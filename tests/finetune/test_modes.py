@@ -235,3 +235,32 @@ def test_finetune_draws_unlabelled_frames_from_the_training_split_only(tiny_case
     assert got and got <= allowed, sorted(got - allowed)
     assert len(seen) == 6 and all(len(s) == 4 for s in seen)
     assert not math.isnan(float(values.sum()))
+
+
+def test_cli_mode_is_recorded_and_auto_resolves(tmp_path, capsys):
+    """--mode lands in config.yaml, provenance and the checkpoint; auto records the mode it ran, and the same
+    command asked again finds the finished run."""
+    import json
+
+    import yaml
+
+    from sslseg.cli import main
+    from sslseg.engine.checkpoint import load_checkpoint
+    from sslseg.finetune.modes import AUTO_MODE
+
+    tiny = ["finetune", "--data", "synthetic-echo", "--image-size", "32", "--batch-size", "2", "--steps", "2",
+            "--set", "model.options.base_channels=4", "--set", "model.options.depth=2", "--labels", "1",
+            "--set", "data.options.num_cases=6", "--set", "data.options.num_frames=4", "--set", "data.options.size=32"]
+    for given, ran in (("bcp", "bcp"), (None, AUTO_MODE), ("supervised", "supervised")):
+        out = tmp_path / str(given)
+        argv = [*tiny, "--out", str(out)] + (["--mode", given] if given else [])
+        assert main(argv) == 0
+        assert yaml.safe_load((out / "config.yaml").read_text())["finetune"]["mode"] == ran
+        assert load_checkpoint(out / "checkpoint.pt")["mode"] == ran
+        prov = json.loads((out / "provenance.json").read_text())["resolved"]["finetune"]
+        assert prov["mode"] == ran and (prov["unlabelled_frames"] > 0) == (ran != "supervised")
+        capsys.readouterr()
+        assert main(argv) == 0
+        assert "already finished" in capsys.readouterr().out
+    assert main(["modes"]) == 0
+    assert "bcp" in capsys.readouterr().out
