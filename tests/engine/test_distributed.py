@@ -200,8 +200,10 @@ def test_pipeline_on_two_processes(two_process_session, run):
 
 
 @needs_two_cores
-def test_cli_finetune_two_devices(two_process_session, tmp_path):
-    """The real launcher: ``python -m sslseg.cli finetune --devices 2`` from a pretrained checkpoint."""
+@pytest.mark.parametrize("mode", ["unimatch", "bcp"])
+def test_cli_finetune_two_devices(two_process_session, tmp_path, mode):
+    """The real launcher: ``python -m sslseg.cli finetune --devices 2`` from a pretrained checkpoint, with each
+    semi-supervised mode (the unlabelled batch split between the ranks; BCP's teacher on each)."""
     root, _ = two_process_session
     out = tmp_path / "ft"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -210,7 +212,8 @@ def test_cli_finetune_two_devices(two_process_session, tmp_path):
         [sys.executable, "-m", "sslseg.cli", "finetune", "--data", "synthetic-echo", "--init",
          str(root / "simclr" / "checkpoint.pt"), "--labels", "2", "--out", str(out), "--steps", "4",
          "--batch-size", "4", "--devices", "2", "--image-size", "32", "--set", "model.options.base_channels=4",
-         "--set", "model.options.depth=2", "--set", "data.options.num_cases=8", "--set", "data.options.num_frames=6"],
+         "--set", "model.options.depth=2", "--set", "data.options.num_cases=8", "--set", "data.options.num_frames=6",
+         "--mode", mode],
         capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("fine-tuned checkpoint:") == 1, r.stdout  # printed by rank 0 only
@@ -218,6 +221,8 @@ def test_cli_finetune_two_devices(two_process_session, tmp_path):
     lines = _log_lines(out / "log.txt")
     assert len(lines) == len(set(lines))
     assert any("2 processes; first batch per rank" in ln for ln in lines)
+    resolved = json.loads((out / "provenance.json").read_text())["resolved"]["finetune"]
+    assert resolved["mode"] == mode and resolved["unlabelled_frames"] > 0
 
 
 @needs_two_cores
