@@ -198,3 +198,15 @@ def test_automatic_freeze_follows_the_number_of_labelled_cases(tmp_path, tiny_ca
     ck = load_checkpoint(run_finetune(cfg, tmp_path / "ft", tiny_cases))
     assert len(ck["labelled_cases"]) == int(labels)
     assert ck["freeze_encoder_steps"] == round(fraction * 10)
+
+
+def test_random_init_is_never_frozen_even_when_asked(tmp_path, tiny_cases):
+    """Issue 25 item 1: an explicit freeze in a sweep's finetune section must not weaken the random-init baseline."""
+    apply_splits(tiny_cases, assign_splits(tiny_cases))
+    for key, value in (("freeze_encoder_steps", 3), ("freeze_encoder_epochs", 1)):
+        cfg = _finetune_cfg("random", steps=3, freeze=0)
+        cfg.finetune.mode = "supervised"
+        setattr(cfg.finetune, key, value)
+        out = run_finetune(cfg, tmp_path / key, tiny_cases)
+        ck = load_checkpoint(out)
+        assert ck["freeze_encoder_steps"] == 0

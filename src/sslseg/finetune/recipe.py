@@ -104,9 +104,10 @@ def freeze_steps(steps: int, pretrained_encoder: bool, fraction: float | None, g
                  given_epochs: int | None = None, epoch_steps: int = 1, labelled_cases: int | None = None) -> int:
     """For how many of the first ``steps`` the encoder stays frozen.
 
+    A random encoder is never frozen, whatever is asked. For a pretrained one,
     ``given_epochs`` (epochs of the labelled frames, ``epoch_steps`` steps
-    each) wins over ``given_steps``; with neither, a pretrained encoder is frozen
-    for ``fraction`` of the steps and a random one not at all. ``fraction``
+    each) wins over ``given_steps``; with neither, it is frozen for ``fraction``
+    of the steps. ``fraction``
     None: :data:`FREEZE_FRACTION_ONE_CASE` with one labelled case, else
     :data:`FREEZE_FRACTION`.
 
@@ -120,6 +121,10 @@ def freeze_steps(steps: int, pretrained_encoder: bool, fraction: float | None, g
     and +0.004 / -0.010 / -0.026 at 4. Freezing a poor encoder (BYOL at 400
     steps, 112 px) cost 0.11 Dice at 1 video (0.427 vs 0.535 unfrozen).
     """
+    if not pretrained_encoder:
+        # a random encoder has nothing to keep: freezing it would only weaken the random-init baseline
+        # (and every gain measured against it)
+        return 0
     if given_epochs is not None:
         if given_epochs < 0:
             raise ValueError(f"finetune.freeze_encoder_epochs must be >= 0, got {given_epochs}")
