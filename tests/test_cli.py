@@ -78,3 +78,22 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_sweep_summary_never_averages_data_sets_together(tmp_path, capsys):
+    """Issue 25 item 4: echo 0.9 and MRI 0.5 are two rows, not one of 0.700; an older results.csv (without
+    the fine-tuning mode columns) still reads."""
+    from sslseg.cli import _check_results, _print_summary
+    from sslseg.experiments.sweep import OPTIONAL_KEYS, RESULT_KEYS
+    from sslseg.io.tables import write_table
+
+    rows = [{"method": "none", "arch": "unet", "dataset": ds, "budget": "1", "labelled_cases": 1, "seed": s,
+             "case_id": f"c{s}", "dice": d + 0.01 * s, "hd95": 1.0} for ds, d in (("echo", 0.9), ("mri", 0.5))
+            for s in range(2)]
+    path = write_table(tmp_path / "results.csv", rows, [k for k in RESULT_KEYS if k not in OPTIONAL_KEYS],
+                       extrasaction="ignore")
+    _check_results(path)
+    _print_summary(path)
+    text = capsys.readouterr().out
+    assert "unet · echo" in text and "unet · mri" in text
+    assert "0.905" in text and "0.505" in text and "0.705" not in text

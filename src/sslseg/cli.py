@@ -459,7 +459,7 @@ def _check_results(path: Path) -> None:
     """``results.csv`` with the columns a sweep writes, or one line naming what is missing."""
     import csv
 
-    from .experiments.sweep import RESULT_KEYS
+    from .experiments.sweep import OPTIONAL_KEYS, RESULT_KEYS
 
     if not path.is_file():
         return  # write_report says so
@@ -468,7 +468,7 @@ def _check_results(path: Path) -> None:
             header = next(csv.reader(f), [])
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    missing = [k for k in RESULT_KEYS if k not in header]
+    missing = [k for k in RESULT_KEYS if k not in header and k not in OPTIONAL_KEYS]
     if missing:
         raise ValueError(f"{path}: not a sweep's results table (missing column(s) {', '.join(missing)})")
 
@@ -479,6 +479,9 @@ def _print_summary(results_csv) -> None:
     from .report.tables import format_gains, format_text, subset_gains, summary_table
 
     rows = list(csv.DictReader(open(results_csv, newline="")))
+    if len({r.get("dataset") for r in rows}) > 1:
+        # several data sets: never averaged together; each is a row group of its own, as in the report
+        rows = [{**r, "arch": f"{r['arch']} · {r['dataset']}"} for r in rows]
     if rows:
         print(format_text(summary_table(rows, "dice"), "dice"))
         gains = format_gains(subset_gains(rows, "dice"))

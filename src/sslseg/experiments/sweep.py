@@ -69,6 +69,8 @@ from .provenance import write_provenance
 RESULT_KEYS = ["method", "init", "mode", "arch", "dataset", "budget", "labelled_cases", "seed", "case_id", "dice", "hd95",
                "frames", "hd95_undefined", "run", "convention", "dice_frames", "hd95_frames", "dice_pooled",
                "overlap", "total", "hd95_penalised", "empty_truth_fp", "val_dice"]
+#: columns a sweep from before fine-tuning modes did not write (its rows read as supervised)
+OPTIONAL_KEYS = ("init", "mode", "val_dice")
 
 
 @dataclass
