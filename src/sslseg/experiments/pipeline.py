@@ -47,8 +47,17 @@ log = logging.getLogger("sslseg")
 
 
 def load_cases(cfg: RunConfig, out_dir: str | Path | None = None, splits_path: str | Path | None = None) -> list[Case]:
-    """Read the data set and apply the per-case split (drawn once, saved, reused)."""
+    """Read the data set and apply the per-case split (drawn once, saved, reused).
+
+    Files the reader skipped (unreadable, wrong shape, NaN) are named on the console, not only in
+    ``sslseg data``: a run must not train on less than its user thinks without a word.
+    """
     cases = load_dataset(cfg.data.spec, **cfg.data.options)
+    skipped = list(cases[0].meta.get("dataset_skipped", [])) if cases else []
+    if skipped and distributed.is_rank_zero():
+        shown = "; ".join(str(s) for s in skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        log.warning("%s: %d file(s) skipped, not trained on: %s (sslseg data %s lists them all)",
+                    cfg.data.spec, len(skipped), shown, cfg.data.spec)
     path = Path(splits_path) if splits_path else (Path(out_dir) / "splits.json" if out_dir else None)
     if path is not None:
         splits_for(cases, path, seed=cfg.data.split_seed,
@@ -223,6 +232,9 @@ def run_finetune(
     labelled = _labelled_ids(cfg, cases, labelled_ids, out, fabric.is_global_zero)
     train = by_split(cases, "train")
     chosen = [c for c in train if c.case_id in labelled]
+    if not any(np.any(np.asarray(m) > 0) for c in chosen for m in c.masks.values()):
+        raise ValueError(f"{cfg.data.spec}: every mask of the {len(chosen)} labelled training case(s) is background "
+                         "(0): nothing to learn; check that the masks hold class indices (1 = foreground)")
     val = [c for c in by_split(cases, "val") if c.masks]
     normalizer = _finetune_normalizer(init, train, cfg.seed)
 
