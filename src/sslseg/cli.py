@@ -337,7 +337,8 @@ def cmd_finetune(args) -> int:
         meta = json.loads(report.read_text())
         print(f"weights: {meta['summary']}")
         if meta.get("freeze_encoder_steps"):
-            print(f"encoder frozen for the first {meta['freeze_encoder_steps']} steps")
+            n = int(meta["freeze_encoder_steps"])
+            print(f"encoder frozen for the first {n} step{'s' if n != 1 else ''}")
     else:
         print("weights: random initialisation")
     print(f"fine-tuned checkpoint: {ckpt}")

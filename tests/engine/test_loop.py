@@ -71,3 +71,13 @@ def test_best_weights_restored():
               after_step=lambda s, n: snapshots.__setitem__(s + 1, task.w.detach().clone()))
     assert res.best["step"] == 10
     assert torch.equal(task.w.detach(), snapshots[10])
+
+
+def test_a_warmup_as_long_as_the_run_is_said(caplog):
+    """Issue 28 item 6: 20 steps with 50 warm-up steps never reach the set learning rate; say so."""
+    fit(Quadratic(), lambda s: torch.zeros(2), LoopConfig(steps=20, warmup_steps=50, accelerator="cpu"))
+    assert any("warm-up of 50 steps is as long as the run (20 steps)" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+    caplog.clear()
+    fit(Quadratic(), lambda s: torch.zeros(2), LoopConfig(steps=20, warmup_steps=5, accelerator="cpu"))
+    assert not [r for r in caplog.records if "warm-up" in r.getMessage()]

@@ -171,6 +171,9 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
          generators=None) -> LoopResult:
 
     rank0 = fabric.is_global_zero
+    if rank0 and cfg.warmup_steps >= cfg.steps and not cfg.restarts:
+        log.warning("%s: the warm-up of %d steps is as long as the run (%d steps): the learning rate never "
+                    "reaches %g; set fewer warm-up steps", desc, cfg.warmup_steps, cfg.steps, cfg.lr)
     prepare_processes(task, cfg, fabric, desc)
     if params is None:
         params = [p for p in task.parameters() if p.requires_grad]
