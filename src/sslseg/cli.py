@@ -341,6 +341,17 @@ def cmd_finetune(args) -> int:
             print(f"encoder frozen for the first {n} step{'s' if n != 1 else ''}")
     else:
         print("weights: random initialisation")
+    from .engine.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(ckpt)
+    prov = json.loads((Path(args.out) / "provenance.json").read_text()).get("resolved", {}).get("finetune", {}) \
+        if (Path(args.out) / "provenance.json").exists() else {}
+    if saved.get("mode") and saved["mode"] != "supervised":
+        print(f"mode: {saved['mode']} (semi-supervised, {prov.get('unlabelled_frames', '?')} unlabelled training "
+              "frames)")
+    best = saved.get("best_val") or {}
+    if "dice" in best:  # the selection, on screen: the weights saved are those of the best validation
+        print(f"best validation Dice {best['dice']:.4f} at step {int(best['step'])} (the weights saved)")
     print(f"fine-tuned checkpoint: {ckpt}")
     return distributed.finish()
 

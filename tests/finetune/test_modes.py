@@ -259,7 +259,9 @@ def test_cli_mode_is_recorded_and_auto_resolves(tmp_path, capsys):
         assert load_checkpoint(out / "checkpoint.pt")["mode"] == ran
         prov = json.loads((out / "provenance.json").read_text())["resolved"]["finetune"]
         assert prov["mode"] == ran and (prov["unlabelled_frames"] > 0) == (ran != "supervised")
-        capsys.readouterr()
+        printed = capsys.readouterr().out
+        assert "best validation Dice" in printed and "(the weights saved)" in printed
+        assert ("mode: " + ran in printed) == (ran != "supervised")
         assert main(argv) == 0
         assert "already finished" in capsys.readouterr().out
     assert main(["modes"]) == 0
