@@ -255,8 +255,10 @@ def cmd_modes(args) -> int:
     from .finetune.modes import MODES
 
     _print_list(MODES.listing())
-    print("\nauto (the default): the measured best mode where the training split has unlabelled frames, "
-          "else supervised")
+    from .finetune.modes import AUTO_MAX_CASES, AUTO_MODE
+
+    print(f"\nauto (the default): {AUTO_MODE} with at most {AUTO_MAX_CASES} labelled case(s) where the training "
+          "split has unlabelled frames, else supervised (the measured best on validation)")
     return 0
 
 

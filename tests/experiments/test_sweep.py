@@ -295,18 +295,22 @@ def test_parallel_sweep_with_shared_pretraining_matches_sequential(tmp_path, mon
 def test_sweep_crosses_methods_with_modes_and_pairs_them_by_subset(tmp_path):
     """modes cross the plain methods; a method+mode entry stands alone; auto resolves; the report pairs
     each semi-supervised cell with random init and with pretraining alone on the same labelled subset."""
-    from sslseg.finetune.modes import AUTO_MODE
+    from sslseg.finetune.modes import AUTO_MAX_CASES, AUTO_MODE
     from sslseg.report.tables import pretrained_alone, subset_gains
 
     sw = sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "methods": ["none", "simclr", "byol+bcp"],
                                                             "modes": ["supervised", "auto"], "budgets": [1]}))
     runs = sweep.plan(sw, 5, lambda k: True)
-    fine = [(r["method"], r["init"], r["mode"]) for r in runs if r["kind"] == "finetune"]
+    fine = [(r["method"], r["init"], r["mode"]) for r in runs if r["kind"] == "finetune" and r["k"] == 1]
     assert fine == [("none", "none", "supervised"), (f"none+{AUTO_MODE}", "none", AUTO_MODE),
                     ("simclr", "simclr", "supervised"), (f"simclr+{AUTO_MODE}", "simclr", AUTO_MODE),
                     ("byol+bcp", "byol", "bcp")]
-    # nothing unlabelled beside the labelled cases: auto is supervised, listed once
+    # nothing unlabelled beside the labelled cases, or more labelled cases than auto's limit: auto is
+    # supervised, listed once
     assert [r["mode"] for r in sweep.plan(sw, 5, lambda k: False) if r["init"] == "none"] == ["supervised"] * 2
+    sw.budgets = [AUTO_MAX_CASES + 1]
+    assert [r["mode"] for r in sweep.plan(sw, 5, lambda k: True) if r["method"] == "none" or r["init"] == "none"
+            and r["kind"] == "finetune"] == ["supervised"]
     for bad, match in ((["supervised", "supervised"], "listed twice"), (["fixmatch"], "unknown fine-tuning mode")):
         with pytest.raises(ValueError, match=match):
             sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "modes": bad}))

@@ -15,7 +15,14 @@ from sslseg.experiments.pipeline import run_finetune
 from sslseg.finetune import semi
 from sslseg.finetune.bcp import BCP
 from sslseg.finetune.losses import segmentation_loss
-from sslseg.finetune.modes import MODES, build_task, check_mode, resolve_mode
+from sslseg.finetune.modes import (
+    AUTO_MAX_CASES,
+    AUTO_MODE,
+    MODES,
+    build_task,
+    check_mode,
+    resolve_mode,
+)
 from sslseg.finetune.unimatch import UniMatch
 from sslseg.models.build import build_model
 
@@ -195,7 +202,9 @@ def test_mode_names_and_options_are_checked():
         check_mode("unimatch", {"threshold": 1.5})
     with pytest.raises(ValueError, match="ema_decay = 'abc'"):
         check_mode("bcp", {"ema_decay": "abc"})
-    assert resolve_mode("auto", 10) != "supervised" and resolve_mode("auto", 0) == "supervised"
+    # auto: the semi-supervised default with one labelled case beside unlabelled frames, else supervised
+    assert resolve_mode("auto", 10, 1) == AUTO_MODE != "supervised"
+    assert resolve_mode("auto", 0, 1) == "supervised" and resolve_mode("auto", 10, AUTO_MAX_CASES + 1) == "supervised"
     with pytest.raises(ValueError, match="needs unlabelled frames"):
         resolve_mode("bcp", 0)
 
@@ -246,8 +255,6 @@ def test_cli_mode_is_recorded_and_auto_resolves(tmp_path, capsys):
 
     from sslseg.cli import main
     from sslseg.engine.checkpoint import load_checkpoint
-    from sslseg.finetune.modes import AUTO_MODE
-
     tiny = ["finetune", "--data", "synthetic-echo", "--image-size", "32", "--batch-size", "2", "--steps", "2",
             "--set", "model.options.base_channels=4", "--set", "model.options.depth=2", "--labels", "1",
             "--set", "data.options.num_cases=6", "--set", "data.options.num_frames=4", "--set", "data.options.size=32"]

@@ -251,7 +251,7 @@ def run_finetune(
     # the unlabelled frames of the training split only: unselected cases and the unlabelled frames of the
     # selected ones; validation and test frames are never drawn
     pool = unlabelled_pool(train, labelled, cfg.data.image_size, normalizer) if ft.mode != "supervised" else None
-    mode = modes.resolve_mode(ft.mode, len(pool) if pool is not None else 0)
+    mode = modes.resolve_mode(ft.mode, len(pool) if pool is not None else 0, len(chosen))
     if not modes.needs_unlabelled(mode):
         pool = None
     # config.yaml and the checkpoint record the mode that ran (auto resolved)

@@ -263,7 +263,7 @@ def plan(sw: SweepConfig, n_train: int, unlabelled: Callable[[int], bool] | None
     ``unlabelled(k)``: whether the training split holds unlabelled frames beside ``k`` labelled cases
     (resolves the mode ``auto``; default yes).
     """
-    from ..finetune.modes import AUTO, AUTO_MODE
+    from ..finetune.modes import AUTO, resolve_mode
 
     runs = []
     for arch in sw.archs:
@@ -276,7 +276,7 @@ def plan(sw: SweepConfig, n_train: int, unlabelled: Callable[[int], bool] | None
                     seen = set()
                     for mode in ([own_mode] if "+" in label else sw.modes):
                         if mode == AUTO:
-                            mode = AUTO_MODE if has_unlabelled else "supervised"
+                            mode = resolve_mode(AUTO, int(has_unlabelled), k)
                         if mode in seen:  # auto resolved to a mode listed as well
                             continue
                         seen.add(mode)
