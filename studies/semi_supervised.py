@@ -14,7 +14,7 @@ same ``--out``: finished runs are skipped, an unfinished one resumes):
 - ``mri``: ``configs/synthetic_mri_ismrm.yaml`` (the ISMRM protocol on synthetic
   prostate MRI) at N = 1 and 2 labelled volumes, 5 subsets, random init and
   regression init (the abstract's first pretext), supervised and with the
-  mode the echo part chose on validation (``--mri-mode``).
+  mode the echo part chose on validation (``--mri-mode``, default bcp).
 
 Printed per part: first the **validation** table (mean over labelled subsets of
 each run's best validation Dice, the number that chose its checkpoint): the
@@ -160,7 +160,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/semi")
     ap.add_argument("--only", choices=["echo", "echo600", "mri"])
-    ap.add_argument("--mri-mode", default="unimatch", help="the semi-supervised mode of the MRI part")
+    ap.add_argument("--mri-mode", default="bcp",
+                    help="the semi-supervised mode of the MRI part (auto's, chosen on the echo part's validation)")
     ap.add_argument("--tables", action="store_true", help="print the tables of what has run, run nothing")
     ap.add_argument("--tiny", action="store_true", help="every path on tiny data (seconds)")
     ap.add_argument("--precision", help="override the sweeps' precision (32-true without native bf16)")
