@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -210,3 +211,29 @@ def test_random_init_is_never_frozen_even_when_asked(tmp_path, tiny_cases):
         out = run_finetune(cfg, tmp_path / key, tiny_cases)
         ck = load_checkpoint(out)
         assert ck["freeze_encoder_steps"] == 0
+
+
+def test_validation_counts_false_positives_on_empty_frames():
+    """Issue 25 item 2: foreground predicted on every empty frame is not a perfect validation score."""
+    from sslseg.data.batches import LabelledSet, Normalizer
+    from sslseg.data.sample import Case
+    from sslseg.experiments.pipeline import _mean_dice
+
+    class Constant(torch.nn.Module):
+        def __init__(self, label: int) -> None:
+            super().__init__()
+            self.label = label
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+            logits[:, self.label] = 1.0
+            return logits + self.w
+
+    frames = np.zeros((4, 16, 16), np.uint8)
+    full, empty = np.ones((16, 16), np.int64), np.zeros((16, 16), np.int64)
+    data = LabelledSet([Case("v", frames, {0: full, 1: empty, 2: empty, 3: full})], 16, Normalizer(0.0, 1.0))
+    # foreground everywhere: Dice 1 on the two full frames, 0 on the two empty ones
+    assert _mean_dice(Constant(1), data, 2) == pytest.approx(0.5)
+    # background everywhere: 0 on the full frames; the empty ones have nothing to find
+    assert _mean_dice(Constant(0), data, 2) == pytest.approx(0.0)

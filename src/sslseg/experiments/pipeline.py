@@ -410,15 +410,23 @@ def _finetune_preprocess(cfg: RunConfig, chosen: list[Case], normalizer: Normali
 
 @torch.inference_mode()
 def _mean_dice(model, data: LabelledSet, num_classes: int, batch: int = 32) -> float:
-    """Mean foreground Dice on a resized labelled set (for checkpoint selection only)."""
+    """Mean foreground Dice on a resized labelled set (for checkpoint selection only).
+
+    Scored as the test scores: a class predicted on a frame whose truth has none of it is a false
+    positive and counts 0; a frame with the class on neither side has nothing to find and is left out.
+    """
     model.eval()
     dices = []
     dev = next(model.parameters()).device
+    classes = list(range(1, num_classes))
     for s in range(0, len(data), batch):
         pred = model(data.images[s : s + batch].to(dev)).argmax(1).cpu()
-        dices.append(dice_per_frame(pred, data.masks[s : s + batch], list(range(1, num_classes))).ravel())
+        d = dice_per_frame(pred, data.masks[s : s + batch], classes)
+        predicted = torch.stack([(pred == c).flatten(1).any(1) for c in classes], 1).numpy()
+        d[np.isnan(d) & predicted] = 0.0  # empty truth, something predicted
+        dices.append(d.ravel())
     d = np.concatenate(dices) if dices else np.array([])
-    d = d[~np.isnan(d)]  # frames without the class: nothing to find
+    d = d[~np.isnan(d)]  # frames without the class on either side: nothing to find
     return float(d.astype(np.float64).mean()) if d.size else float("nan")
 
 
