@@ -9,8 +9,9 @@ same ``--out``: finished runs are skipped, an unfinished one resumes):
   200 steps (the same steps, learning rate and augmentation in every mode) on 1
   and 4 labelled videos, 5 labelled subsets; the supervised baseline on every
   labelled training video.
-- ``echo600``: the same at ``sslseg finetune``'s default length, 600 steps, on one
-  labelled video (the same SimCLR encoder, split and subsets, copied from ``echo``).
+- ``echo600``: SimCLR alone against SimCLR + BCP at ``sslseg finetune``'s default
+  length, 600 steps, on one labelled video (the same SimCLR encoder, split and
+  subsets, copied from ``echo``).
 - ``mri``: ``configs/synthetic_mri_ismrm.yaml`` (the ISMRM protocol on synthetic
   prostate MRI) at N = 1 and 2 labelled volumes, 5 subsets, random init and
   regression init (the abstract's first pretext), supervised and with the
@@ -66,9 +67,10 @@ def echo_config(tiny: bool) -> dict:
 
 
 def echo_long_config(tiny: bool) -> dict:
-    """The echo part at sslseg finetune's default length (600 steps), one labelled video, no baseline."""
+    """The echo part at sslseg finetune's default length (600 steps), one labelled video: SimCLR alone
+    against SimCLR + bcp (auto's mode), no baseline."""
     cfg = echo_config(tiny)
-    cfg.update(budgets=[1], baseline={"enabled": False})
+    cfg.update(budgets=[1], methods=["simclr"], modes=["supervised", "bcp"], baseline={"enabled": False})
     cfg["finetune"].update(steps=4 if tiny else 600, val_every=2 if tiny else 100)
     return cfg
 
