@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "demo", "the whole pipeline on built-in synthetic echo")
     p.add_argument("--out", default="sslseg-demo", help="folder for results.csv, figures and report.html")
-    p.add_argument("--quick", action="store_true", help="a smaller run (under 3 minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="a smaller run (about 2 minutes alone on 2 CPU cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets and training")
 
     p = _sub(sub, "data", "summarise a data set; --export writes what the model sees; --list names them all")
@@ -257,8 +257,9 @@ def cmd_modes(args) -> int:
     _print_list(MODES.listing())
     from .finetune.modes import AUTO_MAX_CASES, AUTO_MODE
 
-    print(f"\nauto (the default): {AUTO_MODE} with at most {AUTO_MAX_CASES} labelled case(s) where the training "
-          "split has unlabelled frames, else supervised (the measured best on validation)")
+    print(f"\nauto (the default): the mode measured best on validation, {AUTO_MODE} with at most {AUTO_MAX_CASES} "
+          "labelled case(s) where the training split has unlabelled frames, else supervised (README, "
+          "'Semi-supervised fine-tuning')")
     return 0
 
 

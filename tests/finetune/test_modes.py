@@ -12,6 +12,7 @@ from sslseg.data.batches import Normalizer, unlabelled_pool
 from sslseg.data.splits import apply_splits, assign_splits
 from sslseg.experiments.config import RunConfig
 from sslseg.experiments.pipeline import run_finetune
+from sslseg.finetune import modes as modes_module
 from sslseg.finetune import semi
 from sslseg.finetune.bcp import BCP
 from sslseg.finetune.losses import segmentation_loss
@@ -190,7 +191,7 @@ def test_mode_trains_the_model(mode):
     assert supervised_loss() < 0.8 * before
 
 
-def test_mode_names_and_options_are_checked():
+def test_mode_names_and_options_are_checked(monkeypatch):
     assert {"supervised", "unimatch", "bcp"} <= set(MODES)
     check_mode("auto")
     check_mode("unimatch", {"threshold": 0.9})
@@ -202,9 +203,11 @@ def test_mode_names_and_options_are_checked():
         check_mode("unimatch", {"threshold": 1.5})
     with pytest.raises(ValueError, match="ema_decay = 'abc'"):
         check_mode("bcp", {"ema_decay": "abc"})
-    # auto: the semi-supervised default with one labelled case beside unlabelled frames, else supervised
-    assert resolve_mode("auto", 10, 1) == AUTO_MODE != "supervised"
+    # auto: the measured best mode with few labelled cases beside unlabelled frames, else supervised
+    assert resolve_mode("auto", 10, 1) == AUTO_MODE
     assert resolve_mode("auto", 0, 1) == "supervised" and resolve_mode("auto", 10, AUTO_MAX_CASES + 1) == "supervised"
+    monkeypatch.setattr(modes_module, "AUTO_MODE", "bcp")
+    assert resolve_mode("auto", 10, 1) == "bcp" and resolve_mode("auto", 0, 1) == "supervised"
     with pytest.raises(ValueError, match="needs unlabelled frames"):
         resolve_mode("bcp", 0)
 
@@ -258,7 +261,7 @@ def test_cli_mode_is_recorded_and_auto_resolves(tmp_path, capsys):
     tiny = ["finetune", "--data", "synthetic-echo", "--image-size", "32", "--batch-size", "2", "--steps", "2",
             "--set", "model.options.base_channels=4", "--set", "model.options.depth=2", "--labels", "1",
             "--set", "data.options.num_cases=6", "--set", "data.options.num_frames=4", "--set", "data.options.size=32"]
-    for given, ran in (("bcp", "bcp"), (None, AUTO_MODE), ("supervised", "supervised")):
+    for given, ran in (("bcp", "bcp"), (None, AUTO_MODE), ("unimatch", "unimatch")):
         out = tmp_path / str(given)
         argv = [*tiny, "--out", str(out)] + (["--mode", given] if given else [])
         assert main(argv) == 0

@@ -56,8 +56,8 @@ class PretrainConfig:
 class FinetuneConfig:
     init: str = "random"  # "random" or a checkpoint path
     labels: str = "4"
-    # supervised, a semi-supervised mode (unimatch, bcp: sslseg.finetune.modes), or auto: the measured best
-    # mode where the training split holds unlabelled frames, else supervised
+    # supervised, a semi-supervised mode (unimatch, bcp: sslseg.finetune.modes), or auto: the mode measured
+    # best on validation where the training split holds unlabelled frames (today supervised), else supervised
     mode: str = "auto"
     mode_options: dict = field(default_factory=dict)  # the mode's keyword arguments (threshold, ...)
     steps: int = 600
