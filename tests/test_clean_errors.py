@@ -8,29 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from sslseg.cli import main
+from cli_helpers import refused
 
 SYN = ["--data", "synthetic-echo", "--set", "data.options.num_cases=6", "--set", "data.options.num_frames=4",
        "--set", "data.options.size=32", "--image-size", "32", "--steps", "2", "--batch-size", "2"]
 FT = ["finetune", *SYN, "--labels", "1"]
 PT = ["pretrain", *SYN, "--method", "simclr", "--set", "model.options.base_channels=4",
       "--set", "model.options.depth=2"]
-
-
-def refused(argv, capsys, *needles: str) -> str:
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse
-        code = e.code
-    out = capsys.readouterr()
-    err = out.err.strip().splitlines()
-    assert code == 2, (code, err, out.out[-300:])
-    assert len(err) == 1, err  # one line, no traceback
-    for needle in needles:
-        assert needle in err[0], err[0]
-    return err[0]
 
 
 @pytest.mark.parametrize("value", ["0", "-4", "abc", "2.5", "100000"])

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import refused, run
 from PIL import Image
 
-from sslseg.cli import main
 from sslseg.engine.checkpoint import atomic_save, save_checkpoint
 from sslseg.experiments.config import RunConfig, to_dict
 from sslseg.models.build import build_model
@@ -22,25 +22,6 @@ SYN = ["--data", "synthetic-echo", "--set", "data.options.num_cases=6", "--set",
        "--set", "data.options.size=32", "--image-size", "32", "--steps", "2", "--batch-size", "2",
        "--set", "model.options.base_channels=4", "--set", "model.options.depth=2"]
 FT = ["finetune", *SYN, "--labels", "1"]
-
-
-def run(argv, capsys) -> tuple[int, list[str], str]:
-    """``main(argv)``: exit code, stderr lines, stdout."""
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.err.strip().splitlines(), out.out
-
-
-def refused(argv, capsys, needle: str) -> str:
-    code, err, out = run(argv, capsys)
-    assert code == 2, (code, err, out[-300:])
-    assert len(err) == 1, err  # one line, no traceback
-    assert needle in err[0], err[0]
-    return err[0]
 
 
 def png(path: Path, values=None, size=(16, 16)) -> Path:
