@@ -26,7 +26,8 @@ Options:
   included; the default), ``"drop"`` (only slices with foreground are
   labelled) or a number ``r`` (all foreground slices and ``round(r x their
   number)`` background-only ones, evenly spaced through the volume).  Dropped
-  slices stay in the frames for pretraining.
+  slices stay in the frames for pretraining, and validation and test score
+  the whole volume whatever the policy (``meta["scored_masks"]``).
 * ``intensity``: ``"scale"`` (divide by the 99.5th percentile per case and
   channel: MR has no absolute scale), ``"zscore"`` or ``"none"``.
 """
@@ -268,6 +269,9 @@ def load_decathlon(
             # foreground per slice, read once from the cached label stack
             has_fg = np.asarray(labels).reshape(labels.shape[0], -1).any(axis=1)
             masks = StackMasks(labels, select_empty(has_fg, empty_slices))
+        # the policy shapes the training slices only: validation and test score the whole volume
+        # (sslseg.evaluate.inference.scored_masks)
+        whole = StackMasks(arrs["labels"], range(len(arrs["labels"]))) if lab is not None else None
         sp = np.asarray(arrs["spacing"])
         meta = {
             "source": str(img),
@@ -278,6 +282,8 @@ def load_decathlon(
             "label_names": label_names,
             "modality": names,
         }
+        if whole is not None and len(whole) != len(masks):
+            meta["scored_masks"] = whole
         cases.append(Case(cid, arrs["frames"], masks, (float(sp[0]), float(sp[1])), None, meta))  # type: ignore[arg-type]
     index.save()
     if not cases:

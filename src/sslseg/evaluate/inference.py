@@ -18,8 +18,9 @@ and prediction (:class:`sslseg.predict.run.Predictor`) both run:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -193,6 +194,24 @@ def case_convention(case: Case, convention: str = "auto") -> str:
     return convention
 
 
+def scored_masks(case: Case) -> Mapping[int, np.ndarray]:
+    """The masks that validation and test score: every labelled frame of the case.
+
+    A reader whose option narrows the labelled frames for training (Decathlon's
+    ``empty_slices``) keeps the whole label stack in ``meta["scored_masks"]``: a
+    volume is scored whole whatever the training policy, so the same predictions
+    get the same 3D Dice and HD95 under every policy.
+    """
+    whole = case.meta.get("scored_masks")
+    return case.masks if whole is None else whole
+
+
+def as_scored(case: Case) -> Case:
+    """``case`` with :func:`scored_masks` as its masks (the case itself when they are the same)."""
+    whole = scored_masks(case)
+    return case if whole is case.masks else dataclasses.replace(case, masks=whole)
+
+
 def _nanmean(values: list[float]) -> float:
     v = [x for x in values if not math.isnan(x)]
     return float(np.mean(v)) if v else float("nan")
@@ -210,6 +229,9 @@ def score_cases(
     postprocess: dict | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Score every labelled case: rows per (frame, foreground class) and one row per case.
+
+    The frames scored are :func:`scored_masks`: a volume whole, whatever
+    empty-slice policy chose its training slices.
 
     Per case, ``dice``/``hd95`` are the primary scores of its convention (see
     :func:`case_convention`): for volumes the 3D Dice and 3D HD95 (mm, slice
@@ -241,14 +263,15 @@ def score_cases(
     frame_rows: list[dict] = []
     case_rows: list[dict] = []
     for case in cases:
-        idx = case.labelled_indices
+        masks = scored_masks(case)  # the whole volume, whatever the training's empty-slice policy
+        idx = sorted(masks)
         if not idx:
             continue
         conv = case_convention(case, convention)
         pred = predict_frames(model, case.frames[idx], normalizer, image_size, device=device)
         if postprocess and any(postprocess.values()):
             pred = clean(pred, num_classes, **postprocess)
-        gt = np.stack([np.asarray(case.masks[i]) for i in idx]).astype(np.int64)
+        gt = np.stack([np.asarray(masks[i]) for i in idx]).astype(np.int64)
         phases = case.meta.get("phase", {})
         sp2 = tuple(float(s) for s in case.spacing)
         diag2 = image_diagonal(gt.shape[1:], sp2)

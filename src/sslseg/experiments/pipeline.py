@@ -31,7 +31,7 @@ from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import LoopConfig, fit
 from ..engine.seed import seed_everything
 from ..engine.trained import TrainedModel, open_trained
-from ..evaluate.inference import score_cases
+from ..evaluate.inference import as_scored, score_cases
 from ..evaluate.metrics import dice_per_frame
 from ..finetune import modes, recipe
 from ..finetune.losses import segmentation_loss
@@ -235,7 +235,8 @@ def run_finetune(
     if not any(np.any(np.asarray(m) > 0) for c in chosen for m in c.masks.values()):
         raise ValueError(f"{cfg.data.spec}: every mask of the {len(chosen)} labelled training case(s) is background "
                          "(0): nothing to learn; check that the masks hold class indices (1 = foreground)")
-    val = [c for c in by_split(cases, "val") if c.masks]
+    # validation selects on what the test scores: whole volumes, whatever the empty-slice policy
+    val = [as_scored(c) for c in by_split(cases, "val") if c.masks]
     normalizer = _finetune_normalizer(init, train, cfg.seed)
 
     model_kwargs = {"in_channels": in_channels_of(cases), "num_classes": num_classes_of(cases),
