@@ -88,6 +88,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from .memory import check_fits
 from .sample import Case
 
 __all__ = ["make_echo_case", "synthetic_echo"]
@@ -700,6 +701,12 @@ def synthetic_echo(
     the cheap unlabelled pool self-supervision is for. They join the training
     split (pretraining) and change no labelled case, split or subset.
     """
+    # what it would hold (uint8 frames, two int64 masks: 1.5 bytes a pixel) and one case's float64
+    # working arrays while it is drawn (about 230 bytes a pixel, measured): refused before the first case
+    pixels = float(num_frames) * size * size
+    check_fits((num_cases + unlabelled) * pixels * 1.5 + pixels * 230,
+               f"synthetic-echo with num_cases={num_cases}, unlabelled={unlabelled}, num_frames={num_frames}, "
+               f"size={size}")
     cases = [make_echo_case(i, seed=seed, num_frames=num_frames, size=size) for i in range(num_cases)]
     for i in range(num_cases, num_cases + unlabelled):
         case = make_echo_case(i, seed=seed, num_frames=num_frames, size=size)

@@ -45,6 +45,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from .memory import check_fits
 from .sample import Case
 
 __all__ = ["LABEL_NAMES", "make_mri_case", "synthetic_mri"]
@@ -230,4 +231,9 @@ def synthetic_mri(num_cases: int = 16, seed: int = 0, num_slices: int = 20, size
     """``num_cases`` independent synthetic prostate volumes; case ``i`` does not depend on ``num_cases``."""
     if num_cases < 1:
         raise ValueError(f"synthetic-mri needs num_cases >= 1, got {num_cases}")
+    # float32 slices and int64 masks (12 bytes a voxel) held, and one volume's working arrays while it
+    # is drawn (about 450 bytes a voxel, measured): refused before the first case
+    voxels = float(num_slices) * size * size
+    check_fits(num_cases * voxels * 12 + voxels * 450,
+               f"synthetic-mri with num_cases={num_cases}, num_slices={num_slices}, size={size}")
     return [make_mri_case(i, seed=seed, num_slices=num_slices, size=size) for i in range(num_cases)]

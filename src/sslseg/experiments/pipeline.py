@@ -23,6 +23,7 @@ from ..data.batches import (
     step_generator,
     unlabelled_pool,
 )
+from ..data.memory import check_batch_fits
 from ..data.registry import load_dataset
 from ..data.sample import Case
 from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for, write_json
@@ -95,6 +96,8 @@ def start_processes(cfg: RunConfig, stage) -> object:
     """
     distributed.check_request(cfg.devices, cfg.precision, int(cfg.num_nodes), relaunch=False)
     shard(stage.batch_size, 0, int(cfg.devices) * int(cfg.num_nodes))  # the batch must split evenly
+    check_batch_fits(stage.batch_size, cfg.data.image_size,
+                     "pretrain.batch_size" if stage is cfg.pretrain else "finetune.batch_size")
     return distributed.start(cfg.devices, cfg.precision, num_nodes=int(cfg.num_nodes))
 
 
