@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,20 @@ def read_picture(path: Path, channels: int = 1) -> np.ndarray:
     values (no rounding through luma).  A grey picture cannot become colour.
 
     Raises:
-        ValueError: unreadable file, pages of different sizes, or a channel count
+        ValueError: unreadable file, a header declaring more pixels than Pillow's
+            decompression-bomb limit, pages of different sizes, or a channel count
             the picture cannot give (the message names the file).
     """
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     pages = []
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # a header declaring more pixels than Pillow's limit (Image.MAX_IMAGE_PIXELS, about 89 million)
+            # is a decompression bomb: refused at open, before a byte is decoded, like any unreadable file
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             for page in ImageSequence.Iterator(im):
                 if page.mode in _COLOUR_MODES:
                     a = np.asarray(page.convert("RGB"))
@@ -52,6 +59,8 @@ def read_picture(path: Path, channels: int = 1) -> np.ndarray:
                     if a.dtype == bool:
                         a = a.astype(np.uint8)
                 pages.append(np.array(a))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(f"{path}: not read, a possible decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if isinstance(err, ValueError) and str(err).startswith(str(path)):
             raise
