@@ -654,8 +654,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sslseg {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only folder, a full disk, a path that is a file: the user's to fix
+        from .io.files import DISK_FULL
+
         where = f"{err.filename}: " if err.filename else ""
-        print(f"sslseg {args.command}: error: {where}{(err.strerror or str(err)).lower()}", file=sys.stderr)
+        why = (err.strerror or str(err)).lower()
+        if err.errno in DISK_FULL and "disk full" not in why:
+            # a write that names no file (a flush at close): the output folder it was writing under
+            where = where or (f"{args.out}: " if getattr(args, "out", None) else "")
+            why = f"disk full ({why})"
+        print(f"sslseg {args.command}: error: {where}{why}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sslseg {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..io.tables import write_table
 from . import resume as resume_
+from .checkpoint import discard
 from .progress import Progress
 
 log = logging.getLogger("sslseg")
@@ -288,8 +289,9 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
     seconds = time.perf_counter() - t0
     if out is not None and rank0:
         write_table(out / "metrics.csv", history)
-        if last_path is not None and last_path.exists():
-            last_path.unlink()  # the run is complete; the final checkpoint supersedes it
+        if last_path is not None:
+            # the run is complete; the final checkpoint supersedes last.pt (and any write of it a killed run left)
+            discard(last_path)
     return LoopResult(steps=cfg.steps, seconds=seconds, history=history, best=best)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -57,3 +60,25 @@ def safe_id(text: str) -> str:
 def channel_error(path: Path, have: int, want: int, what: str = "") -> ValueError:
     """The one-line error for an image whose channel count is not the one asked for."""
     return ValueError(f"{path}: wrong channel count: the image has {have} channel(s){what}, the model expects {want}")
+
+
+#: what a write meets when the disk (or the user's quota) is full
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def naming_disk_full(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk met while writing ``path`` into an ``OSError`` that names ``path`` and says so.
+
+    A write to an open file (``torch.save`` into it, a flush at close) fails with
+    an ``OSError`` that names no file; the command line prints the file and the
+    reason in one line (``sslseg.cli``).  Other errors pass unchanged.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise OSError(err.errno, f"disk full ({err.strerror or os.strerror(err.errno)}): not written, the "
+                      "previous file, if any, is kept; free some space and run the same command again",
+                      str(path)) from None
