@@ -286,13 +286,15 @@ def _print_list(items: dict[str, str]) -> None:
 
 def cmd_pretrain(args) -> int:
     from .engine import distributed
-    from .experiments.pipeline import run_pretrain
 
     cfg = _config(args, "pretrain")
     with _own(args, cfg) as finished:
         if finished:
             return 0
-        ckpt = run_pretrain(cfg, args.out)
+        # imported once the folder is ours: a second process is refused first
+        from .experiments.pipeline import run_pretrain
+
+        ckpt = run_pretrain(cfg, args.out, console=True)
     if distributed.is_rank_zero():
         print(f"pretrained checkpoint: {ckpt}")
     return distributed.finish()
@@ -326,13 +328,15 @@ def _own(args, cfg):
 
 def cmd_finetune(args) -> int:
     from .engine import distributed
-    from .experiments.pipeline import run_finetune
 
     cfg = _config(args, "finetune")
     with _own(args, cfg) as finished:
         if finished:
             return 0
-        ckpt = run_finetune(cfg, args.out)
+        # imported once the folder is ours: a second process is refused first
+        from .experiments.pipeline import run_finetune
+
+        ckpt = run_finetune(cfg, args.out, console=True)
     if not distributed.is_rank_zero():
         return distributed.finish()
     report = Path(args.out) / "transfer.json"
@@ -535,6 +539,8 @@ def cmd_predict(args) -> int:
                 ef = f", EF {v:.1f}% over {r.echo['beats']} beat(s)" if v == v else ", EF undefined (no LV change found)"
             print(f"ok      {r.path} ({r.kind}, {r.frames} frame(s), prepared: {r.preparation}{ef}) -> "
                   f"{r.outputs.get('mask') or r.outputs.get('mask_video')}")
+            if r.echo and r.echo.get("flag"):  # sslseg.echo.measurements.flags
+                print(f"        check the segmentation: {r.echo['flag']}")
         else:
             print(f"FAILED  {r.error}", file=sys.stderr)
     summary = write_summary(results, args.out, known)

@@ -34,6 +34,10 @@ tests check the estimate against that analytic value.
 When the spacing is unknown (EchoNet-Dynamic's AVIs carry none) areas and
 lengths are in pixels, assuming square pixels; FAC and EF are ratios and do
 not depend on the pixel size.
+
+Values outside the physiological range are flagged (:func:`flags`; the
+``flag`` column of the summary and of ``_beats.csv``), not removed: a flag
+asks for a look at the segmentation (``_lv_area.png``, the overlay video).
 """
 
 from __future__ import annotations
@@ -50,6 +54,14 @@ from ..io.tables import filelist_name, read_filelist, write_table
 
 #: highest heart rate expected at rest in echo clinics; sets the minimum distance between two EDs
 MAX_HEART_RATE_BPM = 140.0
+
+#: EF (percent) outside which a measurement is flagged as implausible. The ASE/EACVI chamber
+#: quantification guideline (Lang et al., J Am Soc Echocardiogr 2015;28:1-39, table 4) gives 52-72% (men)
+#: and 54-74% (women) as normal and below 30% as severely reduced; an EF under 5% means a ventricle that
+#: barely moves, over 90% one that empties almost completely (ESV under a tenth of EDV): both far beyond
+#: the reduced and the hyperdynamic hearts echo labs see, and far more often a failed segmentation
+#: (a missed or a leaking LV mask) than a heart.
+EF_PLAUSIBLE_PERCENT = (5.0, 90.0)
 
 
 @dataclass
@@ -106,6 +118,10 @@ class EchoMeasurement:
     beats: list[Beat] = field(default_factory=list)
     fallback: bool = False
 
+    def flags(self) -> list[str]:
+        """What lies outside the physiological range (:func:`flags`); empty when nothing does."""
+        return flags(self.ef, self.beats)
+
     @property
     def ef(self) -> float:
         """Mean EF over beats, percent (NaN without a beat)."""
@@ -136,7 +152,50 @@ class EchoMeasurement:
             f"esv_{vol}": _mean([b.esv for b in self.beats]),
             "fac_percent": self.fac,
             "ef_percent": self.ef,
+            "flag": "; ".join(self.flags()),
         }
+
+
+def beat_flags(b: Beat) -> list[str]:
+    """One beat's values that cannot be (a larger LV at ES than at ED) or are implausible (EF range).
+
+    A ventricle ejects during systole, so its ES area and volume are below its ED ones: an ES volume
+    above the ED volume (a negative EF) or an ES area above the ED area (a negative FAC) is impossible.
+    """
+    out = []
+    ef = b.ef
+    if math.isfinite(ef) and ef < 0:
+        out.append(f"EF {ef:.1f}%: ES volume above ED volume (impossible)")
+    elif math.isfinite(ef) and not EF_PLAUSIBLE_PERCENT[0] <= ef <= EF_PLAUSIBLE_PERCENT[1]:
+        out.append(f"EF {ef:.1f}% outside {EF_PLAUSIBLE_PERCENT[0]:g}-{EF_PLAUSIBLE_PERCENT[1]:g}% (implausible)")
+    if math.isfinite(b.fac) and b.fac < 0:
+        out.append(f"FAC {b.fac:.1f}%: ES area above ED area (impossible)")
+    return out
+
+
+def flags(ef: float, beats: Sequence[Beat]) -> list[str]:
+    """A video's measurements outside the physiological range: its mean EF, then each beat's own.
+
+    Args:
+        ef: the video's EF, percent (the mean over beats; NaN: undefined, not flagged).
+        beats: its beats (:func:`beat_flags`; numbered from 0 as in ``_beats.csv``).
+
+    Returns:
+        Short phrases, e.g. ``["EF 0.8% outside 5-90% (implausible)",
+        "beat 1: EF -0.3%: ES volume above ED volume (impossible)"]``; empty when all is plausible.
+    """
+    out = []
+    lo, hi = EF_PLAUSIBLE_PERCENT
+    if math.isfinite(ef) and ef < 0:
+        out.append(f"EF {ef:.1f}%: ES volume above ED volume (impossible)")
+    elif math.isfinite(ef) and not lo <= ef <= hi:
+        out.append(f"EF {ef:.1f}% outside {lo:g}-{hi:g}% (implausible)")
+    if len(beats) > 1 or not out:  # a single beat's EF is the video's, already said
+        for i, b in enumerate(beats):
+            out += [f"beat {i}: {f}" for f in beat_flags(b)]
+    else:
+        out += [f for f in beat_flags(beats[0]) if f.startswith("FAC")]
+    return out
 
 
 def _mean(v: list[float]) -> float:
@@ -312,13 +371,14 @@ def write_measurement_csv(m: EchoMeasurement, path: str | os.PathLike) -> Path:
 
 
 def write_beats_csv(m: EchoMeasurement, path: str | os.PathLike) -> Path:
-    """One row per beat: ED/ES frames, areas, lengths, volumes, FAC and EF (percent)."""
+    """One row per beat: ED/ES frames, areas, lengths, volumes, FAC and EF (percent), and its :func:`beat_flags`."""
     u = m.unit
     vol = "ml" if u == "mm" else "px3"
     columns = ["beat", "ed_frame", "es_frame", f"eda_{u}2", f"esa_{u}2", f"edl_{u}", f"esl_{u}",
-               f"edv_{vol}", f"esv_{vol}", "fac_percent", "ef_percent", "fallback"]
+               f"edv_{vol}", f"esv_{vol}", "fac_percent", "ef_percent", "fallback", "flag"]
     rows = [dict(zip(columns, [i, b.ed, b.es, f"{b.eda:.4f}", f"{b.esa:.4f}", f"{b.edl:.4f}", f"{b.esl:.4f}",
-                               f"{b.edv:.6g}", f"{b.esv:.6g}", f"{b.fac:.3f}", f"{b.ef:.3f}", m.fallback],
+                               f"{b.edv:.6g}", f"{b.esv:.6g}", f"{b.fac:.3f}", f"{b.ef:.3f}", m.fallback,
+                               "; ".join(beat_flags(b))],
                      strict=True))
             for i, b in enumerate(m.beats)]
     return write_table(path, rows, columns)

@@ -6,6 +6,7 @@ Each writes a run directory: ``config.yaml`` (fully resolved), ``checkpoint.pt``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -120,8 +121,12 @@ def _steps(stage, n_items: int) -> int:
     return int(stage.steps)
 
 
-def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None = None) -> Path:
-    """Self-supervised pretraining on every frame of the training cases (never val/test)."""
+def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None = None, console: bool = False) -> Path:
+    """Self-supervised pretraining on every frame of the training cases (never val/test).
+
+    ``console``: print the run's summary before training and its outcome after (the command line's
+    runs; a sweep's runs keep to their log files).
+    """
     fabric = start_processes(cfg, cfg.pretrain)
     rank0 = fabric.is_global_zero
     out = Path(out_dir)
@@ -163,8 +168,17 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
         dump_yaml(cfg, out / "config.yaml")
         write_provenance(out, {"pretrain": {"steps": steps, "options": resolved_options(method, options)}})
     log.info("pretraining %s/%s on %d frames of %d training cases", cfg.pretrain.method, cfg.model.arch, len(pool), len(train))
-    with Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda") as next_batch:
-        fit(
+    show = console and rank0
+    _say(show, [
+        *_data_lines(cfg, cases, out),
+        f"method:  {cfg.pretrain.method}, on {_n(len(pool), 'frame')} of the {_n(len(train), 'training case')}"
+        f" ({_count(method) - _count(model):,} parameters of its own beside the model's)",
+        _model_line(cfg.model.arch, model, model_kwargs),
+        _device_line(fabric, cfg),
+        _training_line(cfg.pretrain, steps),
+    ])
+    with Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda") as next_batch, _echo_resume(show):
+        result = fit(
             method,
             next_batch,
             _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(1, steps // 10),
@@ -178,6 +192,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
             after_step=getattr(method, "after_step", None),
             fabric=fabric,
         )
+    _say(show, [_outcome_line(f"pretrain {cfg.pretrain.method}", result)])
     ckpt = out / "checkpoint.pt"
     if not rank0:
         return ckpt
@@ -221,9 +236,14 @@ def select_labelled(cases: list[Case], labels: str, seed: int, path: Path | None
 
 
 def run_finetune(
-    cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None = None, labelled_ids: list[str] | None = None
+    cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None = None, labelled_ids: list[str] | None = None,
+    console: bool = False,
 ) -> Path:
-    """Fine-tune from ``cfg.finetune.init`` (a checkpoint or ``random``) on a label budget."""
+    """Fine-tune from ``cfg.finetune.init`` (a checkpoint or ``random``) on a label budget.
+
+    ``console``: print the run's summary before training and its outcome after (the command line's
+    runs; a sweep's runs keep to their log files).
+    """
     fabric = start_processes(cfg, cfg.finetune)
     out = _run_folder(out_dir, fabric.is_global_zero)
     seed_everything(cfg.seed)
@@ -255,6 +275,7 @@ def run_finetune(
     # the unlabelled frames of the training split only: unselected cases and the unlabelled frames of the
     # selected ones; validation and test frames are never drawn
     pool = unlabelled_pool(train, labelled, cfg.data.image_size, normalizer) if ft.mode != "supervised" else None
+    asked = ft.mode
     mode = modes.resolve_mode(ft.mode, len(pool) if pool is not None else 0, len(chosen))
     if not modes.needs_unlabelled(mode):
         pool = None
@@ -276,8 +297,27 @@ def run_finetune(
     if pool is not None:
         log.info("%s: %d unlabelled frames of %d training cases", mode, len(pool), len(train))
     name = Path(str(ft.init)).parent.name if init else "random"
-    result = _fit_finetune(cfg, fabric, task, data, val_set, model_kwargs["num_classes"], steps, frozen, params, out,
-                           desc=f"finetune {name}" + (f" {mode}" if mode != "supervised" else ""), pool=pool)
+    desc = f"finetune {name}" + (f" {mode}" if mode != "supervised" else "")
+    show = console and fabric.is_global_zero
+    n_train = len(train)
+    _say(show, [
+        *_data_lines(cfg, cases, out),
+        f"labels:  {len(chosen)} of the {_n(n_train, 'training case')} ({_n(len(data), 'labelled frame')})",
+        f"mode:    {mode}" + (" (chosen by auto)" if asked == "auto" else "")
+        + (f", beside {len(pool)} unlabelled frames of the training split" if pool is not None else ""),
+        _model_line(cfg.model.arch, model, model_kwargs)
+        + (f"; from {ft.init}" if init is not None else "; random initialisation"),
+        _device_line(fabric, cfg),
+        _training_line(ft, steps) + (f"; encoder frozen for the first {frozen} step{'s' if frozen != 1 else ''}"
+                                     if frozen > 0 else "")
+        + (f"; validation every {_n(ft.val_every, 'step')} on {_n(len(val), 'case')}" if val_set is not None
+           and ft.val_every else f"; validation at the end on {_n(len(val), 'case')}" if val_set is not None
+           else "; no validation case"),
+    ])
+    with _echo_resume(show):
+        result = _fit_finetune(cfg, fabric, task, data, val_set, model_kwargs["num_classes"], steps, frozen, params,
+                               out, desc=desc, pool=pool)
+    _say(show, [_outcome_line(desc, result)])
     ckpt = out / "checkpoint.pt"
     if fabric.is_global_zero:
         save_checkpoint(
@@ -288,6 +328,84 @@ def run_finetune(
             transfer=report.summary() if report else "random initialisation", freeze_encoder_steps=frozen,
         )
     return ckpt
+
+
+def _say(show: bool, lines: list[str]) -> None:
+    """Print ``lines`` when ``show`` (they go to standard output, so they stay in a piped log)."""
+    if show:
+        print("\n".join(lines), flush=True)
+
+
+def _n(k: int, word: str) -> str:
+    """``1 case``, ``3 cases``."""
+    return f"{k} {word}{'s' if k != 1 else ''}"
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _data_lines(cfg: RunConfig, cases: list[Case], out: Path) -> list[str]:
+    """What the run reads: the data set's cases and frames, and the per-case split (the nnU-Net habit)."""
+    frames = sum(c.num_frames for c in cases)
+    labelled = sum(len(c.labelled_indices) for c in cases)
+    n = {s: sum(c.split == s for c in cases) for s in ("train", "val", "test")}
+    return [f"data:    {cfg.data.spec}, {len(cases)} cases, {frames} frames ({labelled} labelled), "
+            f"resized to {cfg.data.image_size} x {cfg.data.image_size}",
+            f"split:   {n['train']} training, {n['val']} validation, {n['test']} test cases "
+            f"({out / 'splits.json'})"]
+
+
+def _model_line(arch: str, model: torch.nn.Module, kwargs: dict) -> str:
+    c = int(kwargs["in_channels"])
+    return (f"model:   {arch}, {_count(model):,} parameters, {c} input channel{'s' if c != 1 else ''}, "
+            f"{int(kwargs['num_classes'])} classes (background included)")
+
+
+def _device_line(fabric, cfg: RunConfig) -> str:
+    dev = fabric.device
+    name = f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
+    n = fabric.world_size
+    return f"device:  {name}, {n} process{'es' if n != 1 else ''}, precision {cfg.precision}"
+
+
+def _training_line(stage, steps: int) -> str:
+    warm = int(stage.warmup_steps)
+    return (f"train:   {steps} steps, batch {stage.batch_size}, lr {stage.lr:g}"
+            + (f" (warm-up {warm} step{'s' if warm != 1 else ''})" if warm > 0 else ""))
+
+
+def _outcome_line(desc: str, result) -> str:
+    """The run's last line of its own: steps, time and the loss of the last logged steps."""
+    from ..engine.progress import format_duration
+
+    losses = [h for h in result.history if "loss" in h]
+    last = ""
+    if losses:  # a logged row holds the mean loss since the row before
+        span = int(losses[-1]["step"]) - (int(losses[-2]["step"]) if len(losses) > 1 else 0)
+        last = f", loss {losses[-1]['loss']:.4f} " + ("at the last step" if span == 1 else f"over the last {span} steps")
+    return f"{desc}: {result.steps} steps done in {format_duration(result.seconds)}{last}"
+
+
+class _ResumeEcho(logging.Handler):
+    """Shows the loop's "resumed from <last.pt> at step N" on the console too (log.txt has every line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "resumed from" in msg:
+            print(msg, flush=True)
+
+
+@contextlib.contextmanager
+def _echo_resume(show: bool):
+    handler = _ResumeEcho(logging.INFO) if show else None
+    if handler is not None:
+        log.addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
 
 
 def _run_folder(out_dir: str | Path, rank0: bool) -> Path:

@@ -4,8 +4,9 @@
 starts writing. It
 
 - takes ``out/.lock`` (an OS file lock: released by the kernel when the owning
-  process ends in any way, so a lock left by a killed run is never stale) and
-  refuses a second process with one line;
+  process ends in any way, so a lock left by a killed run is never stale),
+  refuses a second process with one line, and removes the file when the run
+  ends, so a finished folder holds only its outputs;
 - compares the resolved configuration with the folder's ``config.yaml``: a
   different one is refused (``--overwrite`` clears the run's outputs first), and
   so are a damaged ``config.yaml`` and a ``checkpoint.pt`` without one (nothing
@@ -161,6 +162,9 @@ def claim(out: str | os.PathLike, config: dict, overwrite: bool = False,
 def lock(out: str | os.PathLike) -> Iterator[Path]:
     """Hold ``out/.lock`` (created with ``out``) or refuse in one line when another process holds it.
 
+    The file is removed when the holder ends (normally or by an exception), so a finished folder
+    holds only its outputs; a killed process leaves it behind, unlocked, and the next run takes it.
+
     Raises:
         ValueError: ``out`` is a file, or another live process owns the folder.
     """
@@ -168,22 +172,51 @@ def lock(out: str | os.PathLike) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = out / ".lock"
+    fd = _acquire(path, out)  # outside the try: a refused process must not remove the owner's file
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise ValueError(f"{out} is in use by {owner}; wait for it to end or choose another --out") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
         yield out
     finally:
+        # removed while still held: a process that opened this file meanwhile finds it gone once it
+        # gets the lock (_acquire), and takes a fresh one
+        with contextlib.suppress(OSError):
+            if fcntl is None or _is_file_of(fd, path):
+                path.unlink()
         if fcntl is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _acquire(path: Path, out: Path) -> int:
+    """An open descriptor of ``path`` with its exclusive lock (POSIX), the holder's pid written in it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ValueError(f"{out} is in use by {owner}; wait for it to end or choose another --out") from None
+        if _is_file_of(fd, path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+            return fd
+        # the previous holder removed this file as it ended, after we opened it: open the new one
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _is_file_of(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed, not replaced)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def _get(d: dict, dotted: str):

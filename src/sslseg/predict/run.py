@@ -344,6 +344,8 @@ def predict_file(
         res.outputs["beats_csv"] = write_beats_csv(m, Path(f"{out_base}_beats.csv"))
         res.outputs["lv_plot"] = plot_area_curve(m, Path(f"{out_base}_lv_area.png"), title=path.name)
         res.echo = m.summary()
+        if res.echo["flag"]:  # kept, and said: the segmentation needs a look
+            res.notes.append(f"outside the physiological range: {res.echo['flag']}")
         if not m.fps_known:
             res.notes.append(f"frame rate unknown: {m.fps:g} frames/s assumed")
     return res
