@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,8 @@ PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed", "bf16
               "16": "16-mixed", "16-mixed": "16-mixed"}
 
 _FABRICS: dict[tuple, object] = {}
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -58,12 +61,73 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def rank_zero_first() -> Iterator[None]:
-    """Rank 0 runs the block first (building caches, writing split files); the others follow and read."""
-    if not is_rank_zero():
-        barrier()
-    yield
+    """Rank 0 runs the block first (building caches, writing split files); the others follow and read.
+
+    When the block raises on rank 0, the other ranks raise too (see :func:`on_rank_zero`)
+    instead of waiting for rank 0 until the process group's timeout.
+    """
+    if world_size() == 1:
+        yield
+        return
     if is_rank_zero():
-        barrier()
+        try:
+            yield
+        except BaseException as err:
+            _send_outcome(err)
+            raise
+        _send_outcome(None)
+    else:
+        _receive_outcome()
+        yield
+
+
+def on_rank_zero(fn: Callable[[], T]) -> T:
+    """``fn()`` run on rank 0 alone, its result sent to every rank (validation, a choice all must share).
+
+    When ``fn`` raises on rank 0, every other rank raises as well, at once: a user
+    error (``ValueError``, ``OSError``) as a ``ValueError`` with the same message, anything
+    else as :class:`RankZeroFailed`. Without the outcome sent, the other ranks would
+    wait for rank 0's result in a collective until the process group's timeout.
+    """
+    if world_size() == 1:
+        return fn()
+    if is_rank_zero():
+        try:
+            result = fn()
+        except BaseException as err:
+            _send_outcome(err)
+            raise
+        _send_outcome(None, result)
+        return result
+    return _receive_outcome()
+
+
+class RankZeroFailed(RuntimeError):
+    """Raised on the other ranks when rank 0 stopped with an unexpected error."""
+
+
+def _send_outcome(err: BaseException | None, result=None) -> None:
+    if err is None:
+        box = [("ok", result)]
+    else:
+        box = [("user" if isinstance(err, (ValueError, OSError)) else "failed", f"{type(err).__name__}: {err}",
+                str(err))]
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except Exception:  # noqa: BLE001 - the group itself is broken: rank 0's own error is the one to show
+        if err is None:
+            raise
+
+
+def _receive_outcome():
+    box = [None]
+    dist.broadcast_object_list(box, src=0)
+    kind, *rest = box[0]
+    if kind == "ok":
+        return rest[0]
+    if kind == "user":
+        raise ValueError(rest[1])  # the same one line rank 0 shows (the command line prints it there only)
+    raise RankZeroFailed(f"process 0 stopped with {rest[0]}; this process stops too")
 
 
 def normalise_precision(precision: str) -> str:

@@ -9,6 +9,7 @@ dict of scalar tensors with key ``"loss"`` (a pretraining method, or
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from ..io.tables import write_table
 from . import resume as resume_
 from .checkpoint import discard
+from .distributed import on_rank_zero
 from .progress import Progress
 
 log = logging.getLogger("sslseg")
@@ -49,11 +51,14 @@ class LoopConfig:
         restarts: steps at which the schedule starts again (warm-up, then cosine
             to the next restart or the end), for a staged method whose stages the
             reference trains as separate runs (``global_local``).
-        sync_batchnorm: on several processes, BatchNorm statistics over the global batch.
+        sync_batchnorm: on several processes, BatchNorm statistics over the global batch
+            (:func:`sslseg.engine.distributed.convert_batchnorm`; on CPUs as on GPUs), as
+            one process over that batch computes them; False keeps statistics per process.
         find_unused_parameters: DDP's option, for tasks that leave some trainable
             parameters without gradient at some steps.
         logger: ``csv`` (metrics.csv only) or ``tensorboard`` as well (:mod:`sslseg.engine.progress`).
-        progress_seconds: seconds between plain progress lines when no progress bar is shown.
+        progress_seconds: seconds between plain progress lines when no progress bar is shown (a line
+            comes at the first logging step after them).
     """
 
     steps: int = 1000
@@ -70,7 +75,7 @@ class LoopConfig:
     precision: str = "32-true"
     grad_clip: float = 0.0
     restarts: tuple[int, ...] = ()
-    sync_batchnorm: bool = False
+    sync_batchnorm: bool = True
     find_unused_parameters: bool = False
     logger: str = "csv"
     progress_seconds: float = 30.0
@@ -183,32 +188,31 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
     task_f, optimizer_f = fabric.setup(task, optimizer)
 
     start, history, best, best_state = 0, [], None, None
-    running: dict[str, float] = {}
-    n_running, elapsed = 0, 0.0
+    # the running sums of the logged values stay on the device, read only every log_every steps:
+    # reading a device tensor makes the host wait for the device
+    sums = RunningSums(fabric.device)
     last_path = out / "last.pt" if out is not None else None
     policy = resume_.SnapshotPolicy(cfg.save_every, cfg.save_seconds)
     snap = resume_.read_snapshot(last_path) if resume and last_path is not None else None
+    elapsed = 0.0
     if snap is not None and resume_.restore_run(snap, last_path, task, optimizer, scheduler, generators):
         # everything the next step depends on: weights, optimiser, schedule, every RNG, the partial log row
         start = int(snap["step"])
         history = [dict(h) for h in snap["history"]]
         best = dict(snap["best"]) if snap.get("best") else None
         best_state = snap.get("best_state")
-        running, n_running = dict(snap["running"]), int(snap["n_running"])
+        sums.restore(dict(snap["running"]), int(snap["n_running"]))
         elapsed = float(snap["elapsed"])
         log.info("%s: resumed from %s at step %d", desc, last_path, start)
+    streams = RankStreams(fabric, snap.get("rank_seed") if snap is not None and start > 0 else None)
 
     def run_validation(step: int) -> None:
         nonlocal best, best_state
         was_training = task.training
         task.eval()
-        metrics = None
-        if rank0:
-            with torch.inference_mode():
-                metrics = validate(task)
-        if fabric.world_size > 1:
-            # rank 0's numbers decide for all: every rank keeps the same best weights
-            metrics = fabric.broadcast(metrics, src=0)
+        # rank 0's numbers decide for all: every rank keeps the same best weights; a rank 0 that
+        # fails here stops every rank (the others would wait for its numbers until the timeout)
+        metrics = on_rank_zero(lambda: _validate_no_grad(validate, task))
         task.train(was_training)
         row = {"step": step, **{f"val_{k}": float(v) for k, v in metrics.items()}}
         history.append(row)
@@ -218,7 +222,6 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
             best = {"step": step, **{k: float(v) for k, v in metrics.items()}}
             best_state = {k: v.detach().cpu().clone() for k, v in task.state_dict().items()}
 
-    seed_rank(fabric)
     task.train()
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=False,
@@ -228,13 +231,12 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
                         every_seconds=cfg.progress_seconds, out_dir=out if rank0 else None,
                         logger=cfg.logger)
     for step in range(start, cfg.steps):
+        streams.seed(step)
         batch = fabric.to_device(next_batch(step))
         if step == start and fabric.world_size > 1:
             log_rank_batches(fabric, batch, desc)
         out_dict = task_f(batch)
         loss = out_dict["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
         optimizer_f.zero_grad(set_to_none=True)
         fabric.backward(loss)
         if cfg.grad_clip > 0:
@@ -243,26 +245,27 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
         scheduler.step()
         if after_step is not None:
             after_step(step, cfg.steps)
-        values = {k: float(v.detach()) for k, v in out_dict.items()}  # one device sync per step
-        for k, v in values.items():
-            running[k] = running.get(k, 0.0) + v
-        n_running += 1
+        sums.add(out_dict, step)  # no device sync: the values are read at the next row
         bar.update(1)
-        progress.update(step + 1, values["loss"])
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            if fabric.world_size > 1:
-                running = mean_over_ranks(fabric, running)
-            row = {"step": step + 1, **{k: v / n_running for k, v in running.items()}}
+            means, n = sums.read(fabric)  # the one device sync of these steps
+            check_finite(sums.bad_step, task, cfg, desc)
+            row = {"step": step + 1, **means}
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             progress.log(row)
+            progress.update(step + 1, row["loss"], count=n)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             log.info("%s step %d loss %.5f", desc, step + 1, row["loss"])
-            running, n_running = {}, 0
+            sums.reset()
         if validate is not None and cfg.val_every > 0 and (step + 1) % cfg.val_every == 0 and step + 1 < cfg.steps:
+            check_finite(sums.diverged(fabric), task, cfg, desc)  # no validation of diverged weights
             run_validation(step + 1)
-        if rank0 and last_path is not None and policy.due(step + 1, cfg.steps):
+        # never a snapshot of diverged weights to resume from (rank 0 alone decides on a snapshot, so it
+        # cannot stop the run here: the next row, read on every rank, does)
+        if rank0 and last_path is not None and policy.due(step + 1, cfg.steps) and sums.diverged() is None:
+            running, n_running = sums.partial()
             policy.save(
                 {
                     "task": task.state_dict(),
@@ -276,6 +279,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
                     "n_running": n_running,
                     "elapsed": time.perf_counter() - t0,
                     "rng": resume_.capture_rng(generators),
+                    "rank_seed": streams.base,
                 },
                 last_path,
             )
@@ -307,10 +311,128 @@ def prepare_processes(task: nn.Module, cfg: LoopConfig, fabric, desc: str) -> No
     set_find_unused_parameters(fabric, cfg.find_unused_parameters)
 
 
-def seed_rank(fabric) -> None:
-    """On ranks > 0, a torch random stream of their own: the same model everywhere, different augmentations."""
-    if fabric.world_size > 1 and fabric.global_rank > 0:
-        torch.manual_seed((torch.initial_seed() + 104729 * fabric.global_rank) % 2**63)
+class RankStreams:
+    """Each rank's torch random stream on several processes: a pure function of (seed, rank, step).
+
+    On one process torch's stream runs on from step to step, and ``last.pt`` carries
+    it. On several, every rank's torch generators (CPU and CUDA) are seeded before
+    step ``s`` from ``(base, rank, s)``: ranks draw different augmentations, and a
+    resumed run draws, on every rank, what the run never stopped drew. ``base`` is
+    rank 0's torch seed at the start of the run, sent to all and kept in ``last.pt``.
+    """
+
+    def __init__(self, fabric, base: int | None = None) -> None:
+        self.rank, self.base = fabric.global_rank, None
+        if fabric.world_size > 1:
+            self.base = int(base) if base is not None else int(fabric.broadcast(torch.initial_seed(), src=0))
+
+    def seed(self, step: int) -> None:
+        if self.base is not None:
+            torch.manual_seed(stream_seed(self.base, self.rank, step))
+
+
+def stream_seed(base: int, rank: int, step: int) -> int:
+    """A seed for ``(base, rank, step)``: hashed, so that nearby triples give unrelated streams."""
+    digest = hashlib.blake2b(f"{base}/{rank}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**63
+
+
+class RunningSums:
+    """The sums of a task's logged values since the last row, and the first non-finite loss, kept on the device.
+
+    :meth:`add` only queues additions (no device sync); :meth:`read` brings the sums
+    and the step of the first non-finite loss to the host in one transfer, averaged
+    over the ranks (that step: the earliest of any rank). Float64 on the device, so
+    the rows equal the sums of the per-step values read one by one.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.dtype = torch.float32 if self.device.type == "mps" else torch.float64  # (no float64 on MPS)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+        # 1-based step of the first non-finite loss; inf while there is none
+        self.first_bad = torch.full((), math.inf, dtype=self.dtype, device=self.device)
+        self.bad_step: int | None = None  # the host's copy, as of the last read
+
+    def add(self, values: Mapping[str, torch.Tensor], step: int) -> None:
+        for k, v in values.items():
+            # (the task's tensors are on the device already: moving them would be a transfer)
+            v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=self.device)
+            v = v.to(self.dtype).reshape(())
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        newly = ~torch.isfinite(self.sums["loss"]) & torch.isinf(self.first_bad)
+        self.first_bad = self.first_bad.masked_fill(newly, float(step + 1))
+        self.n += 1
+
+    def read(self, fabric=None) -> tuple[dict[str, float], int]:
+        """The means since the last row (over every rank when ``fabric`` has several) and their step count."""
+        keys = list(self.sums)  # the task's order, the same on every rank
+        vec = torch.stack([*(self.sums[k] for k in keys), self.first_bad])
+        if fabric is not None and fabric.world_size > 1:
+            vec = torch.cat([fabric.all_reduce(vec[:-1], reduce_op="mean"), _min_over_ranks(vec[-1:])])
+        values = vec.tolist()
+        self._set_bad(values[-1])
+        return {k: v / max(self.n, 1) for k, v in zip(keys, values[:-1], strict=True)}, self.n
+
+    def diverged(self, fabric=None) -> int | None:
+        """The 1-based step of the first non-finite loss, or None (over every rank when ``fabric`` has several)."""
+        bad = self.first_bad.reshape(1)
+        if fabric is not None and fabric.world_size > 1:
+            self._set_bad(_min_over_ranks(bad).item())  # a collective: every rank calls it
+        elif self.bad_step is None:
+            self._set_bad(bad.item())
+        return self.bad_step
+
+    def _set_bad(self, value: float) -> None:
+        self.bad_step = None if math.isinf(value) else int(value)
+
+    def partial(self) -> tuple[dict[str, float], int]:
+        """This rank's sums as plain numbers, for ``last.pt``."""
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
+        return dict(zip(keys, values, strict=True)), self.n
+
+    def restore(self, running: Mapping[str, float], n: int) -> None:
+        self.sums = {k: torch.tensor(float(v), dtype=self.dtype, device=self.device) for k, v in running.items()}
+        self.n = int(n)
+
+    def reset(self) -> None:
+        self.sums, self.n = {}, 0
+
+
+def _min_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MIN)
+    return x
+
+
+def check_finite(step: int | None, task: nn.Module, cfg: LoopConfig, desc: str) -> None:
+    """Stop a run whose loss was not finite at ``step`` (None: it never was), naming what to change.
+
+    Raises:
+        ValueError: one line with the step, and the learning rate or, for a tiny
+            contrastive temperature, the temperature to change.
+    """
+    if step is None:
+        return
+    temps = [t for m in task.modules() for t in [getattr(m, "temperature", None)]
+             if isinstance(t, (int, float)) and not isinstance(t, bool)]
+    if temps and min(temps) < TINY_TEMPERATURE:
+        fix = (f"the temperature (now {min(temps):g}) divides the similarities and is so small that they overflow: "
+               f"raise it (0.1 is usual)")
+    else:
+        fix = f"lower the learning rate (now {cfg.lr:g})"
+    raise ValueError(f"{desc}: the loss was not finite at step {step} (training diverged); {fix}")
+
+
+#: a contrastive temperature below this is named as the likely cause of a non-finite loss
+TINY_TEMPERATURE = 1e-3
+
+
+def _validate_no_grad(validate, task):
+    with torch.inference_mode():
+        return validate(task)
 
 
 def _first_tensor(batch: Any) -> torch.Tensor:
@@ -331,14 +453,6 @@ def log_rank_batches(fabric, batch: Any, desc: str) -> None:
     every = torch.stack(every).cpu()
     prints = ", ".join(f"rank {r}: {int(n)} samples, sum {s:.6g}" for r, (s, _, n) in enumerate(every.tolist()))
     log.info("%s: %d processes; first batch per rank: %s", desc, fabric.world_size, prints)
-
-
-def mean_over_ranks(fabric, running: dict[str, float]) -> dict[str, float]:
-    """The mean over ranks of each logged sum (every rank logs the same keys)."""
-    keys = list(running)  # the task's order, the same on every rank
-    vals = fabric.all_reduce(torch.tensor([running[k] for k in keys], dtype=torch.float64, device=fabric.device),
-                             reduce_op="mean")
-    return dict(zip(keys, vals.cpu().tolist(), strict=True))
 
 
 def _add_file_log(path: Path) -> logging.Handler:

@@ -2,8 +2,9 @@
 
 On a terminal the loop shows a tqdm bar. When the output is a file or a pipe
 (``make demo > demo.log``, a batch job) tqdm stays silent, so :class:`Progress`
-prints a plain line every ``every_seconds`` (and at the last step) with the
-step, the mean loss since the previous line and the time left::
+prints a plain line at the first logging step ``every_seconds`` after the previous
+one (and at the last step) with the step, the mean loss since the previous line
+and the time left::
 
     pretrain simclr: step 120/600 (20%) loss 3.2101 1.92 steps/s ETA 4m10s
 
@@ -87,10 +88,14 @@ class Progress:
 
             self.logger = TensorBoardLogger(root_dir=str(Path(out_dir) / "tensorboard"), name="", version="")
 
-    def update(self, step: int, loss: float) -> str | None:
-        """Record one optimiser step's loss; print (and return) a line when one is due."""
-        self.loss_sum += float(loss)
-        self.loss_n += 1
+    def update(self, step: int, loss: float, count: int = 1) -> str | None:
+        """Record the mean loss of the ``count`` steps up to ``step``; print (and return) a line when one is due.
+
+        The loop calls it at its logging steps only, with the row's mean (it reads the
+        loss from the device no more often), so lines come at logging steps.
+        """
+        self.loss_sum += float(loss) * count
+        self.loss_n += count
         now = self.clock()
         if not self.show or (now - self.last < self.every and step < self.total):
             return None

@@ -21,9 +21,10 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        # every rank computed a loss over every rank's rows; this rank's rows receive the sum of
-        # those losses' gradients. DDP then averages over the W ranks, so W identical global losses
-        # give exactly the gradient of one.
+        # rank q's loss reaches this rank's rows through its gathered copy, so they receive the sum over q
+        # of those gradients. Each rank's loss is its own share of the global loss (its anchors' rows,
+        # see nt_xent_rows), so the sum is W times the global loss's gradient, and DDP's mean over the
+        # W ranks gives exactly the gradient of one process over the global batch.
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows].to(ctx.dtype)
@@ -70,23 +71,73 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
         z2: ``(N, D)`` projections of the second views (row i pairs with z1 row i).
         temperature: tau; contrastive-echo used 0.1.
         gather_distributed: on several processes, take the negatives from every
-            rank's batch (see :func:`gather`): N is then the global batch.
+            rank's batch (see :func:`gather`): N is then the global batch. Each rank
+            computes only its own anchors' rows against every rank's keys
+            (:func:`nt_xent_rows`); the value returned on every rank, and the
+            gradients after DDP's averaging, are those of one process over the global batch.
 
     Returns:
         scalar loss. For N identical vectors the value is ``log(2N - 1)``.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"nt_xent expects two (N, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if gather_distributed:
-        z1, z2 = gather(z1), gather(z2)
-    n = z1.shape[0]
+    rank, world = _rank_and_world(gather_distributed)
     z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
-    # (2N, D) @ (D, 2N) -> (2N, 2N) cosine similarities / tau; the diagonal is masked
-    sim = z @ z.t() / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    # anchor i's positive is i + N (and i + N's is i)
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(sim.float(), target)
+    return _global_value(nt_xent_rows(z, _keys(z, world), rank, temperature), world)
+
+
+def nt_xent_rows(z: torch.Tensor, keys: torch.Tensor, rank: int = 0, temperature: float = 0.1) -> torch.Tensor:
+    """One rank's share of NT-Xent: its 2n anchors against the 2Wn keys of all W ranks.
+
+    The (2Wn)^2 similarity matrix of the global batch is never built: each rank
+    computes its (2n, 2Wn) block of rows. Anchor i of view 1 has its positive at
+    column ``Wn + rank n + i`` (its view 2) and itself, masked, at ``rank n + i``.
+
+    Args:
+        z: ``(2n, D)`` this rank's normalised embeddings, ``[view 1; view 2]``.
+        keys: ``(2Wn, D)`` every rank's, ``[view 1 of ranks 0..W-1; view 2 of ranks 0..W-1]``
+            (on one process, ``z`` itself).
+        rank: this rank's place among the W.
+
+    Returns:
+        the mean over these 2n anchors; the mean over the W ranks is NT-Xent of the global batch.
+    """
+    n, world = z.shape[0] // 2, keys.shape[0] // z.shape[0]
+    own, positive = _columns(n, rank, world, z.device)
+    # (2n, D) @ (D, 2Wn) -> cosine similarities / tau; each anchor's own column masked
+    sim = z @ keys.t() / temperature
+    sim = sim.masked_fill(own[:, None] == torch.arange(keys.shape[0], device=z.device), float("-inf"))
+    return F.cross_entropy(sim.float(), positive)
+
+
+def _rank_and_world(gather_distributed: bool) -> tuple[int, int]:
+    if gather_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _keys(z: torch.Tensor, world: int) -> torch.Tensor:
+    """Every rank's ``(2n, D)`` ``[view 1; view 2]``, gathered with gradients, as ``[all view 1; all view 2]``."""
+    if world == 1:
+        return z
+    every = gather(z)  # (W 2n, D), rank by rank
+    n, d = z.shape[0] // 2, z.shape[1]
+    return every.view(world, 2, n, d).transpose(0, 1).reshape(2 * world * n, d)
+
+
+def _columns(n: int, rank: int, world: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The key columns of this rank's 2n anchors themselves, and of their other views."""
+    i = torch.arange(n, device=device) + rank * n
+    return torch.cat([i, i + world * n]), torch.cat([i + world * n, i])
+
+
+def _global_value(share: torch.Tensor, world: int) -> torch.Tensor:
+    """``share`` with the value of its mean over the ranks (the global loss) and its own gradient."""
+    if world == 1:
+        return share
+    total = share.detach().reshape(1).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return share - share.detach() + (total[0] / world).to(share.dtype)
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -153,25 +204,52 @@ def global_contrastive(
     """
     if strategy not in GLOBAL_STRATEGIES:
         raise ValueError(f"unknown global strategy {strategy!r}; choose one of {', '.join(GLOBAL_STRATEGIES)}")
-    if gather_distributed:
-        z1, z2 = gather(z1), gather(z2)
-        partition = gather(partition) if partition is not None else None
-    n = z1.shape[0]
+    rank, world = _rank_and_world(gather_distributed)
     z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = (z @ z.t() / temperature).float()  # (2N, 2N)
-    eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    other_view = torch.roll(eye, n, dims=1)  # (i, i + N mod 2N)
+    if strategy != "GR" and partition is not None and world > 1:
+        partition = gather(partition)
+    share = global_contrastive_rows(z, _keys(z, world), None if strategy == "GR" else partition, rank, strategy,
+                                    temperature)
+    return _global_value(share, world)
+
+
+def global_contrastive_rows(z: torch.Tensor, keys: torch.Tensor, partition: torch.Tensor | None = None,
+                            rank: int = 0, strategy: str = "GD", temperature: float = 0.1) -> torch.Tensor:
+    """One rank's share of :func:`global_contrastive`: its 2n anchors' rows against the 2Wn keys.
+
+    Args:
+        z, keys, rank: as in :func:`nt_xent_rows`.
+        partition: ``(Wn,)`` every rank's partitions in rank order (None: G^R).
+
+    Returns:
+        this rank's sum over its (anchor, positive) pairs times W over the number of
+        pairs in the global batch, so that the mean over the W ranks is the mean over
+        all pairs (ranks may hold different numbers of pairs under G^D).
+    """
+    two_m = keys.shape[0]
+    n, world = z.shape[0] // 2, two_m // z.shape[0]
+    own, other = _columns(n, rank, world, z.device)
+    cols = torch.arange(two_m, device=z.device)
+    itself, other_view = own[:, None] == cols, other[:, None] == cols  # (2n, 2Wn)
+    sim = (z @ keys.t() / temperature).float()
+    pairs = torch.tensor(float(two_m), device=z.device)  # one positive per anchor
     if strategy == "GR" or partition is None:
-        pos, neg = other_view, ~eye & ~other_view
+        pos, neg = other_view, ~itself & ~other_view
     else:
         p2 = torch.cat([partition, partition]).to(z.device)
-        same = (p2[:, None] == p2[None, :]) & ~eye
-        neg = ~same & ~eye
+        same = (p2[own][:, None] == p2[None, :]) & ~itself
+        neg = ~same & ~itself
         pos = other_view if strategy == "GD-" else same
+        if strategy == "GD":
+            # every anchor of the global batch has (images of its partition - 1) positives
+            ordered = torch.sort(p2).values
+            share = torch.searchsorted(ordered, p2, right=True) - torch.searchsorted(ordered, p2)
+            pairs = (share - 1).sum().to(sim.dtype)
     # log-sum-exp over each anchor's negatives; an anchor without negatives contributes 0
     lse_neg = torch.logsumexp(sim.masked_fill(~neg, float("-inf")), dim=1, keepdim=True)
     per_pair = -sim + torch.logaddexp(sim, lse_neg.expand_as(sim))
-    return per_pair[pos].mean()
+    # a sum over the mask, not per_pair[pos]: indexing by a mask waits for the device
+    return torch.where(pos, per_pair, 0.0).sum() * world / pairs
 
 
 def local_contrastive(v1: torch.Tensor, v2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
