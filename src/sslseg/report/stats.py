@@ -24,6 +24,53 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0)
     return (float(v.mean()), float(lo), float(hi))
 
 
+def hierarchical_bootstrap_ci(groups, n_boot: int = 2000, alpha: float = 0.05,
+                              seed: int = 0) -> tuple[float, float, float]:
+    """Mean of group means and a two-level percentile-bootstrap ``1 - alpha`` interval (NaNs dropped).
+
+    ``groups``: one list of values per labelled subset (e.g. the test-case Dice
+    differences of one seed). Each replicate draws subsets with replacement,
+    then values within each drawn subset with replacement, and averages the
+    subset means: the spread between subsets is in the interval, not only the
+    spread between test cases (which share their subset's luck). With one
+    subset it is the bootstrap over that subset's values alone.
+
+    Returns ``(mean, low, high)``; all NaN when there is no value.
+    """
+    gs = [np.asarray([x for x in g if not math.isnan(float(x))], dtype=float) for g in groups]
+    gs = [g for g in gs if g.size]
+    if not gs:
+        return (math.nan, math.nan, math.nan)
+    mean = float(np.mean([g.mean() for g in gs]))
+    rng = np.random.default_rng(seed)
+    s = len(gs)
+    # per subset: n_boot x s bootstrap means of its values; a replicate takes position j from subset pick[b, j]
+    within = np.stack([g[rng.integers(0, g.size, size=(n_boot, s, g.size))].mean(-1) for g in gs])
+    pick = rng.integers(0, s, size=(n_boot, s))
+    reps = within[pick, np.arange(n_boot)[:, None], np.arange(s)[None, :]].mean(1)
+    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
+    return (mean, float(lo), float(hi))
+
+
+def verdict(lo: float, hi: float, n: int, higher_better: bool = True) -> str:
+    """What an interval of a difference says: ``gain``, ``loss``, ``unclear`` (it includes 0) or ``single``.
+
+    ``single``: fewer than 2 labelled subsets, so no interval (and no evidence either way).
+    A gain is better for the method: above 0 for Dice, below 0 for HD95 (``higher_better=False``).
+    """
+    if n < 2 or math.isnan(float(lo)) or math.isnan(float(hi)):
+        return "single"
+    if lo > 0:
+        return "gain" if higher_better else "loss"
+    if hi < 0:
+        return "loss" if higher_better else "gain"
+    return "unclear"
+
+
+VERDICTS = {"gain": "clear gain", "loss": "clear loss", "unclear": "no clear difference",
+            "single": "one subset: no interval"}
+
+
 def paired_test(a, b, n_boot: int = 2000, seed: int = 0) -> dict:
     """Paired comparison of ``a`` against ``b`` (same test cases, same seeds, matched order).
 

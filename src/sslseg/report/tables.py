@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .stats import bootstrap_ci, format_p, paired_test, subset_test
+from .stats import VERDICTS, format_p, hierarchical_bootstrap_ci, subset_test, t_interval, verdict
 
 REFERENCE = "none"  # random initialisation
 
@@ -19,29 +19,88 @@ def _f(x) -> float:
         return math.nan
 
 
-def summary_table(rows: list[dict], metric: str = "dice") -> list[dict]:
-    """Mean and 95% bootstrap CI per (arch, method, labelled cases), best per budget marked, gain over random init."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
+def _cases(rows: list[dict]) -> dict[tuple, set]:
+    """The test cases of each ``(arch, method, labelled cases)``."""
+    out: dict[tuple, set] = defaultdict(set)
     for r in rows:
-        groups[(r["arch"], r["method"], int(r["labelled_cases"]))].append(_f(r[metric]))
-    out = []
-    for (arch, method, k), vals in sorted(groups.items(), key=lambda x: (x[0][0], x[0][2], x[0][1])):
-        mean, lo, hi = bootstrap_ci(vals)
-        out.append({"arch": arch, "method": method, "labelled_cases": k, "n": len(vals), "mean": mean,
-                    "ci_low": lo, "ci_high": hi})
+        out[(r["arch"], r["method"], int(r["labelled_cases"]))].add(r["case_id"])
+    return out
+
+
+def pooled_by_subset(rows: list[dict]) -> dict[tuple, float]:
+    """Pooled Dice of each run's test set, ``2 * sum |P & G| / sum (|P| + |G|)`` over every scored frame of its
+    test cases, per ``(arch, method, labelled cases, seed)``; empty when the rows carry no ``overlap``/``total``.
+
+    The published echo numbers are pooled Dice: EchoNet-Dynamic pools the whole test split, contrastive-echo
+    each batch of 128 test frames (a test set of up to 64 two-frame cines is one batch, where the two agree).
+    """
+    from ..evaluate.metrics import pooled_dice
+
+    if not rows or any(r.get("total") in (None, "") or r.get("overlap") in (None, "") for r in rows):
+        return {}
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        by[(r["arch"], r["method"], int(r["labelled_cases"]), str(r["seed"]))].append(r)
+    return {key: pooled_dice(rs) for key, rs in by.items()}
+
+
+def _paired(means: dict, arch: str, method: str, other: str, k: int) -> dict:
+    """:func:`~sslseg.report.stats.subset_test` of ``method`` minus ``other`` on the subsets both ran."""
+    seeds = sorted(s for (a, m, kk, s) in means if (a, m, kk) == (arch, method, k) and (arch, other, k, s) in means)
+    return subset_test([means[(arch, method, k, s)] - means[(arch, other, k, s)] for s in seeds])
+
+
+def summary_table(rows: list[dict], metric: str = "dice") -> list[dict]:
+    """Per (arch, method, labelled cases): the mean over labelled subsets with its 95% t interval across them,
+    the gain over random init paired by subset with its interval and verdict, and the clear winner per budget.
+
+    The unit is the labelled subset (seed), as in the headline gains: a subset's value is its mean over the
+    test cases, and the interval runs across subsets (none with one subset). ``best`` marks a row only when it
+    is ahead of every other initialisation at that budget with each paired interval excluding 0 (a clear
+    winner); with no clear winner no row is marked. ``cases`` counts the test cases, ``n`` the rows,
+    ``subsets`` the subsets; ``pooled`` (Dice only) is the mean over subsets of each run's pooled Dice
+    (:func:`pooled_by_subset`), NaN when the rows lack its terms.
+    """
+    means = subset_means(rows, metric)
+    pooled = pooled_by_subset(rows) if metric == "dice" else {}
+    cases = _cases(rows)
+    count: dict[tuple, int] = defaultdict(int)
+    for r in rows:
+        count[(r["arch"], r["method"], int(r["labelled_cases"]))] += 1
     higher_better = metric != "hd95"
+    out = []
+    for cell in sorted({k[:3] for k in means}, key=lambda c: (c[0], c[2], c[1])):
+        seeds = sorted(s for (*c, s) in means if tuple(c) == cell)
+        vals = [means[(*cell, s)] for s in seeds]
+        mean, lo, hi = t_interval(vals)
+        pv = [pooled[(*cell, s)] for s in seeds if (*cell, s) in pooled and not math.isnan(pooled[(*cell, s)])]
+        out.append({"arch": cell[0], "method": cell[1], "labelled_cases": cell[2], "n": count[cell],
+                    "cases": len(cases[cell]), "subsets": sum(not math.isnan(v) for v in vals), "mean": mean,
+                    "ci_low": lo, "ci_high": hi, "pooled": float(np.mean(pv)) if pv else math.nan})
     for row in out:
-        peers = [o for o in out if o["arch"] == row["arch"] and o["labelled_cases"] == row["labelled_cases"]]
-        vals = [o["mean"] for o in peers if not math.isnan(o["mean"])]
-        best = (max if higher_better else min)(vals) if vals else math.nan
-        row["best"] = len(peers) > 1 and row["mean"] == best
-        ref = [o for o in peers if o["method"] == REFERENCE]
-        row["gain"] = row["mean"] - ref[0]["mean"] if ref and row["method"] != REFERENCE else math.nan
+        arch, method, k = row["arch"], row["method"], row["labelled_cases"]
+        peers = [o["method"] for o in out if (o["arch"], o["labelled_cases"]) == (arch, k) and o["method"] != method]
+        row["best"] = bool(peers) and all(
+            verdict(t["ci_low"], t["ci_high"], t["n"], higher_better) == "gain"
+            for t in (_paired(means, arch, method, p, k) for p in peers))
+        row["gain"] = row["gain_low"] = row["gain_high"] = math.nan
+        row["verdict"] = ""
+        if REFERENCE in peers:
+            t = _paired(means, arch, method, REFERENCE, k)
+            if t["n"]:
+                row.update(gain=t["mean_gain"], gain_low=t["ci_low"], gain_high=t["ci_high"],
+                           verdict=verdict(t["ci_low"], t["ci_high"], t["n"], higher_better))
     return out
 
 
 def paired_tests(rows: list[dict], metric: str = "dice") -> list[dict]:
-    """Each method against random init at each budget, paired on (seed, case_id)."""
+    """Each method against random init at each budget at the test-case level, paired on (seed, case_id).
+
+    The interval is a two-level bootstrap (:func:`~sslseg.report.stats.hierarchical_bootstrap_ci`): labelled
+    subsets drawn with replacement, then test cases within each, so that it cannot claim more than the
+    subsets allow. Returns per cell ``mean_diff`` (mean over subsets of the mean paired difference),
+    ``ci_low``/``ci_high``, ``n`` pairs, ``subsets`` and ``wins`` (pairs the method is ahead on).
+    """
     by = defaultdict(dict)
     for r in rows:
         by[(r["arch"], r["method"], int(r["labelled_cases"]))][(str(r["seed"]), r["case_id"])] = _f(r[metric])
@@ -51,21 +110,51 @@ def paired_tests(rows: list[dict], metric: str = "dice") -> list[dict]:
         if method == REFERENCE or ref is None:
             continue
         keys = sorted(set(vals) & set(ref))
-        if not keys:
+        diffs: dict[str, list[float]] = defaultdict(list)
+        for key in keys:
+            d = vals[key] - ref[key]
+            if not math.isnan(d):
+                diffs[key[0]].append(d)
+        if not diffs:
             continue
-        t = paired_test([vals[key] for key in keys], [ref[key] for key in keys])
-        out.append({"arch": arch, "method": method, "labelled_cases": k, **t})
+        mean, lo, hi = hierarchical_bootstrap_ci(list(diffs.values()))
+        flat = [d for v in diffs.values() for d in v]
+        out.append({"arch": arch, "method": method, "labelled_cases": k, "mean_diff": mean, "ci_low": lo,
+                    "ci_high": hi, "n": len(flat), "subsets": len(diffs), "wins": sum(d > 0 for d in flat)})
     return out
 
 
+def _count_text(counts: set[int], what: str) -> str:
+    counts = sorted(counts)
+    return f"{counts[0]} {what}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} {what}"
+
+
 def format_text(table: list[dict], metric: str = "dice") -> str:
-    lines = [f"{'arch':<10} {'method':<24} {'labelled':>8} {metric:>7} {'95% CI':>17} {'vs random':>10}"]
+    """The console table: mean and interval across labelled subsets, the paired gain over random init with its
+    interval and what it says (clear gain, clear loss, no clear difference), and a clear winner only."""
+    def ci(lo, hi, fmt):
+        return "" if math.isnan(lo) or math.isnan(hi) else f"[{lo:{fmt}}, {hi:{fmt}}]"
+
+    lines = [f"{'arch':<10} {'method':<24} {'labelled':>8} {'subsets':>7} {metric:>7} {'95% CI':>16} "
+             f"{'vs random':>10} {'95% CI':>18}  verdict"]
     for r in table:
         gain = "" if math.isnan(r["gain"]) else f"{r['gain']:+.3f}"
-        mark = " *" if r["best"] else ""
-        lines.append(f"{r['arch']:<10} {r['method']:<24} {r['labelled_cases']:>8d} {r['mean']:>7.3f} "
-                     f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] {gain:>10}{mark}")
-    return "\n".join(lines + ["* best at that number of labelled cases"])
+        words = VERDICTS.get(r["verdict"], "")
+        if r["best"]:
+            words = f"{words}; clearly best" if words else "clearly best"
+        lines.append(f"{r['arch']:<10} {r['method']:<24} {r['labelled_cases']:>8d} {r['subsets']:>7d} "
+                     f"{r['mean']:>7.3f} {ci(r['ci_low'], r['ci_high'], '.3f'):>16} {gain:>10} "
+                     f"{ci(r['gain_low'], r['gain_high'], '+.3f'):>18}  {words}".rstrip())
+    cases = _count_text({r["cases"] for r in table}, "test cases")
+    notes = [
+        f"{metric}: mean over labelled subsets (seeds) of each subset's mean over its {cases}; 95% CI: Student t "
+        "across subsets (none with one subset).",
+        "vs random: random init's subset subtracted from the method's on the same labelled cases; verdict: clear "
+        "gain or clear loss when its 95% CI excludes 0, else no clear difference.",
+        "clearly best: ahead of every other initialisation at that budget, each paired CI excluding 0 (no row is "
+        "marked when none is).",
+    ]
+    return "\n".join(lines + [""] + notes)
 
 
 def subset_means(rows: list[dict], metric: str = "dice") -> dict[tuple, float]:
@@ -124,28 +213,39 @@ def subset_gains(rows: list[dict], metric: str = "dice", reference=REFERENCE) ->
 
 
 def gain_sentence(g: dict, metric: str = "Dice") -> str:
-    """One line: how a method does against random init across labelled subsets, with its interval."""
+    """One line: what the interval across labelled subsets says of a method against its reference.
+
+    Clear gain (``beats``) or clear loss (``loses to``) only when the 95% interval excludes 0; otherwise
+    ``no clear difference``, whatever the sign or size of the mean; with one subset, where and by how much
+    it stands, and that there is no interval.
+    """
     d = g["mean_gain"]
     ref = g.get("reference", REFERENCE)
     ref = "random init" if ref == REFERENCE else f"{ref} alone"
-    text = f"{g['method']} {gain_word(d)} {ref} by {abs(d):.3f} {metric} at {g['labelled_cases']} labelled case(s)"
-    if g["n"] < 2:
-        return text + " [one labelled subset: no interval; run more seeds]"
-    return (text + f" [95% CI across {g['n']} labelled subsets {g['ci_low']:+.3f} to {g['ci_high']:+.3f}; "
-            f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}]{within_noise(g)}")
+    at = f"at {g['labelled_cases']} labelled case(s)"
+    v = verdict(g["ci_low"], g["ci_high"], g["n"])
+    if v == "single":
+        return (f"{g['method']} is {gain_word(d)} {ref} by {abs(d):.3f} {metric} {at} "
+                "[one labelled subset: no interval; run more seeds]")
+    detail = (f"95% CI across {g['n']} labelled subsets {g['ci_low']:+.3f} to {g['ci_high']:+.3f}; "
+              f"ahead on {g['wins']}/{g['n']}; paired t-test {format_p(g['p_value'])}")
+    if v == "gain":
+        return f"{g['method']} beats {ref} by {abs(d):.3f} {metric} {at}: a clear gain [{detail}]"
+    if v == "loss":
+        return f"{g['method']} loses to {ref} by {abs(d):.3f} {metric} {at}: a clear loss [{detail}]"
+    return (f"{g['method']}: no clear difference from {ref} {at} (mean {d:+.3f} {metric}) "
+            f"[{detail}; the interval includes 0]")
+
+
+def gain_verdict(g: dict) -> str:
+    """``gain``, ``loss``, ``unclear`` or ``single`` for a gain of :func:`subset_gains`."""
+    return verdict(g["ci_low"], g["ci_high"], g["n"])
 
 
 def gain_word(d: float) -> str:
-    """``beats`` / ``loses to`` / ``ties with`` for a gain, as printed (a gain that rounds to 0.000 ties)."""
+    """Where one subset's gain stands, as printed: ``ahead of`` / ``behind`` / ``level with`` (rounds to 0.000)."""
     d = round(float(d), 3)
-    return "beats" if d > 0 else ("loses to" if d < 0 else "ties with")
-
-
-def within_noise(g: dict) -> str:
-    """A warning when the interval across labelled subsets includes 0 (the sign of the gain is not settled)."""
-    if g["n"] >= 2 and g["ci_low"] <= 0 <= g["ci_high"]:
-        return "; the interval includes 0: not a clear difference"
-    return ""
+    return "ahead of" if d > 0 else ("behind" if d < 0 else "level with")
 
 
 def format_gains(gains: list[dict], metric: str = "Dice") -> str:
