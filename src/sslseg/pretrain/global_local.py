@@ -41,7 +41,7 @@ from ..augment import intensity
 from ..augment.views import ViewAugment
 from ..data.batches import images_and_partitions
 from ..models.heads import ProjectionHead
-from .losses import global_contrastive, local_contrastive
+from .losses import check_temperature, global_contrastive, local_contrastive
 
 
 class GlobalContrastive(nn.Module):
@@ -68,7 +68,7 @@ class GlobalContrastive(nn.Module):
         self.gather_distributed = gather_distributed
         self.g1 = ProjectionHead(self.encoder.out_channels[-1], proj_hidden, proj_dim)
         self.strategy = strategy
-        self.temperature = temperature
+        self.temperature = check_temperature(temperature)
         self.n_parts = n_parts
         # reference: random crop (100 of 192 px) resized back, brightness +-0.3, contrast 0.7-1.3
         self.augment = augment or ViewAugment(crop_scale=(0.27, 1.0), hflip_p=0.0, brightness=0.3,
@@ -168,7 +168,7 @@ class LocalContrastive(nn.Module):
         )
         self.num_regions = num_regions
         self.region_size = region_size
-        self.temperature = temperature
+        self.temperature = check_temperature(temperature)
         self.freeze_encoder = freeze_encoder
         # alone, with the encoder frozen, only the decoder learns anything worth transferring
         self.trains = ("decoder",) if freeze_encoder else ("encoder", "decoder")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -52,6 +55,18 @@ def gather(x: torch.Tensor) -> torch.Tensor:
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
     return _Gather.apply(x)
+
+
+def check_temperature(temperature: float) -> float:
+    """A contrastive temperature: a finite number > 0 (it divides the similarities).
+
+    Raises:
+        ValueError: one line naming the value.
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
+            not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature = {temperature!r} is not allowed: expected a number > 0 (0.1 is usual)")
+    return float(temperature)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,

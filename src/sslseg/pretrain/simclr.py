@@ -22,7 +22,7 @@ from torch import nn
 
 from ..augment.views import ViewAugment
 from ..models.heads import ProjectionHead
-from .losses import nt_xent
+from .losses import check_temperature, nt_xent
 
 
 class SimCLR(nn.Module):
@@ -57,7 +57,7 @@ class SimCLR(nn.Module):
         self.encoder = model.encoder
         feat = self.encoder.out_channels[-1]
         self.projector = ProjectionHead(feat, proj_hidden or feat, proj_dim)
-        self.temperature = temperature
+        self.temperature = check_temperature(temperature)
         self.augment = augment or ViewAugment()
         self.gather_distributed = gather_distributed
 
