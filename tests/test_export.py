@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from cli_helpers import refused
 
 from sslseg.cli import main
 from sslseg.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -74,3 +79,45 @@ def test_cli_export_and_errors(tmp_path, ckpt, capsys):
     assert "pretrain checkpoint has no trained segmentation head" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export_model(ckpt, "tflite")
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder this process cannot create files in: chmod 0o500, or for root (whom chmod does not bind)
+    sysfs, which refuses new files to root too."""
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        yield ro
+        ro.chmod(0o700)
+        return
+    sysfs = Path("/sys")
+    try:
+        (sysfs / "sslseg-probe").open("x").close()
+    except OSError:
+        yield sysfs
+        return
+    (sysfs / "sslseg-probe").unlink()
+    pytest.skip("no folder here refuses new files to this user")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_read_only_out_is_one_line(read_only_folder, ckpt, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    before = sorted(p.name for p in read_only_folder.iterdir())
+    out = read_only_folder / "sslseg-model.out"
+    refused(["export", "--model", str(ckpt), "--format", fmt, "--out", str(out)], capsys,
+            f"{out}: cannot be written (folder {read_only_folder}: ")
+    assert sorted(p.name for p in read_only_folder.iterdir()) == before
+
+
+def test_disk_full_during_export_names_the_file_and_leaves_no_temporary(tmp_path, ckpt, capsys, monkeypatch):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch.jit, "save", full)
+    refused(["export", "--model", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "m.ts")], capsys,
+            f"{tmp_path / 'm.ts'}: disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]

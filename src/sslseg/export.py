@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from .engine.trained import TrainedModel, open_trained
+from .io.files import naming_disk_full
 
 FORMATS = ("onnx", "torchscript")
 META_KEY = "sslseg_preprocess"
@@ -60,6 +62,26 @@ def _metadata(trained: TrainedModel) -> dict:
     }
 
 
+def check_writable(path: Path) -> None:
+    """Refuse an output file whose folder cannot be written, before any work (a file is made and removed there).
+
+    Raises:
+        ValueError: one line naming ``path`` and why (read-only folder, no such place, a file in the way).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = (err.strerror or str(err)).lower()
+        raise ValueError(f"{path}: cannot be written ({err.filename or path.parent}: {why})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as err:
+        why = (err.strerror or str(err)).lower()
+        raise ValueError(f"{path}: cannot be written (folder {path.parent}: {why})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def export_model(
     ckpt: str | os.PathLike,
     format: str = "onnx",
@@ -81,8 +103,10 @@ def export_model(
         check: run the exported model and compare (ONNX: needs onnxruntime).
 
     Raises:
-        ValueError: unknown format, not a fine-tuned checkpoint, or the export
-            extra (onnx, onnxruntime) is not installed.
+        ValueError: unknown format, not a fine-tuned checkpoint, an output
+            folder that cannot be written, or the export extra (onnx,
+            onnxruntime) is not installed.
+        OSError: a full disk (naming ``path``).
         RuntimeError: the exported model disagrees with PyTorch beyond ``atol``.
     """
     if format not in FORMATS:
@@ -91,7 +115,7 @@ def export_model(
     meta = _metadata(trained)
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
     path = Path(out) if out is not None else Path(ckpt).with_suffix(suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
     model = trained.model
     s, c = meta["image_size"], meta["in_channels"]
     g = torch.Generator().manual_seed(0)
@@ -100,10 +124,15 @@ def export_model(
     probe = torch.randn(3, c, s, s, generator=g)
     with torch.inference_mode():
         ref = model(probe).numpy()
-    if format == "onnx":
-        diff = _export_onnx(model, example, probe, path, meta, opset, check)
-    else:
-        diff = _export_torchscript(model, example, probe, path, meta, check)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with naming_disk_full(path):
+            if format == "onnx":
+                diff = _export_onnx(model, example, probe, path, tmp, meta, opset, check)
+            else:
+                diff = _export_torchscript(model, example, probe, path, tmp, meta, check)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed export leaves no temporary
     if diff is not None:
         diff = float(np.abs(diff - ref).max())
         if not diff <= atol:  # nan (a NaN in either output) fails too
@@ -111,7 +140,7 @@ def export_model(
     return ExportResult(path, diff, meta)
 
 
-def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, check: bool) -> np.ndarray | None:
+def _export_onnx(model, example, probe, path: Path, tmp: Path, meta: dict, opset: int, check: bool) -> np.ndarray | None:
     try:
         import onnx
     except ImportError:
@@ -119,7 +148,6 @@ def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, chec
     kwargs = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the tracing exporter: no onnxscript needed
-    tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings():
         # shape-dependent padding is traced for the training size only (module notes)
         warnings.simplefilter("ignore")
@@ -143,11 +171,10 @@ def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, chec
     return sess.run(None, {"image": probe.numpy()})[0]
 
 
-def _export_torchscript(model, example, probe, path: Path, meta: dict, check: bool) -> np.ndarray | None:
+def _export_torchscript(model, example, probe, path: Path, tmp: Path, meta: dict, check: bool) -> np.ndarray | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jit deprecation notice and the traced-padding notice
         traced = torch.jit.trace(model, example)
-        tmp = path.with_name(f".{path.name}.tmp")
         torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": json.dumps(meta)})
         os.replace(tmp, path)
         if not check:

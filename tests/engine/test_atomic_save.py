@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 import yaml
-
 from cli_helpers import refused
+
 from sslseg.engine import checkpoint as ck
 from sslseg.engine.loop import LoopConfig, fit
 
