@@ -3,7 +3,8 @@
 Layout (``folder:PATH``)::
 
     PATH/images/<name>.<ext>       images (labelled when a mask of the same name exists)
-    PATH/masks/<name>.<ext>        label maps (0 background, 1, 2, ... classes)
+    PATH/masks/<name>.<ext>        label maps (0 background, 1, 2, ... classes;
+                                   a 0/255 black-and-white mask is read as 0/1)
     PATH/unlabelled/<name>.<ext>   optional: more images, for pretraining only
     PATH/cases.csv                 optional: columns ``file`` and ``case_id`` (and ``split``)
 
@@ -44,7 +45,7 @@ from .sample import SPLITS, Case, common_dtype
 
 __all__ = ["IMAGE_EXTENSIONS", "check_label_values", "load_folder"]
 
-_VERSION = 2  # 2: parts carry the slice spacing
+_VERSION = 3  # 2: parts carry the slice spacing; 3: a 255 beside another mask value stays 255 (refused)
 #: the image files a folder data set takes
 IMAGE_EXTENSIONS = IMAGE_FILES
 

@@ -8,6 +8,10 @@ import numpy as np
 def as_labels(mask: np.ndarray, where: str) -> np.ndarray:
     """Integer label map from a mask file's values; ``{0, 255}`` masks become ``{0, 1}``.
 
+    Masks hold class indices (0 background, 1, 2, ...). A black-and-white 8-bit mask, its values 0 and
+    255 only (as image editors save one), is read as 0/1; a 255 beside any other value is left as it is,
+    for the reader to refuse as a value outside the classes (never taken for class 1 silently).
+
     Raises:
         ValueError: NaN, Inf, fractional or negative values (naming ``where``).
     """
@@ -20,7 +24,7 @@ def as_labels(mask: np.ndarray, where: str) -> np.ndarray:
     if m.min() < 0:
         raise ValueError(f"{where}: negative label value {int(m.min())}")
     vals = np.unique(m)
-    if vals.size <= 2 and vals.max() == 255:  # 8-bit black/white masks
+    if vals.max() == 255 and set(vals.tolist()) <= {0, 255}:  # 8-bit black/white masks
         m = (m == 255).astype(np.int64)
     return m
 

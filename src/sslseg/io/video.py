@@ -76,7 +76,9 @@ def write_video(frames: np.ndarray, path: Path, rate: Fraction, lossless: bool) 
     """``(N, H, W)`` grey or ``(N, H, W, 3)`` RGB ``uint8`` frames to an AVI at ``rate`` frames/s.
 
     Lossless: the PNG codec (labels come back exactly); otherwise Motion JPEG
-    at near-lossless quality (small, plays everywhere).
+    at near-lossless quality (small, plays everywhere). Mask videos are written
+    lossless with class ``c`` as grey ``c * (255 // (K - 1))``, 0/255 for two
+    classes (:func:`sslseg.predict.io.mask_display`), not as class indices.
     """
     import av
 

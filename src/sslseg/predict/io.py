@@ -27,6 +27,13 @@ Formats and their geometry:
   YUV -> grey, as the EchoNet-Dynamic reader does).  Masks: a mask video and an
   overlay video with the input's frame count and rate.
 
+Mask values: every mask file above (PNG, TIFF, NIfTI, MetaImage, DICOM's
+NIfTI or PNG sequence) holds the class indices ``0..K-1``, as the training
+masks do: 0/1 for a two-class model, so a PNG mask looks black in an image
+viewer. The mask video (``_mask.avi``) is for viewing: class ``c`` is grey
+``c * (255 // (K - 1))`` (0/255 for two classes, 0/127/254 for three),
+losslessly encoded; :func:`read_mask_video` turns it back into indices.
+
 Orientation convention (the same as the training readers): a volume of voxel
 axes ``(i, j, k)`` is shown slice ``k`` by slice with ``j`` as rows and ``i`` as
 columns; the masks go back through the inverse of exactly that transposition.
@@ -282,7 +289,8 @@ def write_mask(study: Study, labels: np.ndarray, out_base: Path, num_classes: in
     """Write label maps ``(N, H, W)`` on the input's grid; returns ``{"mask": path, ...}``.
 
     ``out_base`` is the output path without suffix (``out/dir/name``); suffixes
-    ``_mask.<ext>`` (and ``_mask.avi`` for videos and cines) are added.
+    ``_mask.<ext>`` (and ``_mask.avi`` for videos and cines) are added. The mask files hold class
+    indices ``0..K-1``; the mask video grey steps (:func:`mask_display`; module notes).
     """
     if labels.shape[0] != study.num_frames or labels.shape[-2:] != study.frames.shape[-2:]:
         raise ValueError(f"{study.path}: {labels.shape} labels for frames of shape {study.frames.shape}")
