@@ -106,3 +106,70 @@ def test_a_busy_folder_is_refused_before_the_data_or_the_training_code_is_read(t
     assert len(err) == 2 and all("is in use by process" in e for e in err), err
     assert read == []
     assert not (tmp_path / "run" / ".lock").exists()
+
+
+def screen(raw: str) -> list[str]:
+    """The non-blank lines a terminal shows at the end of ``raw``: a carriage return goes back to the line's
+    start and later text overwrites it (how a progress bar redraws and erases itself)."""
+    import re
+
+    raw = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)  # colour and cursor-visibility codes
+    lines, cur, col = [], [], 0
+    for ch in raw:
+        if ch == "\n":
+            lines.append("".join(cur).rstrip())
+            cur, col = [], 0
+        elif ch == "\r":
+            col = 0
+        else:
+            cur[col:col + 1] = [ch]
+            col += 1
+    lines.append("".join(cur).rstrip())
+    return [s for s in lines if s]
+
+
+def test_on_a_terminal_the_summary_and_the_outcome_stay_on_screen(tmp_path, monkeypatch):
+    """A pseudo-terminal: the progress bar draws itself there (no plain progress lines); what is left on
+    screen at the end must still say what ran and how it ended."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 rows, 120 columns
+    tty = os.fdopen(slave, "w", buffering=1)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the terminal's other end closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    monkeypatch.setattr(sys, "stdout", tty)
+    monkeypatch.setattr(sys, "stderr", tty)
+    out = tmp_path / "ft"
+    try:
+        rc = main(["finetune", *SYN, "--labels", "2", "--set", "finetune.val_every=1", "--out", str(out)])
+        tty.flush()
+    finally:
+        tty.close()
+        reader.join(10)
+        os.close(master)
+    assert rc == 0
+    raw = b"".join(chunks).decode()
+    shown = screen(raw)
+    # a bar drew itself (tqdm's "2/2 [time]"), not the plain lines of a pipe
+    assert "2/2 [" in raw and not any(s.startswith("finetune random: step") for s in shown)
+    assert shown[0].startswith("data:    synthetic-echo, 6 cases") and shown[6].startswith("train:   2 steps")
+    assert any(s.startswith("finetune random: 2 steps done in ") for s in shown), shown
+    assert any(s.startswith("best validation Dice ") for s in shown) and shown[-1].startswith("fine-tuned checkpoint:")
