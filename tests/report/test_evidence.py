@@ -275,6 +275,8 @@ def test_one_colour_per_method_across_every_figure(three, figures):
         assert dice[method] == curves[method] == dots[method], (method, dice, curves, dots)
     assert dice["random init"] == curves["random init"]
     assert len({dice[m] for m in ("simclr", "byol", "regression", "random init")}) == 4
+    styles = [plots.method_style(m)["color"] for m in ("simclr", "simclr+bcp", "simclr+unimatch", "none+bcp")]
+    assert len(set(styles)) == 4  # a semi-supervised mode is a method of its own colour
 
 
 def test_overlays_are_colour_blind_safe(tmp_path, figures):

@@ -15,6 +15,7 @@ from .plots import dice_vs_labels, overlays, subset_gains_figure, training_curve
 from .stats import VERDICTS, format_p
 from .tables import (
     REFERENCE,
+    clip_ci,
     gain_sentence,
     gain_verdict,
     paired_tests,
@@ -157,8 +158,10 @@ def _curve_note(table: list[dict]) -> str:
     n = f"{subsets[0]}" if len(subsets) == 1 else f"{subsets[0]} to {subsets[-1]}"
     return (f"Each point: the mean over the {n} labelled subset(s) (seeds) of a subset's mean over its "
             f"{_cases_text(table)}; band: the 95% Student-t interval across labelled subsets, the headline's "
-            "unit (no band with one subset), clipped where it runs past the axis (▲▼ at the edge). The x axis "
-            "(labelled training cases) is on a log2 scale when the budgets span more than a doubling.")
+            "unit (no band with one subset), clipped where it runs past the axis (▲▼ at the edge). Bands of two "
+            "methods may overlap where the paired gain above is clear: the pairing by subset removes the luck of "
+            "the draw they share. The x axis (labelled training cases) is on a log2 scale when the budgets span "
+            "more than a doubling.")
 
 
 def _cases_text(table: list[dict]) -> str:
@@ -276,7 +279,8 @@ def _table_html(table: list[dict], hd: dict) -> str:
         v = r["verdict"]
         gain = "" if math.isnan(r["gain"]) else f"<span class='{v}'>{_s(r['gain'])}</span>"
         gci = "" if math.isnan(r["gain_low"]) else f"[{_s(r['gain_low'])}, {_s(r['gain_high'])}]"
-        ci = "–" if math.isnan(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+        lo, hi, _ = clip_ci(r["ci_low"], r["ci_high"])
+        ci = "–" if math.isnan(lo) else f"[{_fmt(lo)}, {_fmt(hi)}]"
         h = hd.get((r["arch"], r["method"], r["labelled_cases"]))
         body.append(f"<tr><td class='l'>{html.escape(r['arch'])}</td>"
                     f"<td class='l'>{html.escape(_label(r['method']))}{' (clearly best)' if r['best'] else ''}</td>"
@@ -289,7 +293,7 @@ def _table_html(table: list[dict], hd: dict) -> str:
             "the definition published echo numbers use. " if pooled else "")
     return (f"<table>{head}{''.join(body)}</table><p class='note'>{dice}Each value is the mean over labelled "
             "subsets (seeds) of a subset's mean over its test cases; 95% CI: Student t across subsets (– with one "
-            "subset); gain: paired by labelled subset, its verdict from its interval. <i>clearly best</i>: ahead of "
+            "subset), clipped to [0, 1]; gain: paired by labelled subset, its verdict from its interval. <i>clearly best</i>: ahead of "
             "every other initialisation at that budget, each paired interval excluding 0; no row is marked when "
             "none is.</p>")
 

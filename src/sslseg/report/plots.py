@@ -14,13 +14,14 @@ from .stats import VERDICTS, early_peak, t_interval, verdict
 # Okabe & Ito's palette, told apart with the common colour-vision deficiencies
 OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73",
              "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7"}
-# one colour per initialisation in every figure; a semi-supervised mode keeps its initialisation's colour
-# and takes its own line style and marker
+# one colour per method in every figure: each initialisation its own; a semi-supervised mode on top of it a
+# darker (bcp) or lighter (unimatch) shade of that colour, with its own line style and marker
 INIT_COLOURS = {"none": OKABE_ITO["black"], "simclr": OKABE_ITO["blue"], "byol": OKABE_ITO["orange"],
                 "regression": OKABE_ITO["bluish green"], "regression_contrastive": OKABE_ITO["reddish purple"],
                 "global_local": OKABE_ITO["sky blue"], "global_contrastive": OKABE_ITO["vermillion"],
                 "local_contrastive": "#B8A400", "supervised": "#7F7F7F"}
-MODE_STYLES = {"": ("-", "o"), "supervised": ("-", "o"), "bcp": ("--", "s"), "unimatch": (":", "^")}
+MODE_STYLES = {"": ("-", "o", 0.0), "supervised": ("-", "o", 0.0), "bcp": ("--", "s", -0.45),
+               "unimatch": (":", "^", 0.45)}
 TRUTH, PREDICTION = OKABE_ITO["sky blue"], OKABE_ITO["orange"]  # overlays: no red/green pair
 
 
@@ -33,8 +34,20 @@ def method_style(method: str) -> dict:
     if colour is None:
         palette = [c for k, c in OKABE_ITO.items() if k not in ("black", "yellow")]
         colour = palette[zlib.crc32(init.encode()) % len(palette)]
-    ls, marker = MODE_STYLES.get(mode, ("-.", "D"))
-    return {"color": colour, "linestyle": ls, "marker": marker}
+    ls, marker, shade = MODE_STYLES.get(mode, ("-.", "D", 0.3))
+    return {"color": _shade(colour, shade), "linestyle": ls, "marker": marker}
+
+
+def _shade(colour: str, amount: float) -> str:
+    """``colour`` mixed with white (``amount`` > 0) or black (< 0); black (random init) lightens to a dark
+    grey (< 0) or a light one (> 0), either side of the supervised baseline's mid grey."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    rgb = np.array(to_rgb(colour))
+    if amount and not rgb.any():
+        amount = 0.33 if amount < 0 else 0.67
+    mixed = rgb + (1 - rgb) * amount if amount > 0 else rgb * (1 + amount)
+    return to_hex(np.clip(mixed, 0, 1))
 
 
 def _limits(points: list[float], intervals: list[tuple[float, float]], valid: tuple[float, float],
@@ -210,7 +223,7 @@ def training_curves(
     for i, g in enumerate(groups):
         m = group_method.get(g)
         colour[g] = method_style(m)["color"] if m else f"C{i % 10}"
-        same = [h for h in groups if group_method.get(h) == m]
+        same = [h for h in groups if group_method.get(h) == m]  # one method at several budgets
         dashes[g] = ("-", "--", ":", "-.")[same.index(g) % 4] if m else "-"
     seen: set[str] = set()
     peaks = []

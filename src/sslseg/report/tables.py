@@ -129,11 +129,33 @@ def _count_text(counts: set[int], what: str) -> str:
     return f"{counts[0]} {what}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} {what}"
 
 
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values ``metric`` can take: Dice in [0, 1], HD95 in [0, inf)."""
+    return (0.0, math.inf) if metric == "hd95" else (0.0, 1.0)
+
+
+def clip_ci(lo: float, hi: float, metric: str = "dice") -> tuple[float, float, bool]:
+    """An interval of a mean, clipped to what the metric can take (a t interval of 2 subsets runs past it),
+    and whether it was."""
+    a, b = metric_range(metric)
+    if math.isnan(lo) or math.isnan(hi):
+        return lo, hi, False
+    return max(lo, a), min(hi, b), lo < a or hi > b
+
+
 def format_text(table: list[dict], metric: str = "dice") -> str:
     """The console table: mean and interval across labelled subsets, the paired gain over random init with its
     interval and what it says (clear gain, clear loss, no clear difference), and a clear winner only."""
-    def ci(lo, hi, fmt):
-        return "" if math.isnan(lo) or math.isnan(hi) else f"[{lo:{fmt}}, {hi:{fmt}}]"
+    clipped = False
+
+    def ci(lo, hi, fmt, clip=False):
+        nonlocal clipped
+        if math.isnan(lo) or math.isnan(hi):
+            return ""
+        if clip:
+            lo, hi, c = clip_ci(lo, hi, metric)
+            clipped |= c
+        return f"[{lo:{fmt}}, {hi:{fmt}}]"
 
     lines = [f"{'arch':<10} {'method':<24} {'labelled':>8} {'subsets':>7} {metric:>7} {'95% CI':>16} "
              f"{'vs random':>10} {'95% CI':>18}  verdict"]
@@ -143,14 +165,14 @@ def format_text(table: list[dict], metric: str = "dice") -> str:
         if r["best"]:
             words = f"{words}; clearly best" if words else "clearly best"
         lines.append(f"{r['arch']:<10} {r['method']:<24} {r['labelled_cases']:>8d} {r['subsets']:>7d} "
-                     f"{r['mean']:>7.3f} {ci(r['ci_low'], r['ci_high'], '.3f'):>16} {gain:>10} "
+                     f"{r['mean']:>7.3f} {ci(r['ci_low'], r['ci_high'], '.3f', clip=True):>16} {gain:>10} "
                      f"{ci(r['gain_low'], r['gain_high'], '+.3f'):>18}  {words}".rstrip())
     cases = _count_text({r["cases"] for r in table}, "test cases")
     notes = [
         f"{metric}: mean over labelled subsets (seeds) of each subset's mean over its {cases}; 95% CI: Student t "
-        "across subsets (none with one subset).",
-        "vs random: random init's subset subtracted from the method's on the same labelled cases; verdict: clear "
-        "gain or clear loss when its 95% CI excludes 0, else no clear difference.",
+        "across subsets (none with one subset)" + (f", clipped to the range {metric} can take." if clipped else "."),
+        "vs random: the method minus random init on the same labelled subset, averaged over subsets; verdict: "
+        "clear gain or clear loss when its 95% CI excludes 0, else no clear difference.",
         "clearly best: ahead of every other initialisation at that budget, each paired CI excluding 0 (no row is "
         "marked when none is).",
     ]
