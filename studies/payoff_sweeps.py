@@ -93,7 +93,7 @@ def mri_config(strategy: str, tiny: bool) -> dict:
 
 def run(folder: Path, cfg: dict, reference: Path | None) -> None:
     """One sweep into ``folder``, with random init's finished runs copied from ``reference`` first."""
-    from sslseg.experiments.sweep import SweepConfig, from_dict, run_sweep
+    from sslseg.experiments.sweep import run_sweep, sweep_config
 
     if reference is not None:
         for src in sorted((reference / "runs").glob("none_*")):
@@ -101,7 +101,7 @@ def run(folder: Path, cfg: dict, reference: Path | None) -> None:
             if (src / "done.json").exists() and not dst.exists():
                 shutil.copytree(src, dst)
     print(f"== {folder.name}", flush=True)
-    run_sweep(from_dict(SweepConfig, cfg), folder)
+    run_sweep(sweep_config(cfg, quiet=True), folder)
 
 
 def probe(out: Path, tiny: bool) -> None:

@@ -98,6 +98,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="any other config field, e.g. --set model.options.base_channels=32")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a run in --out made with a different configuration")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved configuration (defaults included) as YAML and exit")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,17 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", metavar="DIR", help="write every labelled frame and mask, as the model sees them")
     p.add_argument("--image-size", type=int, default=DataConfig.image_size, help="square side for --export")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a data option, e.g. --set options.num_cases=8")
+                   help="a field of the data section, spelt as in a run's config, e.g. --set data.options.num_cases=8")
 
     p = _sub(sub, "pretrain", "self-supervised pretraining")
-    p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--method", required=True, help="pretext task: one of {methods} (sslseg methods)")
+    p.add_argument("--data", help=DATA_HELP + "; required unless --config sets data.spec")
+    p.add_argument("--method", help="pretext task: one of {methods} (sslseg methods); required unless --config sets "
+                                    "pretrain.method")
     p.add_argument("--arch", help=arch_help)
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
+    p.add_argument("--out", help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt (required)")
     _common(p)
 
     p = _sub(sub, "finetune", "fine-tuning on a label budget, supervised or semi-supervised")
-    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--data", help=DATA_HELP + "; required unless --config sets data.spec")
     p.add_argument("--arch", help=arch_help)
     p.add_argument("--init", help="an sslseg checkpoint, a DeepLabV3 state_dict in torchvision's naming, or "
                                   f"'random' (config default: {FinetuneConfig.init})")
@@ -145,14 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"{FinetuneConfig.labels})")
     p.add_argument("--mode", help="fine-tuning mode: auto or one of {modes} (sslseg modes; config default: "
                                   f"{FinetuneConfig.mode})")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt")
+    p.add_argument("--out", help="run folder: checkpoint.pt, config.yaml, metrics.csv, log.txt (required)")
     _common(p)
 
     p = _sub(sub, "sweep", "label-efficiency study from a YAML config (resumable)")
     p.add_argument("config", help="sweep YAML (see configs/): data, archs, methods, budgets, seeds, ...")
-    p.add_argument("--out", required=True, help="sweep folder; the same command resumes an interrupted sweep")
+    p.add_argument("--out", help="sweep folder (required); the same command resumes an interrupted sweep, and one "
+                                 "with more seeds, budgets or methods runs only the new runs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a sweep key, e.g. --set 'seeds=[0,1,2]'")
+                   help="override a sweep key, e.g. --set 'seeds=[0,1,2]' --set data.options.num_cases=16")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved sweep configuration (defaults included) as YAML and exit")
 
     p = _sub(sub, "report", "rebuild report.html and figures of a sweep folder")
     p.add_argument("dir", help="a sweep folder (with results.csv)")
@@ -207,10 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args, stage: str):
-    """The run's configuration: ``--config`` (or the defaults), the flags that were given, then ``--set``."""
+    """The run's configuration: ``--config`` (or the defaults), the flags that were given, then ``--set``.
+
+    ``--config`` alone can name everything: ``--data`` (and ``--method`` for pretraining) are needed only
+    where neither the file nor ``--set`` gives ``data.spec`` (``pretrain.method``).
+    """
     from .experiments.config import RunConfig, from_dict, load_yaml, resolve_run_config
 
-    base = from_dict(RunConfig, load_yaml(args.config), args.config) if args.config else None
+    raw = load_yaml(args.config) if args.config else {}
+    base = from_dict(RunConfig, raw, args.config) if args.config else None
+    needed = [("--data", args.data, "data.spec")]
+    if stage == "pretrain":
+        needed.append(("--method", args.method, "pretrain.method"))
+    for flag, value, key in needed:
+        if value is None and not args.print_config and not _names(raw, args.set, key):
+            raise ValueError(f"give {flag}, or {key} in --config (or --set {key}=...)")
     flags = {"data.spec": args.data, "model.arch": args.arch, "seed": args.seed, "devices": args.devices,
              "num_nodes": args.num_nodes, "precision": args.precision, "data.image_size": args.image_size,
              f"{stage}.batch_size": args.batch_size, f"{stage}.lr": args.lr, f"{stage}.epochs": args.epochs}
@@ -224,10 +241,46 @@ def _config(args, stage: str):
     return resolve_run_config(base, given, args.set, stage=stage)
 
 
+def _names(raw: dict, sets: list[str], key: str) -> bool:
+    """Whether a config file's mapping ``raw`` or a ``--set`` item gives the dotted ``key``."""
+    node = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            break
+        node = node[part]
+    else:
+        return True
+    return any(item.partition("=")[0].strip() == key for item in sets)
+
+
+def _print_config(cfg, stage: str) -> int:
+    """``--print-config``: the configuration the run would record in its ``config.yaml``, as YAML."""
+    import yaml
+
+    from .experiments.config import stage_dict, with_model_options
+
+    if stage == "finetune" and cfg.finetune.init != "random":
+        from .finetune.recipe import model_options
+        from .finetune.transfer import read_init
+
+        # from a checkpoint the network is the pretrained one: its options
+        options = model_options(read_init(cfg.finetune.init), cfg.model.arch, cfg.model.options, cfg.finetune.init)
+        cfg = with_model_options(cfg, options)
+    else:
+        cfg = with_model_options(cfg)
+    print(yaml.safe_dump(stage_dict(cfg, stage), sort_keys=False), end="")
+    return 0
+
+
+def _need_out(args) -> None:
+    if args.out is None:
+        raise ValueError(f"give --out, the {'sweep' if args.command == 'sweep' else 'run'} folder")
+
+
 def cmd_data(args) -> int:
     from .data.registry import load_dataset
     from .data.splits import apply_splits, assign_splits
-    from .experiments.config import RANGES, DataConfig, apply_set, validate_config
+    from .experiments.config import RANGES, DataConfig, RunConfig, apply_set, validate_config
     from .experiments.inspect import export_dataset, summarise
 
     if args.list:
@@ -237,11 +290,19 @@ def cmd_data(args) -> int:
         return 0
     if not args.spec:
         raise ValueError("give a data set spec, or --list to see them")
-    # accept the same keys as the training commands (data.options.X) and the short form (options.X)
-    sets = [item[len("data."):] if item.startswith("data.") else item for item in args.set]
+    # the keys of a run's config (data.options.X); the older short form (options.X) still read, with a note
+    sets = []
+    for item in args.set:
+        if not item.startswith("data."):
+            key = item.partition("=")[0]
+            print(f"sslseg data: note: --set {key} is the older spelling of --set data.{key} (as pretrain, finetune "
+                  "and sweep spell it)", file=sys.stderr)
+            item = f"data.{item}"
+        sets.append(item)
     # any positive size for a look at the data (training needs at least 16: experiments/config.py RANGES)
     sizes = {**RANGES, "DataConfig": {**RANGES["DataConfig"], "image_size": (1, 8192)}}
-    dcfg = validate_config(apply_set(DataConfig(spec=args.spec, image_size=args.image_size), sets), "data", sizes)
+    run = apply_set(RunConfig(data=DataConfig(spec=args.spec, image_size=args.image_size)), sets)
+    dcfg = validate_config(run.data, "data", sizes)
     cases = load_dataset(dcfg.spec, **dcfg.options)
     apply_splits(cases, assign_splits(cases, dcfg.val_fraction, dcfg.test_fraction, dcfg.split_seed))
     print(summarise(dcfg.spec, cases))
@@ -288,6 +349,9 @@ def cmd_pretrain(args) -> int:
     from .engine import distributed
 
     cfg = _config(args, "pretrain")
+    if args.print_config:
+        return _print_config(cfg, "pretrain")
+    _need_out(args)
     with _own(args, cfg) as finished:
         if finished:
             return 0
@@ -307,7 +371,7 @@ def _own(args, cfg):
     Yields True when the folder already holds this run, finished.
     """
     from .engine import distributed
-    from .experiments.config import to_dict
+    from .experiments.config import stage_dict
     from .experiments.runfolder import claim
 
     if not distributed.is_rank_zero():
@@ -320,7 +384,7 @@ def _own(args, cfg):
 
     check_model_options(cfg.model.arch, cfg.model.options)
     init = cfg.finetune.init if args.command == "finetune" and cfg.finetune.init != "random" else None
-    with claim(args.out, to_dict(cfg), args.overwrite, inputs={"--init": init}) as folder:
+    with claim(args.out, stage_dict(cfg, args.command), args.overwrite, inputs={"--init": init}) as folder:
         if folder.finished:
             print(f"already finished with this configuration: {Path(args.out) / 'checkpoint.pt'}")
         yield folder.finished
@@ -330,6 +394,9 @@ def cmd_finetune(args) -> int:
     from .engine import distributed
 
     cfg = _config(args, "finetune")
+    if args.print_config:
+        return _print_config(cfg, "finetune")
+    _need_out(args)
     with _own(args, cfg) as finished:
         if finished:
             return 0
@@ -455,6 +522,14 @@ def cmd_sweep(args) -> int:
     from .experiments.sweep import load_sweep_config, run_sweep
 
     sweep = load_sweep_config(args.config, args.set)  # checked before anything is created
+    if args.print_config:
+        import yaml
+
+        from .experiments.sweep import sweep_dict
+
+        print(yaml.safe_dump(sweep_dict(sweep), sort_keys=False), end="")
+        return 0
+    _need_out(args)
     with lock(args.out):  # one sweep per folder at a time
         results = run_sweep(sweep, args.out)
     out = Path(args.out)

@@ -31,7 +31,8 @@ def test_one_line_errors(overrides, stage, where, message):
 
 
 def test_a_sweep_run_is_the_config_its_keys_name():
-    sw = sweep.SweepConfig(image_size=64, model_options={"depth": 3}, finetune={"steps": 9}, split_seed=2)
+    sw = sweep.SweepConfig(data=sweep.SweepData(image_size=64, split_seed=2), model=sweep.SweepModel({"depth": 3}),
+                           finetune={"steps": 9})
     rc = sweep.run_config(sw, "unet", 1, ("synthetic-mri", {"num_cases": 4}), {"finetune.labels": "2"})
     expected = resolve_run_config(None, {"seed": 1, "data.spec": "synthetic-mri", "data.options": {"num_cases": 4},
                                          "data.image_size": 64, "data.split_seed": 2, "model.options": {"depth": 3},

@@ -13,10 +13,8 @@ from sslseg.experiments import pipeline, sweep
 from sslseg.report.html import SECTIONS, write_report
 
 CONFIG = {
-    "data": "synthetic-echo",
-    "data_options": {"num_cases": 8, "num_frames": 6},
-    "image_size": 32,
-    "model_options": {"base_channels": 4, "depth": 2},
+    "data": {"spec": "synthetic-echo", "options": {"num_cases": 8, "num_frames": 6}, "image_size": 32},
+    "model": {"options": {"base_channels": 4, "depth": 2}},
     "methods": ["none", "simclr"],
     "budgets": [1, 2],
     "seeds": [0],
@@ -96,9 +94,9 @@ def test_resume_after_kill_has_no_duplicate_or_missing_rows(tmp_path, monkeypatc
 
 
 def test_several_data_sets_in_one_sweep(tmp_path):
-    cfg = dict(CONFIG, methods=["none"], budgets=[1], baseline={"enabled": False},
-               data=["synthetic-echo", {"spec": "synthetic-mri", "options": {"num_cases": 6, "num_slices": 4,
-                                                                              "size": 32}}])
+    data = {**CONFIG["data"], "spec": ["synthetic-echo", {"spec": "synthetic-mri",
+                                                          "options": {"num_cases": 6, "num_slices": 4, "size": 32}}]}
+    cfg = dict(CONFIG, methods=["none"], budgets=[1], baseline={"enabled": False}, data=data)
     p = tmp_path / "two.yaml"
     p.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -148,16 +146,17 @@ def test_cli_sweep_then_report(tmp_path, capsys):
     assert (tmp_path / "run" / "report.html").is_file()
     out = capsys.readouterr().out
     assert "report:" in out and "none" in out
-    # a different config into the same folder is refused, in one line
-    p.write_text(yaml.safe_dump(dict(cfg, budgets=[2])))
+    # a change that would make the finished runs stale is refused, in one line naming the key
+    p.write_text(yaml.safe_dump(dict(cfg, finetune={**cfg["finetune"], "lr": 0.01})))
     assert main(["sweep", str(p), "--out", str(tmp_path / "run")]) == 2
-    assert "different config" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "finetune.lr: 0.001 there, 0.01 now" in err[0], err
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
     from sslseg.experiments import demo
 
-    tiny = sweep.from_dict(sweep.SweepConfig, dict(CONFIG, budgets=[1]))
+    tiny = sweep.sweep_config(dict(CONFIG, budgets=[1]))
     monkeypatch.setattr(demo, "demo_config", lambda quick: tiny)
     rows = demo.run_demo(tmp_path / "demo", quick=True)
     assert {r["method"] for r in rows} == {"none", "simclr", "supervised"}
@@ -300,13 +299,13 @@ def test_sweep_crosses_methods_with_modes_and_pairs_them_by_subset(tmp_path, mon
     from sslseg.report.tables import pretrained_alone, subset_gains
 
     # today auto is supervised (the measured best): listed with supervised, it adds no run
-    sw0 = sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "modes": ["supervised", "auto"]}))
+    sw0 = sweep.validate(sweep.sweep_config({**CONFIG, "modes": ["supervised", "auto"]}))
     assert modes.AUTO_MODE != "supervised" or len(sweep.plan(sw0, 5, lambda k: True)) == len(
-        sweep.plan(sweep.validate(sweep.from_dict(sweep.SweepConfig, CONFIG)), 5, lambda k: True))
+        sweep.plan(sweep.validate(sweep.sweep_config(CONFIG)), 5, lambda k: True))
     AUTO_MODE = "unimatch"  # were a semi-supervised mode measured best
     monkeypatch.setattr(modes, "AUTO_MODE", AUTO_MODE)
 
-    sw = sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "methods": ["none", "simclr", "byol+bcp"],
+    sw = sweep.validate(sweep.sweep_config({**CONFIG, "methods": ["none", "simclr", "byol+bcp"],
                                                             "modes": ["supervised", "auto"], "budgets": [1]}))
     runs = sweep.plan(sw, 5, lambda k: True)
     fine = [(r["method"], r["init"], r["mode"]) for r in runs if r["kind"] == "finetune" and r["k"] == 1]
@@ -321,9 +320,9 @@ def test_sweep_crosses_methods_with_modes_and_pairs_them_by_subset(tmp_path, mon
             and r["kind"] == "finetune"] == ["supervised"]
     for bad, match in ((["supervised", "supervised"], "listed twice"), (["fixmatch"], "unknown fine-tuning mode")):
         with pytest.raises(ValueError, match=match):
-            sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "modes": bad}))
+            sweep.validate(sweep.sweep_config({**CONFIG, "modes": bad}))
     with pytest.raises(ValueError, match="sweep.finetune.mode has no effect"):
-        sweep.validate(sweep.from_dict(sweep.SweepConfig, {**CONFIG, "finetune": {"mode": "bcp"}}))
+        sweep.validate(sweep.sweep_config({**CONFIG, "finetune": {"mode": "bcp"}}))
 
     rows = []
     for seed, (none, pre, semi) in enumerate([(0.5, 0.6, 0.8), (0.4, 0.6, 0.7), (0.6, 0.6, 0.9)]):

@@ -253,7 +253,13 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
     from ..models.build import MODELS
 
     check_spec(cfg.data.spec)
+    check_data_options(cfg.data.spec, cfg.data.options)
     MODELS.check(cfg.model.arch)
+    check_nested_options("model.options", cfg.model.arch, MODELS.get(cfg.model.arch), cfg.model.options,
+                         skip=DATA_KEYWORDS)
+    from ..models.build import check_model_options
+
+    check_model_options(cfg.model.arch, cfg.model.options)
     for key, allowed in (("convention", CONVENTIONS), ("hd95_empty", HD95_EMPTY)):
         value = getattr(cfg.evaluate, key)
         if value not in allowed:
@@ -274,6 +280,83 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
         parse_budget(cfg.finetune.labels)
         if cfg.finetune.init != "random" and not Path(cfg.finetune.init).is_file():
             raise ValueError(f"checkpoint not found: {cfg.finetune.init} (give a checkpoint file or 'random')")
+
+
+#: the sections of a run's config each stage reads (the top-level keys seed, devices, ... always);
+#: a run folder's ``config.yaml`` records these only
+STAGE_SECTIONS = {"pretrain": ("data", "model", "pretrain"), "finetune": ("data", "model", "finetune")}
+SECTION_NAMES = ("data", "model", "pretrain", "finetune", "evaluate")
+#: model keywords the data decide (image channels, classes), not the configuration
+DATA_KEYWORDS = ("in_channels", "num_classes")
+
+
+def model_defaults(arch: str) -> dict:
+    """The keyword defaults of architecture ``arch``'s builder, less those the data decide."""
+    import inspect
+
+    from ..models.build import MODELS
+
+    params = inspect.signature(MODELS.get(arch)).parameters.values()
+    return {p.name: p.default for p in params
+            if p.default is not p.empty and p.name not in DATA_KEYWORDS and p.kind is not p.VAR_KEYWORD}
+
+
+def with_model_options(cfg: RunConfig, model_kwargs: dict | None = None) -> RunConfig:
+    """``cfg`` with ``model.options`` as the network is built: the builder's defaults, then ``model_kwargs``
+    (the keywords the network was built with; default ``cfg.model.options``), data keywords left out."""
+    given = cfg.model.options if model_kwargs is None else model_kwargs
+    options = {**model_defaults(cfg.model.arch), **{k: v for k, v in given.items() if k not in DATA_KEYWORDS}}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, options=options))
+
+
+def stage_dict(cfg: RunConfig, stage: str) -> dict:
+    """The part of ``cfg`` a stage reads, as ``config.yaml`` records it: :data:`STAGE_SECTIONS` and the top level."""
+    if stage not in STAGE_SECTIONS:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_SECTIONS)}")
+    keep = STAGE_SECTIONS[stage]
+    return {k: v for k, v in to_dict(cfg).items() if k not in SECTION_NAMES or k in keep}
+
+
+def check_nested_options(where: str, name: str, fn, options, skip: tuple = ()) -> None:
+    """The keys of ``options`` against the keyword arguments ``fn`` takes, in one line listing the valid ones.
+
+    Args:
+        where: the dotted key of the options (``model.options``), named in the message.
+        name: what takes them (``unet``).
+        skip: keywords that are not options (set from the data).
+
+    Raises:
+        ValueError: e.g. ``model.options: unknown option 'base_channel' for unet; valid options: base_channels, ...``.
+    """
+    import inspect
+
+    if not isinstance(options, dict):
+        raise ValueError(f"{where} = {options!r} is not allowed: expected a mapping of option -> value")
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return  # the callee checks its own options
+    valid = [p.name for p in params if p.name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in options:
+        if key not in valid:
+            raise ValueError(f"{where}: unknown option {key!r} for {name}; valid options: {', '.join(valid)}")
+
+
+def check_data_options(spec: str, options: dict) -> None:
+    """A data set's reader options, named and typed, checked before anything is read.
+
+    Raises:
+        ValueError: an option the reader does not take (listing those it does), or a value of the wrong type.
+    """
+    import inspect
+
+    from ..data.registry import DATASETS, check_options
+
+    name = spec.partition(":")[0]
+    fn = DATASETS.entry(name, given=spec).value
+    check_nested_options("data.options", name, fn, options)
+    params = inspect.signature(fn).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        check_options(name, {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}, options)
 
 
 def dump_yaml(cfg, path: str | Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..report.tables import REFERENCE, format_gains, pretrained_alone, subset_gains, subset_means
-from .sweep import BaselineConfig, SweepConfig, run_sweep
+from .sweep import BaselineConfig, SweepConfig, SweepData, SweepModel, run_sweep
 
 #: the semi-supervised mode the demo adds on top of SimCLR, chosen on validation Dice at the demo's
 #: schedule (studies/semi_supervised.py, echo part, 5 subsets): SimCLR + bcp 0.822 / 0.877 at 1 / 4
@@ -46,11 +46,10 @@ def demo_config(quick: bool) -> SweepConfig:
 
     cores = usable_cores()
     return SweepConfig(
-        data="synthetic-echo",
-        data_options={"num_cases": 32} if quick else {"num_cases": 64, "unlabelled": 64},
-        image_size=64,
+        data=SweepData(spec="synthetic-echo", image_size=64,
+                       options={"num_cases": 32} if quick else {"num_cases": 64, "unlabelled": 64}),
         archs=["unet"],
-        model_options={"base_channels": 16, "depth": 4, "norm": "batch"},
+        model=SweepModel(options={"base_channels": 16, "depth": 4, "norm": "batch"}),
         methods=["none", "simclr", f"simclr+{DEMO_MODE}"],
         budgets=[1, 4],
         seeds=[0] if quick else [0, 1, 2, 3, 4],

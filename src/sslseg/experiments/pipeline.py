@@ -42,7 +42,15 @@ from ..io.tables import write_table
 from ..models.build import build_model
 from ..pretrain.build import build_method, frame_axis, resolve_options
 from ..pretrain.ddp import prepare_for_ddp
-from .config import EvaluateConfig, RunConfig, dump_yaml, resolve_run_config, to_dict
+from .config import (
+    EvaluateConfig,
+    RunConfig,
+    dump_yaml,
+    resolve_run_config,
+    stage_dict,
+    to_dict,
+    with_model_options,
+)
 from .provenance import resolved_options, write_provenance
 
 log = logging.getLogger("sslseg")
@@ -165,7 +173,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
         def make_batch(step: int):
             return pool.load(pool.indices(cfg.pretrain.batch_size, step_generator(cfg.seed, step))[part])
     if rank0:
-        dump_yaml(cfg, out / "config.yaml")
+        dump_yaml(stage_dict(with_model_options(cfg, model_kwargs), "pretrain"), out / "config.yaml")
         write_provenance(out, {"pretrain": {"steps": steps, "options": resolved_options(method, options)}})
     log.info("pretraining %s/%s on %d frames of %d training cases", cfg.pretrain.method, cfg.model.arch, len(pool), len(train))
     show = console and rank0
@@ -280,7 +288,7 @@ def run_finetune(
     if not modes.needs_unlabelled(mode):
         pool = None
     # config.yaml and the checkpoint record the mode that ran (auto resolved)
-    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(ft, mode=mode))
+    cfg = with_model_options(dataclasses.replace(cfg, finetune=dataclasses.replace(ft, mode=mode)), model_kwargs)
     ft = cfg.finetune
     task = modes.build_task(mode, model, segmentation_loss(ft.loss),
                             SegAugment(strength=ft.augment) if ft.augment > 0 else None, steps, ft.mode_options)
@@ -452,7 +460,7 @@ def _record_finetune(out: Path, cfg: RunConfig, report, frozen: int, steps: int,
                                            "freeze_encoder_steps": frozen, "loaded": report.loaded,
                                            "missing": report.missing, "unexpected": report.unexpected,
                                            "adapted": list(report.adapted)})
-    dump_yaml(cfg, out / "config.yaml")
+    dump_yaml(stage_dict(cfg, "finetune"), out / "config.yaml")
     write_provenance(out, {"finetune": {"steps": steps, "freeze_encoder_steps": frozen,
                                         "labelled_cases": labelled, "labelled_frames": frames,
                                         "mode": cfg.finetune.mode, "unlabelled_frames": unlabelled_frames,

@@ -54,6 +54,16 @@ def first_difference(old, new, key: str = "") -> str | None:
     return None if old == new else key
 
 
+def differences(old, new, key: str = "") -> list[str]:
+    """Every dotted key whose value differs between two config dicts, in the new one's order."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in list(new) + [k for k in old if k not in new]:
+            out += differences(old.get(k), new.get(k), f"{key}.{k}" if key else str(k))
+        return out
+    return [] if old == new else [key]
+
+
 def _comparable(cfg: dict) -> dict:
     """A resolved config as YAML writes and reads it back; the data-dependent method defaults left out."""
     out = yaml.safe_load(yaml.safe_dump(cfg, sort_keys=False)) or {}
@@ -68,20 +78,77 @@ def _saved_config(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _loosen_resolved(saved: dict, new: dict) -> dict:
-    """Pretraining records the method options it filled in from the data (e.g. ``strategy``);
-    an option the new request leaves unset is not a difference."""
-    saved = dict(saved)
+def _loosen_resolved(saved: dict, new: dict) -> tuple[dict, dict]:
+    """``(saved, new)`` as they are compared: what a run fills in, and the request leaves open, is no difference.
+
+    - Pretraining records the method options it filled in from the data (e.g. ``strategy``);
+      an option the new request leaves unset is not a difference.
+    - Fine-tuning records the mode that ran where the request said auto (sslseg.finetune.modes).
+    - ``model.options`` are compared with the architecture's defaults filled in on both sides (a
+      ``config.yaml`` written before runs recorded them holds only those given); from a checkpoint, the
+      network is the pretrained one, so only the options the request gives are compared.
+    - Sections the request's stage does not record (a ``config.yaml`` written when every run recorded
+      every section) are left out.
+    """
+    saved, new = dict(saved), dict(new)
+    from .config import SECTION_NAMES
+
+    for key in [k for k in saved if k in SECTION_NAMES and k not in new]:
+        del saved[key]
     old_pre, new_pre = saved.get("pretrain"), new.get("pretrain")
     if isinstance(old_pre, dict) and isinstance(new_pre, dict):
         old_opt, new_opt = old_pre.get("options"), new_pre.get("options")
         if isinstance(old_opt, dict) and isinstance(new_opt, dict):
             saved["pretrain"] = {**old_pre, "options": {k: v for k, v in old_opt.items() if k in new_opt}}
-    # fine-tuning records the mode that ran where the request said auto (sslseg.finetune.modes)
     old_ft, new_ft = saved.get("finetune"), new.get("finetune")
     if isinstance(old_ft, dict) and isinstance(new_ft, dict) and new_ft.get("mode") == "auto":
-        saved["finetune"] = {**old_ft, "mode": "auto"}
-    return saved
+        saved["finetune"] = old_ft = {**old_ft, "mode": "auto"}
+    if isinstance(old_ft, dict) and isinstance(new_ft, dict) and _same_file(old_ft.get("init"), new_ft.get("init")):
+        saved["finetune"] = {**old_ft, "init": new_ft.get("init")}  # one checkpoint named two ways
+    old_model, new_model = saved.get("model"), new.get("model")
+    if isinstance(old_model, dict) and isinstance(new_model, dict):
+        old_opt, new_opt = old_model.get("options"), new_model.get("options")
+        if isinstance(old_opt, dict) and isinstance(new_opt, dict):
+            if isinstance(new_ft, dict) and new_ft.get("init", "random") != "random":
+                old_opt = {k: v for k, v in old_opt.items() if k in new_opt}
+            else:
+                defaults = _model_defaults(new_model.get("arch"))
+                old_opt, new_opt = {**defaults, **old_opt}, {**defaults, **new_opt}
+            saved["model"] = {**old_model, "options": old_opt}
+            new["model"] = {**new_model, "options": new_opt}
+    return saved, new
+
+
+def _same_file(a, b) -> bool:
+    if not isinstance(a, str) or not isinstance(b, str) or "random" in (a, b):
+        return False
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _model_defaults(arch) -> dict:
+    from .config import model_defaults
+
+    try:
+        return model_defaults(str(arch))
+    except ValueError:  # an unknown architecture: nothing to fill in
+        return {}
+
+
+def config_differences(saved: dict, new: dict) -> list[tuple[str, object, object]]:
+    """``(dotted key, saved value, requested value)`` wherever a saved run config and a request differ."""
+    saved, new = _loosen_resolved(saved, _comparable(new))
+    return [(d, _get(saved, d), _get(new, d)) for d in differences(saved, new)]
+
+
+def config_difference(saved: dict, new: dict) -> str | None:
+    """Every dotted key where a saved run config and a request differ, with both values (None: the same run)."""
+    diffs = config_differences(saved, new)
+    return "; ".join(f"{d}: {old!r} there, {now!r} now" for d, old, now in diffs) or None
+
+
+def read_config(path: Path) -> dict | None:
+    """A run folder's ``config.yaml`` as a mapping (None: missing or unreadable)."""
+    return _saved_config(path) if path.is_file() else None
 
 
 def check_inputs(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
@@ -136,15 +203,13 @@ def claim(out: str | os.PathLike, config: dict, overwrite: bool = False,
     check_inputs(out, inputs or {})
     out = Path(out)
     with lock(out):
-        new = _comparable(config)
         saved = _saved_or_refuse(out, overwrite)
         finished = False
         if saved is not None:
-            diff = first_difference(_loosen_resolved(saved, new), new)
+            diff = config_difference(saved, config)
             if diff is not None and not overwrite:
                 raise ValueError(
-                    f"{out} holds a run with a different configuration ({diff}: "
-                    f"{_get(saved, diff)!r} there, {_get(new, diff)!r} now); add --overwrite to replace it "
+                    f"{out} holds a run with a different configuration ({diff}); add --overwrite to replace it "
                     "or choose another --out")
             if diff is None:
                 finished = (out / "checkpoint.pt").is_file() and not (out / "last.pt").is_file()

@@ -59,6 +59,8 @@ from .config import (
     load_yaml,
     resolve_run_config,
     rule_of,
+    stage_dict,
+    to_dict,
     validate_config,
 )
 from .pipeline import by_split, load_cases, run_evaluate, run_finetune, run_pretrain
@@ -83,19 +85,33 @@ class BaselineConfig:
 
 
 @dataclass
+class SweepData(DataConfig):
+    """A run's data section, whose ``spec`` may also list several data sets (specs or ``{spec, options}``
+    entries; ``options`` here is then that of the entries given as plain specs)."""
+
+    spec: str | list = DataConfig.spec
+
+
+@dataclass
+class SweepModel:
+    """A run's model section less ``arch``: a sweep lists its architectures as ``archs``."""
+
+    options: dict = field(default_factory=dict)  # keyword arguments of every architecture's builder
+
+
+@dataclass
 class SweepConfig:
     """A study: what varies (data sets, archs, methods, budgets, seeds) and what every run shares.
 
-    The shared settings are written once, as :data:`RUN_FIELDS` and the
-    ``pretrain``/``finetune``/``evaluate`` sections say; defaults and allowed
-    values are those of the :class:`RunConfig` fields they set.
+    The shared settings are spelt as in a run's config (:class:`RunConfig`): the
+    ``data`` and ``model`` sections, ``pretrain``/``finetune``/``evaluate`` and
+    the top-level keys of :data:`RUN_FIELDS`; defaults and allowed values are
+    those of the run fields they set.
     """
 
-    data: str | list = DataConfig.spec  # a spec, or a list of specs / {spec, options} entries
-    data_options: dict = field(default_factory=dict)  # options of the data sets given as plain specs
-    image_size: int = DataConfig.image_size
+    data: SweepData = field(default_factory=SweepData)
+    model: SweepModel = field(default_factory=SweepModel)
     archs: list = field(default_factory=lambda: [ModelConfig.arch])
-    model_options: dict = field(default_factory=dict)
     methods: list = field(default_factory=lambda: ["none", "simclr"])
     # fine-tuning modes crossed with the methods: supervised, a semi-supervised mode (sslseg modes), or
     # auto (sslseg finetune's default); a run with a mode other than supervised is labelled method+mode.
@@ -109,9 +125,6 @@ class SweepConfig:
     # fine-tuning runs at once, each in its own process with cores // jobs threads (pretraining runs
     # first, one at a time, on every core); 1 runs everything in this process
     jobs: int = 1
-    split_seed: int = DataConfig.split_seed
-    val_fraction: float = DataConfig.val_fraction
-    test_fraction: float = DataConfig.test_fraction
     pretrain: dict = field(default_factory=dict)  # PretrainConfig fields (steps, batch_size, lr, options ...)
     finetune: dict = field(default_factory=dict)  # FinetuneConfig fields
     evaluate: dict = field(default_factory=dict)  # EvaluateConfig fields (convention, hd95_empty)
@@ -123,22 +136,102 @@ class SweepConfig:
     logger: str = RunConfig.logger  # training logs: csv (metrics.csv), or tensorboard as well
 
 
-# sweep key -> the RunConfig field it sets in every run
-RUN_FIELDS = {"image_size": "data.image_size", "split_seed": "data.split_seed", "val_fraction": "data.val_fraction",
-              "test_fraction": "data.test_fraction", "model_options": "model.options", "devices": "devices",
-              "precision": "precision", "logger": "logger"}
+# sweep key -> the RunConfig field it sets in every run (the data and model sections are set as a whole)
+RUN_FIELDS = {"devices": "devices", "precision": "precision", "logger": "logger"}
 SECTIONS = ("pretrain", "finetune", "evaluate")
+#: the older spellings of sweep keys -> the run-config spelling that replaced them (still read, with a note)
+OLD_KEYS = {"data_options": "data.options", "image_size": "data.image_size", "split_seed": "data.split_seed",
+            "val_fraction": "data.val_fraction", "test_fraction": "data.test_fraction",
+            "model_options": "model.options"}
+#: run-config keys a sweep sets itself, run by run: giving them has no effect, so they are refused, naming
+#: the sweep key to use instead
+NO_EFFECT = {"seed": "list the seeds as seeds: [0, 1, 2]",
+             "model.arch": "list the architectures as archs: [unet]",
+             "pretrain.method": "list the pretraining methods as methods: [none, simclr] (none: random init)",
+             "finetune.init": "each method's runs start from its own pretraining (none: random init); list them "
+                              "as methods: [...]",
+             "finetune.labels": "list the labelled-case budgets as budgets: [1, 4, 10%]",
+             "finetune.mode": "list the modes to compare as modes: [...]"}
 
-SWEEP_RANGES = {**RANGES,
+SWEEP_RANGES = {**RANGES, "SweepData": RANGES["DataConfig"],
                 "SweepConfig": {"pretrain_seed": (0, None), "jobs": (1, 64),
                                 **{key: rule_of(path) for key, path in RUN_FIELDS.items()}},
                 "BaselineConfig": {"augment": (0.0, None), "steps": (1, None)}}
 
 
-def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+def _note(text: str, quiet: bool) -> None:
+    if not quiet:
+        import sys
+
+        print(f"sslseg sweep: note: {text}", file=sys.stderr)
+
+
+def normalise(raw: dict, where: str, quiet: bool = False) -> dict:
+    """A sweep YAML mapping in the run-config spelling: ``data: spec`` (or a list) becomes ``data: {spec: ...}``;
+    an older key (:data:`OLD_KEYS`) moves to its place, with a note on stderr unless ``quiet``.
+
+    Raises:
+        ValueError: an older key given beside its new spelling, or a key with no effect (:data:`NO_EFFECT`).
+    """
+    raw = dict(raw)
+    if "data" in raw and not isinstance(raw["data"], dict):
+        raw["data"] = {"spec": raw["data"]}
+    for old, new in OLD_KEYS.items():
+        if old not in raw:
+            continue
+        section, key = new.split(".")
+        block = raw.get(section)
+        block = dict(block) if isinstance(block, dict) else {}
+        if key in block:
+            raise ValueError(f"{where}: {old} and {new} are both given; keep {new} (the older spelling is {old})")
+        _note(f"{where}: {old} is the older spelling of {new}; write it as {section}: {{{key}: ...}}", quiet)
+        block[key] = raw.pop(old)
+        raw[section] = block
+    if "seed" in raw:
+        raise ValueError(f"{where}: seed has no effect in a sweep: {NO_EFFECT['seed']}")
+    if isinstance(raw.get("model"), dict) and "arch" in raw["model"]:
+        raise ValueError(f"{where}: model.arch has no effect in a sweep: {NO_EFFECT['model.arch']}")
+    return raw
+
+
+def _set_items(overrides: list[str], quiet: bool = False) -> list[str]:
+    """``--set`` items in the run-config spelling: ``data=X`` is ``data.spec=X``, older keys move (with a note)."""
+    out = []
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        head, _, rest = key.partition(".")
+        if key == "data":
+            key = "data.spec"
+        elif head in OLD_KEYS:
+            new = OLD_KEYS[head] + (f".{rest}" if rest else "")
+            _note(f"--set {key} is the older spelling of --set {new}", quiet)
+            key = new
+        elif key == "seed" or key == "model.arch":
+            raise ValueError(f"--set {key} has no effect in a sweep: {NO_EFFECT[key]}")
+        out.append(f"{key}{sep}{value}")
+    return out
+
+
+def load_sweep_config(path: str | Path, overrides: list[str] | None = None, quiet: bool = False) -> SweepConfig:
     """A sweep YAML with ``--set`` overrides (``seeds=[0,1,2]``) applied, checked by :func:`validate`."""
-    cfg = from_dict(SweepConfig, load_yaml(path), str(path))
-    return validate(apply_set(cfg, overrides or []))
+    cfg = sweep_config(load_yaml(path), str(path), quiet)
+    return validate(apply_set(cfg, _set_items(overrides or [], quiet)))
+
+
+def sweep_config(raw: dict, where: str = "sweep", quiet: bool = False) -> SweepConfig:
+    """A :class:`SweepConfig` from a mapping as a sweep YAML holds it (:func:`normalise`), not yet validated."""
+    return from_dict(SweepConfig, normalise(raw, where, quiet), where)
+
+
+def sweep_dict(sw: SweepConfig) -> dict:
+    """A sweep's config as YAML writes it, defaults included: the ``pretrain``, ``finetune`` and ``evaluate``
+    sections as every run resolves them (less the keys the sweep sets run by run, :data:`NO_EFFECT`)."""
+    d = asdict(sw)
+    rc = to_dict(run_config(sw, sw.archs[0], sw.seeds[0]))
+    for section in SECTIONS:
+        d[section] = {k: v for k, v in rc[section].items() if f"{section}.{k}" not in NO_EFFECT}
+    return d
 
 
 def validate(cfg: SweepConfig) -> SweepConfig:
@@ -166,8 +259,10 @@ def validate(cfg: SweepConfig) -> SweepConfig:
                 check_mode(mode)
         except ValueError as err:
             raise ValueError(f"sweep: {err}") from None
-    if "mode" in (cfg.finetune or {}):
-        raise ValueError("sweep.finetune.mode has no effect in a sweep: list the modes to compare as modes: [...]")
+    for section in ("pretrain", "finetune"):
+        for key in getattr(cfg, section) or {}:
+            if f"{section}.{key}" in NO_EFFECT:
+                raise ValueError(f"sweep.{section}.{key} has no effect in a sweep: {NO_EFFECT[f'{section}.{key}']}")
     if not cfg.modes:
         raise ValueError("sweep: give at least one fine-tuning mode (modes: [supervised])")
     if len(set(cfg.modes)) != len(cfg.modes):
@@ -202,13 +297,13 @@ def datasets(sw: SweepConfig) -> list[tuple[str, dict]]:
     Raises:
         ValueError: an entry that is neither a spec nor ``{spec, options}``, or a repeated spec.
     """
-    entries = sw.data if isinstance(sw.data, list) else [sw.data]
+    entries = sw.data.spec if isinstance(sw.data.spec, list) else [sw.data.spec]
     if not entries:
         raise ValueError("sweep: give at least one data set")
     out: list[tuple[str, dict]] = []
     for e in entries:
         if isinstance(e, str):
-            out.append((e, dict(sw.data_options)))
+            out.append((e, dict(sw.data.options)))
         elif isinstance(e, dict) and isinstance(e.get("spec"), str) and set(e) <= {"spec", "options"}:
             out.append((e["spec"], dict(e.get("options") or {})))
         else:
@@ -235,7 +330,8 @@ def run_config(sw: SweepConfig, arch: str, seed: int, data: tuple[str, dict] | N
         stage: checked as :func:`~sslseg.experiments.config.resolve_run_config` checks it.
     """
     spec, options = data if data is not None else datasets(sw)[0]
-    values = {"seed": int(seed), "data.spec": spec, "data.options": options, "model.arch": arch}
+    values = {"seed": int(seed), **{f"data.{k}": v for k, v in asdict(sw.data).items()}, "data.spec": spec,
+              "data.options": options, "model.arch": arch, "model.options": sw.model.options}
     values.update({path: getattr(sw, key) for key, path in RUN_FIELDS.items()})
     for section in SECTIONS:
         values.update({f"{section}.{k}": v for k, v in (getattr(sw, section) or {}).items()})
@@ -301,11 +397,7 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
     sw = config_path if isinstance(config_path, SweepConfig) else load_sweep_config(config_path, overrides)
     saved = out / "config.yaml"
     if saved.exists():
-        prev = from_dict(SweepConfig, load_yaml(saved), str(saved))
-        if asdict(prev) != asdict(sw):
-            raise ValueError(f"{out} holds a sweep with a different config; use a new --out or the same config")
-    dump_yaml(asdict(sw), saved)
-    write_provenance(out)  # the command line, commit and packages of the latest invocation
+        _check_scoring(_previous(saved), sw, out)
 
     sets = datasets(sw)
     todo = []  # per data set: its cases, its runs, its labelled subsets
@@ -339,6 +431,11 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
                 write_json(path, {"budget": r["budget"], "seed": r["seed"], "num_cases": r["k"],
                                   "case_ids": subsets[key]})
         todo.append((cases, runs, subsets))
+    # a sweep grows: finished runs whose config is unchanged are kept, new ones run; a change that would make
+    # a kept run's rows stale is refused, naming its keys, before anything is written
+    _check_unchanged(sw, [r for _, runs, _ in todo for r in runs], out)
+    dump_yaml(sweep_dict(sw), saved)
+    write_provenance(out)  # the command line, commit and packages of the latest invocation
 
     total = sum(len(runs) for _, runs, _ in todo)
     done = sum((out / "runs" / run_key(r) / "done.json").exists() for _, runs, _ in todo for r in runs)
@@ -371,41 +468,121 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
     return results
 
 
-def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path, out: Path) -> None:
-    """Fine-tune, evaluate and record one run; ``done.json`` is written last."""
-    data = (r["spec"], r["options"])
+def _previous(saved: Path) -> SweepConfig:
+    """The config a sweep folder's earlier invocation saved (older spellings read silently)."""
+    try:
+        return sweep_config(load_yaml(saved), str(saved), quiet=True)
+    except ValueError as err:
+        raise ValueError(f"{saved} cannot be read as a sweep config ({err}); use a new --out") from None
+
+
+def _check_scoring(prev: SweepConfig, sw: SweepConfig, out: Path) -> None:
+    """Refuse a change of how runs are scored (``evaluate``, ``postprocess``) once a run has finished:
+    the kept runs' rows would be scored one way and the new ones another."""
+    if not any((out / "runs").glob("*/done.json")):
+        return
+    changed = []
+    try:
+        old_eval = asdict(run_config(prev, prev.archs[0], prev.seeds[0]).evaluate)
+    except ValueError:
+        old_eval = None  # an earlier config that no longer resolves: its runs are checked one by one
+    if old_eval is not None:
+        new_eval = asdict(run_config(sw, sw.archs[0], sw.seeds[0]).evaluate)
+        changed += [f"evaluate.{k}: {old_eval[k]!r} there, {v!r} now" for k, v in new_eval.items() if old_eval[k] != v]
+    if parse_steps(prev.postprocess) != parse_steps(sw.postprocess):
+        changed.append(f"postprocess: {prev.postprocess!r} there, {sw.postprocess!r} now")
+    if changed:
+        raise ValueError(f"{out} holds runs scored with another config ({'; '.join(changed)}); every finished run "
+                         "would change: undo the change or use a new --out")
+
+
+def _check_unchanged(sw: SweepConfig, runs: list[dict], out: Path) -> None:
+    """Refuse, in one line naming the changed keys, when a run folder of the sweep (fine-tuning or pretraining)
+    holds a run made with another config than the one the sweep now asks of it."""
+    from .runfolder import config_differences, read_config
+
+    changed: dict[str, str] = {}  # key -> "old there, new now"
+    where: list[str] = []
+    seen_pre: set[Path] = set()
+    for r in runs:
+        folders = [(out / "runs" / run_key(r), lambda r=r: stage_dict(_finetune_config(sw, r, out), "finetune"))]
+        if r["kind"] == "finetune" and r["init"] != "none" and _pretrain_dir(r, out) not in seen_pre:
+            seen_pre.add(_pretrain_dir(r, out))
+            folders.append((_pretrain_dir(r, out), lambda r=r: stage_dict(_pretrain_config(sw, r), "pretrain")))
+        for folder, request in folders:
+            saved = read_config(folder / "config.yaml")
+            if saved is None:
+                continue
+            diffs = config_differences(saved, request())
+            for key, old, new in diffs:
+                changed.setdefault(key, f"{old!r} there, {new!r} now")
+            if diffs:
+                where.append(str(folder.relative_to(out)))
+    if changed:
+        keys = "; ".join(f"{k}: {v}" for k, v in changed.items())
+        raise ValueError(f"{out} holds {len(where)} run(s) made with another config ({keys}; e.g. {where[0]}): "
+                         "a sweep reuses a run only where its config is unchanged (more seeds, budgets, methods "
+                         "or modes add runs); undo the change or use a new --out")
+
+
+def _pretrain_dir(r: dict, out: Path) -> Path:
+    """The pretraining run a fine-tuning run ``r`` starts from: one per (data set, method, arch, seed)."""
+    seed = r["seed"] if r.get("pretrain_seed") is None else r["pretrain_seed"]
+    prefix = f"{r['data']}_" if r.get("data") else ""
+    return out / "pretrain" / f"{prefix}{r['init']}_{r['arch']}_seed{seed}"
+
+
+def _pretrain_config(sw: SweepConfig, r: dict) -> RunConfig:
+    seed = r["seed"] if r.get("pretrain_seed") is None else r["pretrain_seed"]
+    return run_config(sw, r["arch"], int(seed), (r["spec"], r["options"]), {"pretrain.method": r["init"]},
+                      stage="pretrain")
+
+
+def _finetune_config(sw: SweepConfig, r: dict, out: Path, stage: str | None = None) -> RunConfig:
+    """The config of fine-tuning run ``r`` (``stage="finetune"`` checks its checkpoint exists)."""
     init = "random"
     if r["kind"] == "finetune" and r["init"] != "none":
-        init = str(_pretrained(run_config(sw, r["arch"], r["seed"], data), r, cases, out))
+        init = str(_pretrain_dir(r, out) / "checkpoint.pt")
     run = {"finetune.init": init, "finetune.labels": r["budget"], "finetune.mode": r["mode"]}
     if r["kind"] == "baseline":
         run["finetune.augment"] = sw.baseline.augment
         if sw.baseline.steps:
             run.update({"finetune.steps": int(sw.baseline.steps), "finetune.epochs": None})
-    rc = run_config(sw, r["arch"], r["seed"], data, run, stage="finetune")
-    ckpt = run_finetune(rc, run_dir, cases, labelled_ids=labelled)
-    per_case = run_evaluate(ckpt, cases, "test", run_dir, rc.evaluate.convention, rc.evaluate.hd95_empty,
-                            postprocess=parse_steps(sw.postprocess))
-    # the run's best validation Dice (what chose its checkpoint): recipe choices read this, never the test
-    val = load_checkpoint(ckpt).get("best_val") or {}
-    rows = [{"method": r["method"], "init": r["init"], "mode": r["mode"], "arch": r["arch"], "dataset": r["spec"],
-             "budget": r["budget"], "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r),
-             "val_dice": val.get("dice", math.nan)} for pc in per_case]
-    write_table(run_dir / "rows.csv", rows)
-    save_examples(ckpt, cases, per_case, run_dir / "examples.npz")
-    write_json(run_dir / "done.json", {"rows": len(rows)})  # the completion marker, written last
+    return run_config(sw, r["arch"], r["seed"], (r["spec"], r["options"]), run, stage=stage)
 
 
-def _pretrained(rc: RunConfig, r: dict, cases, out: Path) -> Path:
-    """The pretraining checkpoint a fine-tuning run (config ``rc``) starts from, pretraining it first if needed."""
-    seed = r["seed"] if r.get("pretrain_seed") is None else r["pretrain_seed"]
-    prefix = f"{r['data']}_" if r.get("data") else ""
-    pre_dir = out / "pretrain" / f"{prefix}{r['init']}_{r['arch']}_seed{seed}"
+def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], run_dir: Path, out: Path) -> None:
+    """Fine-tune, evaluate and record one run, holding its folder's lock; ``done.json`` is written last."""
+    from .runfolder import claim
+
+    if r["kind"] == "finetune" and r["init"] != "none":
+        _pretrained(sw, r, cases, out)
+    rc = _finetune_config(sw, r, out, stage="finetune")
+    with claim(run_dir, stage_dict(rc, "finetune")):  # a second process (sslseg finetune --out here) is refused
+        ckpt = run_finetune(rc, run_dir, cases, labelled_ids=labelled)
+        per_case = run_evaluate(ckpt, cases, "test", run_dir, rc.evaluate.convention, rc.evaluate.hd95_empty,
+                                postprocess=parse_steps(sw.postprocess))
+        # the run's best validation Dice (what chose its checkpoint): recipe choices read this, never the test
+        val = load_checkpoint(ckpt).get("best_val") or {}
+        rows = [{"method": r["method"], "init": r["init"], "mode": r["mode"], "arch": r["arch"], "dataset": r["spec"],
+                 "budget": r["budget"], "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r),
+                 "val_dice": val.get("dice", math.nan)} for pc in per_case]
+        write_table(run_dir / "rows.csv", rows)
+        save_examples(ckpt, cases, per_case, run_dir / "examples.npz")
+        write_json(run_dir / "done.json", {"rows": len(rows)})  # the completion marker, written last
+
+
+def _pretrained(sw: SweepConfig, r: dict, cases, out: Path) -> Path:
+    """The pretraining checkpoint fine-tuning run ``r`` starts from, pretrained first (holding its folder's
+    lock) when missing."""
+    from .runfolder import claim
+
+    pre_dir = _pretrain_dir(r, out)
     ckpt = pre_dir / "checkpoint.pt"
     if not ckpt.exists():
-        pc = resolve_run_config(rc, {"seed": int(seed), "pretrain.method": r["init"]}, stage="pretrain",
-                                where="sweep")
-        run_pretrain(pc, pre_dir, cases)
+        pc = _pretrain_config(sw, r)
+        with claim(pre_dir, stage_dict(pc, "pretrain")):
+            run_pretrain(pc, pre_dir, cases)
     return ckpt
 
 
@@ -413,11 +590,45 @@ def _pretrained(rc: RunConfig, r: dict, cases, out: Path) -> Path:
 _WORKER: dict = {}
 
 
-def _init_worker(sw: SweepConfig, out: Path, cases_by_data: dict, threads: int) -> None:
+def _init_worker(sw: SweepConfig, out: Path, cases_by_data: dict, threads: int, parent: int | None = None) -> None:
     import torch
 
+    if parent is not None:
+        _die_with_parent(parent)
     torch.set_num_threads(threads)
     _WORKER.update(sw=sw, out=out, cases=cases_by_data)
+
+
+def _die_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker process when the sweep's main process ``parent`` ends, however it ends.
+
+    A killed main process cannot close its pool: its workers would go on training (and holding their run
+    folders' locks, and the sweep folder's, inherited) for minutes. On Linux the kernel sends SIGKILL when
+    the parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and as a second guard, a thread checks every
+    ``every`` seconds whether this process was handed to another parent.
+    """
+    import os
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl: the thread alone
+            pass
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sslseg-parent-watch", daemon=True).start()
 
 
 def _worker_run(r: dict, labelled: list[str]) -> str:
@@ -434,6 +645,9 @@ def _worker_run(r: dict, labelled: list[str]) -> str:
 def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total: int) -> None:
     """Pretrain what is missing here, one run at a time on every core, then fine-tune ``sw.jobs`` runs at once."""
     import multiprocessing as mp
+    import os
+    import signal
+    import threading
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from ..engine.distributed import usable_cores
@@ -444,8 +658,7 @@ def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total:
             if (out / "runs" / run_key(r) / "done.json").exists():
                 continue
             if r["kind"] == "finetune" and r["init"] != "none":
-                rc = run_config(sw, r["arch"], r["seed"], (r["spec"], r["options"]))
-                _pretrained(rc, r, cases, out)
+                _pretrained(sw, r, cases, out)
             pending.append((r, subsets[(r["budget"], r["seed"])]))
     if not pending:
         return
@@ -460,8 +673,13 @@ def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total:
     cases_by_data = {runs[0]["data"]: cases for cases, runs, _ in todo if runs}
     print(f"sweep: fine-tuning {len(pending)} runs, {sw.jobs} at a time ({threads} thread(s) each); "
           "each run's output goes to its output.txt", flush=True)
-    with ProcessPoolExecutor(max_workers=sw.jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(sw, out, cases_by_data, threads)) as pool:
+    pool = ProcessPoolExecutor(max_workers=sw.jobs, mp_context=ctx, initializer=_init_worker,
+                               initargs=(sw, out, cases_by_data, threads, os.getpid()))
+    # SIGTERM (kill, a scheduler's time limit) ends this process through the handler below, so the
+    # workers are stopped with it rather than left training
+    term = signal.signal(signal.SIGTERM, _exit_on_term) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
         futures = {pool.submit(_worker_run, r, labelled): r for r, labelled in pending}
         remaining = set(futures)
         while remaining:
@@ -470,7 +688,7 @@ def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total:
                 r = futures[f]
                 try:
                     f.result()
-                except BaseException:
+                except Exception:
                     for other in remaining:
                         other.cancel()
                     print(f"sweep: run {run_key(r)} failed; its output: "
@@ -481,6 +699,23 @@ def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total:
                 bar.update(1)
                 if bar.disable:
                     print(f"sweep: run {done}/{total} done: {run_key(r)}", flush=True)
+    except (KeyboardInterrupt, SystemExit):
+        # interrupted: stop the runs in flight now (each resumes from its last.pt), not after minutes
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    except BaseException:
+        pool.shutdown(wait=True)  # a failed run: the runs in flight finish first, their rows kept
+        raise
+    finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
+    pool.shutdown(wait=True)
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _is_macos() -> bool:
