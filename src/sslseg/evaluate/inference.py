@@ -237,7 +237,8 @@ def score_cases(
     :func:`case_convention`): for volumes the 3D Dice and 3D HD95 (mm, slice
     spacing included) of the stacked labelled slices, as the Decathlon (MSD) and
     Umapathy et al. (ISMRM 2022) report; for cines the mean over labelled frames
-    of the 2D scores, as contrastive-echo reports. ``dice_frames``/``hd95_frames``
+    of the 2D scores (the published echo numbers pool the frames instead: see
+    :func:`sslseg.evaluate.metrics.pooled_dice`). ``dice_frames``/``hd95_frames``
     are the per-frame means (for every case), ``dice_pooled`` EchoNet's pooled
     Dice over the case's frames, ``overlap``/``total`` its terms (pool them over
     cases with :func:`sslseg.evaluate.metrics.pooled_dice`).

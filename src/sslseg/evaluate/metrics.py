@@ -128,7 +128,14 @@ def overlap_counts(pred: np.ndarray, gt: np.ndarray, classes: list[int]) -> tupl
 
 
 def pooled_dice(rows: list[dict]) -> float:
-    """EchoNet's pooled Dice over rows carrying ``overlap`` and ``total`` (e.g. results.csv rows)."""
+    """Pooled Dice, ``2 * sum(overlap) / sum(total)``, over rows carrying ``overlap`` and ``total`` (e.g. the
+    results.csv rows of one run's test set); NaN when ``total`` sums to 0.
+
+    The definition published echo numbers use: EchoNet-Dynamic pools its whole test split;
+    contrastive-echo's ``dice_coeff`` pools each batch of 128 test frames and averages the batches,
+    which is this over a test set of up to 128 frames. A mean of per-frame Dice weighs a small
+    ventricle as much as a large one and is lower.
+    """
     inter = sum(float(r["overlap"]) for r in rows)
     total = sum(float(r["total"]) for r in rows)
     return 2 * inter / total if total > 0 else float("nan")
