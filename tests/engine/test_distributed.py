@@ -106,6 +106,117 @@ def check_byol_target(rank: int, world: int, fabric) -> dict:
             "target_moved": float((after - before).abs().max())}
 
 
+class _Noisy(nn.Module):
+    """A task whose augmentation draws from torch's global stream, as the pretraining methods' do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 1)
+
+    def forward(self, x):
+        x = x + 0.5 * torch.randn_like(x)
+        return {"loss": (self.lin(x) ** 2).mean()}
+
+
+def check_resume(rank: int, world: int, fabric, root: Path) -> dict:
+    """A 2-process run stopped after its step-2 snapshot and resumed ends bitwise equal to one never stopped."""
+    import torch.distributed as dist
+
+    from sslseg.engine.loop import LoopConfig, fit
+
+    cfg = LoopConfig(steps=6, lr=0.05, log_every=1, save_every=2)
+
+    def run(out: Path, stop: int | None = None):
+        torch.manual_seed(0)  # as every rank's command does before its first step
+        task = _Noisy()
+
+        def next_batch(step: int):
+            if step == stop:
+                raise KeyboardInterrupt  # every rank, before the step's first collective
+            return torch.randn(4, 4, generator=torch.Generator().manual_seed(100 * step + rank))
+
+        try:
+            fit(task, next_batch, cfg, out_dir=out, fabric=fabric)
+        except KeyboardInterrupt:
+            return None
+        return torch.cat([p.detach().flatten() for p in task.parameters()])
+
+    ref = run(root / "resume_ref")
+    assert run(root / "resume_run", stop=3) is None
+    resumed = run(root / "resume_run")
+    worst = (resumed - ref).abs().max().reshape(1)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    # the ranks' augmentations differ (their streams are their own): the noise drawn right after a step's seeding
+    from sslseg.engine.loop import RankStreams
+
+    streams = RankStreams(fabric)
+    streams.seed(0)
+    noise = torch.randn(3)
+    every = [torch.empty_like(noise) for _ in range(world)]
+    dist.all_gather(every, noise)
+    return {"resume_max_diff": float(worst), "rank_noise_diff": float((every[0] - every[1]).abs().max())}
+
+
+def check_batchnorm_by_default(rank: int, world: int, fabric) -> dict:
+    """The loop's default on several processes (fine-tuning's): BatchNorm statistics over the global batch."""
+    import torch.distributed as dist
+
+    from sslseg.engine.loop import LoopConfig, fit
+
+    net = _tiny_net()
+
+    class Task(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return {"loss": self.net(x).pow(2).mean()}
+
+    def next_batch(step: int):  # each rank its own data, shifted apart
+        return torch.randn(4, 6, generator=torch.Generator().manual_seed(10 * step + rank)) + 3 * rank
+
+    fit(Task(), next_batch, LoopConfig(steps=2, lr=0.01, log_every=1), fabric=fabric)
+    stats = torch.cat([net[1].running_mean, net[1].running_var])
+    every = [torch.empty_like(stats) for _ in range(world)]
+    dist.all_gather(every, stats)
+    return {"bn_rank_diff": float((every[0] - every[1]).abs().max())}
+
+
+def check_rank_zero_failures(rank: int, world: int, fabric) -> dict:
+    """Rank 0 raising in rank-0-first work or in validation stops every rank at once, with its error."""
+    import time
+
+    from sslseg.engine.distributed import barrier, rank_zero_first
+    from sslseg.engine.loop import LoopConfig, fit
+
+    out = {}
+    t = time.perf_counter()
+    try:
+        with rank_zero_first():
+            if rank == 0:
+                raise ValueError("the data folder holds no images")
+        out["first"] = "no error"
+    except Exception as err:  # noqa: BLE001
+        out["first"] = f"{type(err).__name__}: {err}"
+    out["first_seconds"] = time.perf_counter() - t
+
+    def validate(_task):
+        raise RuntimeError("validation broke")
+
+    t = time.perf_counter()
+    try:
+        fit(_Noisy(), lambda s: torch.randn(4, 4), LoopConfig(steps=3, log_every=1, val_every=1), validate=validate,
+            fabric=fabric)
+        out["validate"] = "no error"
+    except Exception as err:  # noqa: BLE001
+        out["validate"] = f"{type(err).__name__}: {err}"
+    out["validate_seconds"] = time.perf_counter() - t
+    barrier()  # the process group still works
+    return out
+
+
 def run_pipeline(rank: int, root: Path) -> None:
     """Pretraining (simclr, byol, global_local) and fine-tuning from a pretrained checkpoint, 2 processes."""
     from sslseg.experiments.config import RunConfig, apply_set
@@ -132,10 +243,15 @@ def _session(rank: int, world: int, port: int, root: str) -> None:
         from sslseg.engine.distributed import start
 
         fabric = start(devices=world)
-        report = {"gathered": check_gathered_losses(rank, world), "byol": check_byol_target(rank, world, fabric)}
+        report = {"gathered": check_gathered_losses(rank, world), "byol": check_byol_target(rank, world, fabric),
+                  "resume": check_resume(rank, world, fabric, root_p),
+                  "batchnorm": check_batchnorm_by_default(rank, world, fabric)}
         run_pipeline(rank, root_p)
         if rank == 0:
             (root_p / "report.json").write_text(json.dumps(report))
+        # last: on a regression these would wait for the process group's timeout
+        failures = check_rank_zero_failures(rank, world, fabric)
+        (root_p / f"failures_rank{rank}.json").write_text(json.dumps(failures))
     except BaseException:
         (root_p / f"error_rank{rank}.txt").write_text(traceback.format_exc())
         raise
@@ -163,6 +279,34 @@ def test_gathered_loss_and_gradients_equal_one_process(two_process_session):
     for name, r in report["gathered"].items():
         assert r["max_abs_diff"] < TOL, (name, r)
         assert r["local_only_diff"] > 1e-3, (name, r)  # the gather matters
+
+
+@needs_two_cores
+def test_two_process_resume_is_bitwise_exact(two_process_session):
+    """Every rank's stream is a pure function of (seed, rank, step): old code re-seeded ranks > 0 on resume."""
+    _, report = two_process_session
+    assert report["resume"]["resume_max_diff"] == 0.0, report["resume"]
+    assert report["resume"]["rank_noise_diff"] > 0.1  # and the ranks draw different augmentations
+
+
+@needs_two_cores
+def test_batchnorm_statistics_are_global_by_default(two_process_session):
+    """Fine-tuning's loop settings on 2 processes: the same BatchNorm statistics on both (old: per device)."""
+    _, report = two_process_session
+    assert report["batchnorm"]["bn_rank_diff"] < 1e-6, report["batchnorm"]
+
+
+@needs_two_cores
+def test_a_failure_on_rank_zero_stops_every_rank_at_once(two_process_session):
+    """Old code: rank 1 waited in a collective for rank 0 until the process group's timeout (30 minutes)."""
+    root, _ = two_process_session
+    ranks = [json.loads((root / f"failures_rank{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["first"] == "ValueError: the data folder holds no images", r  # a user error stays one
+        assert r["first_seconds"] < 30 and r["validate_seconds"] < 60, r
+    assert ranks[0]["validate"] == "RuntimeError: validation broke"
+    assert ranks[1]["validate"] == ("RankZeroFailed: process 0 stopped with RuntimeError: validation broke; "
+                                    "this process stops too")
 
 
 @needs_two_cores
@@ -197,6 +341,8 @@ def test_pipeline_on_two_processes(two_process_session, run):
     assert len(steps) == (6 if run == "finetune" else 4)
     if run == "finetune":
         assert sum("validation" in ln for ln in lines) == 2  # steps 3 and 6, once each
+        # fine-tuning's BatchNorm normalises over the global batch too (old: per device)
+        assert any("BatchNorm layers normalise over the global batch of 2 processes" in ln for ln in lines)
 
 
 @needs_two_cores
