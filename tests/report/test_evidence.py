@@ -343,6 +343,14 @@ def test_report_gives_pooled_dice_beside_the_frame_mean_and_says_which_is_which(
         assert f"<td>{want}</td>" in row, (want, row)
     summary = page[page.index("<section id='summary'>"):page.index("<section id='gains'>")]
     assert "0.9252" in summary and "pooled" in summary  # the published echo number, set beside the like number
+    # the console table too; volumes (whose Dice is already pooled over their slices) get no pooled column
+    text = format_text(summary_table(rows))
+    (line,) = [ln for ln in text.splitlines() if ln.split()[1:3] == ["none", "1"]]
+    per_subset = [pooled_dice([r for r in rows if (r["method"], r["labelled_cases"], r["seed"]) == ("none", "1", s)])
+                  for s in ("0", "1", "2")]
+    assert "pooled" in text.splitlines()[0] and f" {np.mean(per_subset):.3f}" in line and "0.9252" in text
+    volumes = [{**r, "convention": "volume"} for r in rows]
+    assert "pooled" not in format_text(summary_table(volumes)).splitlines()[0]
 
 
 # -- a real browser ---------------------------------------------------------------------------------------------
