@@ -124,15 +124,14 @@ def export_model(
     probe = torch.randn(3, c, s, s, generator=g)
     with torch.inference_mode():
         ref = model(probe).numpy()
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         with naming_disk_full(path):
             if format == "onnx":
-                diff = _export_onnx(model, example, probe, path, tmp, meta, opset, check)
+                diff = _export_onnx(model, example, probe, path, meta, opset, check)
             else:
-                diff = _export_torchscript(model, example, probe, path, tmp, meta, check)
+                diff = _export_torchscript(model, example, probe, path, meta, check)
     finally:
-        tmp.unlink(missing_ok=True)  # a failed export leaves no temporary
+        _temporary(path).unlink(missing_ok=True)  # a failed export leaves no temporary
     if diff is not None:
         diff = float(np.abs(diff - ref).max())
         if not diff <= atol:  # nan (a NaN in either output) fails too
@@ -140,7 +139,12 @@ def export_model(
     return ExportResult(path, diff, meta)
 
 
-def _export_onnx(model, example, probe, path: Path, tmp: Path, meta: dict, opset: int, check: bool) -> np.ndarray | None:
+def _temporary(path: Path) -> Path:
+    """Where an export is written before it is renamed to ``path``."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, check: bool) -> np.ndarray | None:
     try:
         import onnx
     except ImportError:
@@ -148,6 +152,7 @@ def _export_onnx(model, example, probe, path: Path, tmp: Path, meta: dict, opset
     kwargs = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the tracing exporter: no onnxscript needed
+    tmp = _temporary(path)
     with warnings.catch_warnings():
         # shape-dependent padding is traced for the training size only (module notes)
         warnings.simplefilter("ignore")
@@ -171,10 +176,11 @@ def _export_onnx(model, example, probe, path: Path, tmp: Path, meta: dict, opset
     return sess.run(None, {"image": probe.numpy()})[0]
 
 
-def _export_torchscript(model, example, probe, path: Path, tmp: Path, meta: dict, check: bool) -> np.ndarray | None:
+def _export_torchscript(model, example, probe, path: Path, meta: dict, check: bool) -> np.ndarray | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jit deprecation notice and the traced-padding notice
         traced = torch.jit.trace(model, example)
+        tmp = _temporary(path)
         torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": json.dumps(meta)})
         os.replace(tmp, path)
         if not check:
