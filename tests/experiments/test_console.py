@@ -159,7 +159,7 @@ def test_on_a_terminal_the_summary_and_the_outcome_stay_on_screen(tmp_path, monk
     monkeypatch.setattr(sys, "stderr", tty)
     out = tmp_path / "ft"
     try:
-        rc = main(["finetune", *SYN, "--labels", "2", "--set", "finetune.val_every=1", "--out", str(out)])
+        rc = main(["finetune", *SYN, "--labels", "2", "--out", str(out)])  # validation every 100 steps
         tty.flush()
     finally:
         tty.close()
@@ -170,6 +170,8 @@ def test_on_a_terminal_the_summary_and_the_outcome_stay_on_screen(tmp_path, monk
     shown = screen(raw)
     # a bar drew itself (tqdm's "2/2 [time]"), not the plain lines of a pipe
     assert "2/2 [" in raw and not any(s.startswith("finetune random: step") for s in shown)
-    assert shown[0].startswith("data:    synthetic-echo, 6 cases") and shown[6].startswith("train:   2 steps")
+    n_val = split_sizes(out / "splits.json")[1]
+    assert shown[0].startswith("data:    synthetic-echo, 6 cases")
+    assert shown[6] == f"train:   2 steps, batch 2, lr 0.001; validation at the end on {n_val} case{'s' if n_val != 1 else ''}"
     assert any(s.startswith("finetune random: 2 steps done in ") for s in shown), shown
     assert any(s.startswith("best validation Dice ") for s in shown) and shown[-1].startswith("fine-tuned checkpoint:")

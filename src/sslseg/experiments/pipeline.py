@@ -319,8 +319,8 @@ def run_finetune(
         _training_line(ft, steps) + (f"; encoder frozen for the first {frozen} step{'s' if frozen != 1 else ''}"
                                      if frozen > 0 else "")
         + (f"; validation every {_n(ft.val_every, 'step')} on {_n(len(val), 'case')}" if val_set is not None
-           and ft.val_every else f"; validation at the end on {_n(len(val), 'case')}" if val_set is not None
-           else "; no validation case"),
+           and 0 < ft.val_every < steps else f"; validation at the end on {_n(len(val), 'case')}"
+           if val_set is not None else "; no validation case"),
     ])
     with _echo_resume(show):
         result = _fit_finetune(cfg, fabric, task, data, val_set, model_kwargs["num_classes"], steps, frozen, params,
