@@ -34,7 +34,7 @@ h1{font-size:1.6rem;margin:.2em 0} h2{font-size:1.15rem;margin-top:2em;border-bo
 section{background:#fff;border:1px solid #e3e6eb;border-radius:8px;padding:8px 20px 16px;margin-top:18px}
 table{border-collapse:collapse;font-size:.9rem;margin:.5em 0}
 th,td{padding:4px 10px;border-bottom:1px solid #eceef2;text-align:right} th{background:#f0f2f5}
-td.l,th.l{text-align:left}
+td.l,th.l{text-align:left} td:not(.l){white-space:nowrap}
 .gain{color:#0072b2}.loss{color:#b84d00}.unclear,.single{color:#4a4f59} img{max-width:100%;height:auto}
 .tag{display:inline-block;font-size:.75rem;font-weight:600;border:1px solid currentColor;border-radius:4px;
 padding:0 5px;margin-right:6px}
