@@ -149,7 +149,7 @@ def load_folder(
     csv_file: str = "cases.csv",
     axis: int = 2,
     intensity: str = "scale",
-    spacing: list[float] | None = None,
+    spacing: list[float] | float | None = None,
     labels: list[int] | None = None,
     cache_dir: str | None = None,
 ) -> list[Case]:
@@ -160,7 +160,7 @@ def load_folder(
         csv_file: name (in ``path``) of the optional case table.
         axis: voxel axis along which volumes are cut into slices.
         intensity: ``"scale"``, ``"zscore"`` or ``"none"`` for non-8-bit images.
-        spacing: ``[row mm, column mm]`` for pictures, which carry none.
+        spacing: ``[row mm, column mm]`` (or one number: square pixels) for pictures, which carry none.
         labels: the label values masks may hold (background 0 implied); default
             ``0..K-1`` with no gap, so a stray value is an error, not a class.
         cache_dir: cache folder (default ``$SSLSEG_CACHE`` or ``~/.cache/sslseg``).
@@ -170,6 +170,12 @@ def load_folder(
             (a file in two cases or listed twice, two splits for one case), a
             mask value outside the classes, or nothing usable.  Single bad files are skipped and counted.
     """
+    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
+        spacing = [spacing, spacing]  # one number: square pixels
+    if spacing is not None and (not isinstance(spacing, (list, tuple)) or len(spacing) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing)):
+        raise ValueError(f"data.options.spacing = {spacing!r} is not allowed: expected mm per pixel, one number "
+                         "or [row mm, column mm]")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ValueError(f"{root}: folder not found")
@@ -229,7 +235,8 @@ def load_folder(
     check_label_values(cases, labels)
     cases = common_dtype(cases, notes)
     if spacing is None and all(split_name(p)[1] in PICTURES for c in cases for p in c.meta["source"]):
-        notes.append("pictures carry no pixel size: spacing is 1 pixel = 1.0 'mm' (set data.options.spacing)")
+        notes.append("pictures carry no pixel size: spacing is 1 pixel = 1.0 'mm' "
+                     "(set data.options.spacing=MM, or [ROW_MM, COL_MM])")
     for c in cases:
         c.meta["dataset_skipped"] = skipped
         c.meta["dataset_notes"] = notes
