@@ -221,6 +221,9 @@ class GlobalLocal(nn.Module):
         self.global_fraction = global_fraction
         # a buffer, so that the stage is saved in last.pt and a resumed run continues in it
         self.register_buffer("in_local_stage", torch.zeros((), dtype=torch.bool))
+        # its host copy: reading the buffer on the device every step would make the host wait for the device
+        self._local: bool | None = None
+        self.register_load_state_dict_post_hook(GlobalLocal._forget_stage)
 
     @property
     def partitions(self) -> int | None:
@@ -229,7 +232,13 @@ class GlobalLocal(nn.Module):
 
     @property
     def stage(self) -> str:
-        return "local" if bool(self.in_local_stage) else "global"
+        if self._local is None:
+            self._local = bool(self.in_local_stage)
+        return "local" if self._local else "global"
+
+    @staticmethod
+    def _forget_stage(module: GlobalLocal, _incompatible) -> None:
+        module._local = None  # a loaded state (a resume) says which stage: read the buffer again
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         images, partition = images_and_partitions(batch)
@@ -246,4 +255,6 @@ class GlobalLocal(nn.Module):
         return [math.ceil(self.global_fraction * total_steps)]
 
     def after_step(self, step: int, total_steps: int) -> None:
-        self.in_local_stage.fill_(step + 1 >= self.global_fraction * total_steps)
+        local = step + 1 >= self.global_fraction * total_steps
+        self.in_local_stage.fill_(local)
+        self._local = local
