@@ -153,7 +153,15 @@ def fit(
 
     On several processes every rank calls ``fit`` with its own share of the
     batch; rank 0 alone writes ``out_dir`` and logs, and validation runs on
-    rank 0 with its result sent to all, so every rank makes the same choice.
+    rank 0 with its result sent to all, so every rank makes the same choice (and
+    when it fails there, every rank stops with it). Each rank's torch stream is a
+    pure function of (seed, rank, step) (:class:`RankStreams`), so a resume is exact
+    on every rank.
+
+    The loss and the logged values are read from the device every ``cfg.log_every``
+    steps only (:class:`RunningSums`): a loss that is not finite stops the run at the
+    next row (at most ``log_every`` steps late, never saved in ``last.pt``) with a
+    ``ValueError`` naming its step.
 
     Returns:
         :class:`LoopResult` with the logged history.
