@@ -73,14 +73,14 @@ def _rows(gains: dict, seeds: int) -> list[dict]:
     return rows
 
 
-def _sweep(folder: Path, gains: dict, seeds: int) -> Path:
+def _sweep(folder: Path, gains: dict, seeds: int, curves: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rows = _rows(gains, seeds)
     with open(folder / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=KEYS)
         w.writeheader()
         w.writerows(rows)
-    for run in sorted({r["run"] for r in rows}):  # training curves: one metrics.csv per run
+    for run in sorted({r["run"] for r in rows} if curves else ()):  # training curves: one metrics.csv per run
         d = folder / "runs" / run
         d.mkdir(parents=True, exist_ok=True)
         (d / "done.json").write_text("{}")
@@ -91,12 +91,40 @@ def _sweep(folder: Path, gains: dict, seeds: int) -> Path:
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    return _sweep(tmp_path_factory.mktemp("two") / "sweep", TWO, 2)
+    return _sweep(tmp_path_factory.mktemp("two") / "sweep", TWO, 2, curves=False)
 
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory):
     return _sweep(tmp_path_factory.mktemp("three") / "sweep", THREE, 3)
+
+
+def _capture(seen: dict):
+    """A stand-in for :func:`plots._save` that keeps each figure, by file name, before it is saved."""
+    save = plots._save
+
+    def keep(fig, path, *a, **k):
+        seen[Path(path).name] = fig
+        fig.canvas.draw()
+        return save(fig, path, *a, **k)
+
+    return keep
+
+
+@pytest.fixture(scope="module")
+def report_two(two):
+    return write_report(two)
+
+
+THREE_FIGURES: dict = {}  # the figures of the report of three subsets, by file name
+
+
+@pytest.fixture(scope="module")
+def report_three(three):
+    """The report of three subsets, written once, its figures kept in ``THREE_FIGURES``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_save", _capture(THREE_FIGURES))
+        return write_report(three)
 
 
 def _read(folder: Path) -> list[dict]:
@@ -175,8 +203,8 @@ def _items(page: str) -> dict[str, tuple[str, str]]:
             for m in re.finditer(r"<li class='([^']*)'>(.*?)</li>", summary, re.S) if "labelled case" in m.group(2)}
 
 
-def test_report_words_colours_and_marks_follow_the_interval(two, three):
-    page = write_report(two).read_text()
+def test_report_words_colours_and_marks_follow_the_interval(report_two, report_three):
+    page = report_two.read_text()
     items = _items(page)
     for key in (("simclr", "1"), ("byol", "1"), ("simclr", "4"), ("byol", "4")):
         cls, text = items[key]
@@ -186,7 +214,7 @@ def test_report_words_colours_and_marks_follow_the_interval(two, three):
     assert f"{CASES} test cases" in page[:page.index("<section id='gains'>")]
     curve = page[page.index("<section id='dice-curve'>"):page.index("<section id='hd95-curve'>")]
     assert "bootstrap" not in curve and "across labelled subsets" in curve and "log2" in curve
-    page3 = write_report(three).read_text()
+    page3 = report_three.read_text()
     items = _items(page3)
     assert items[("simclr", "1")][0] == "gain" and items[("byol", "1")][0] == "loss"
     assert items[("regression", "1")][0] == "unclear"
@@ -199,16 +227,8 @@ def test_report_words_colours_and_marks_follow_the_interval(two, three):
 @pytest.fixture
 def figures(monkeypatch):
     """Every figure the report draws, by file name, before it is saved and closed."""
-    seen = {}
-    save = plots._save
-
-    def keep(fig, path, *a, **k):
-        seen[Path(path).name] = fig
-        fig.canvas.draw()
-        out = save(fig, path, *a, **k)
-        return out
-
-    monkeypatch.setattr(plots, "_save", keep)
+    seen: dict = {}
+    monkeypatch.setattr(plots, "_save", _capture(seen))
     return seen
 
 
@@ -260,8 +280,8 @@ def _colours(fig) -> dict[str, str]:
     return out
 
 
-def test_one_colour_per_method_across_every_figure(three, figures):
-    write_report(three)
+def test_one_colour_per_method_across_every_figure(report_three):
+    figures = THREE_FIGURES
     dice = _colours(figures["dice_vs_labels.png"])
     curves = _colours(figures["training_curves.png"])
     gains_fig = figures["gains_by_subset.png"]
@@ -328,9 +348,9 @@ def test_pooled_dice_by_hand_and_with_monai():
     assert pooled_dice(rows) - frame_mean > 0.02  # the small frame weighs less: the two are not the same number
 
 
-def test_report_gives_pooled_dice_beside_the_frame_mean_and_says_which_is_which(three):
+def test_report_gives_pooled_dice_beside_the_frame_mean_and_says_which_is_which(three, report_three):
     rows = _read(three)
-    page = write_report(three).read_text()
+    page = report_three.read_text()
     table = page[page.index("<section id='table'>"):page.index("<section id='overlays'>")]
     assert "pooled Dice" in table and "per-frame" in table
     for method, k in (("none", 1), ("simclr", 4)):
@@ -372,15 +392,14 @@ def _rgb(css: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", css)[:3])
 
 
-def test_first_screen_in_headless_chromium(two, three, tmp_path):
+def test_first_screen_in_headless_chromium(report_three, tmp_path):
     browser = shutil.which("chromium")
     if browser is None:
         pytest.skip("chromium is not installed (.ci/run installs the Debian package)")
     base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
             "--window-size=1200,1000"]
-    for name, folder in (("two", two), ("three", three)):
-        report = write_report(folder)
+    for name, report in (("three", report_three),):  # a clear gain, a clear loss, and no clear difference
         shot = tmp_path / f"first_screen_{name}.png"  # kept in the test's folder: look at it
         subprocess.run(base + [f"--screenshot={shot}", report.resolve().as_uri()], check=True, capture_output=True,
                        timeout=120)
