@@ -6,6 +6,10 @@ optimiser and schedule, every random state the next step draws from: the batch
 generator(s) (NumPy ``Generator`` or ``torch.Generator``), torch's CPU and CUDA
 generators, Python's ``random`` and NumPy's legacy global one, and the loop's own
 counters (the partial means of the next ``metrics.csv`` row, the elapsed time).
+On several processes rank 0 writes the snapshot and every rank reads it: each
+rank's torch stream is then seeded before every step from (seed, rank, step)
+(:class:`sslseg.engine.loop.RankStreams`, whose seed the snapshot keeps as
+``rank_seed``), so no rank needs its own random state saved.
 
 Snapshots are taken by steps and by time, whichever comes first; those by time
 never so often that writing them takes more than about 1/20 of the run.  A snapshot that

@@ -247,7 +247,7 @@ def global_contrastive_rows(z: torch.Tensor, keys: torch.Tensor, partition: torc
     cols = torch.arange(two_m, device=z.device)
     itself, other_view = own[:, None] == cols, other[:, None] == cols  # (2n, 2Wn)
     sim = (z @ keys.t() / temperature).float()
-    pairs = torch.tensor(float(two_m), device=z.device)  # one positive per anchor
+    pairs: float | torch.Tensor = float(two_m)  # one positive per anchor
     if strategy == "GR" or partition is None:
         pos, neg = other_view, ~itself & ~other_view
     else:
