@@ -53,10 +53,12 @@ def test_bomb_in_a_folder_is_skipped_and_listed(tmp_path, capsys, monkeypatch):
         (root / "masks").mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((16, 16), 9, np.uint8)).save(root / "images" / f"{name}.png")
         Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(root / "images" / "c.png")  # read, unlabelled
     bomb_png(root / "images" / "bomb.png")
     capsys.readouterr()
     assert main(["data", f"folder:{root}"]) == 0
     out = capsys.readouterr().out
-    assert "cases: 2" in out
+    assert "cases: 3" in out
     assert "skipped: 1 item(s)" in out
     assert "bomb.png: not read, a possible decompression bomb" in out
+    assert "1 image(s) in images/ have no mask (e.g. 'c'); used unlabelled" in out  # the bomb is not counted

@@ -191,8 +191,6 @@ def load_folder(
     for stem in sorted(set(masks) - set(images)):
         skipped.append(f"{masks[stem]}: mask without an image of the same name")
     no_mask = sorted(set(images) - set(masks))
-    if no_mask and masks:
-        notes.append(f"{len(no_mask)} image(s) in images/ have no mask (e.g. {no_mask[0]!r}); used unlabelled")
     files = {**images, **unlab}
     table = root / csv_file
     if table.is_file():
@@ -232,6 +230,11 @@ def load_folder(
     if not cases:
         reason = f"; skipped: {skipped[0]}" if skipped else ""
         raise ValueError(f"{root}: no usable case{reason}")
+    # images without a mask that were read (a skipped one is listed with the skipped files instead)
+    read = {src for c in cases for src in c.meta["source"]}
+    no_mask = [s for s in no_mask if str(images[s]) in read]
+    if no_mask and masks:
+        notes.append(f"{len(no_mask)} image(s) in images/ have no mask (e.g. {no_mask[0]!r}); used unlabelled")
     check_label_values(cases, labels)
     cases = common_dtype(cases, notes)
     if spacing is None and all(split_name(p)[1] in PICTURES for c in cases for p in c.meta["source"]):
