@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sslseg.engine.loop import LoopConfig, lr_lambda
+from sslseg.engine.loop import LoopConfig, LoopResult, lr_lambda
 from sslseg.models.build import build_model
 from sslseg.pretrain.build import build_method
 
@@ -44,7 +44,8 @@ def test_pipeline_passes_the_restart_to_the_loop(tmp_path, monkeypatch):
              for i in range(6)]
     apply_splits(cases, assign_splits(cases, 0.2, 0.2, seed=0))
     seen = []
-    monkeypatch.setattr(pipeline, "fit", lambda task, next_batch, cfg, **kw: seen.append(cfg))
+    monkeypatch.setattr(pipeline, "fit", lambda task, next_batch, cfg, **kw: seen.append(cfg) or
+                        LoopResult(steps=cfg.steps, seconds=0.0))
     cfg = RunConfig()
     cfg.data.image_size = 32
     cfg.model.options = {"base_channels": 4, "depth": 3}
