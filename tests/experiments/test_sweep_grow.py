@@ -18,7 +18,7 @@ from sslseg.experiments import sweep
 from sslseg.experiments.runfolder import lock
 
 TINY = {
-    "data": {"spec": "synthetic-echo", "options": {"num_cases": 6, "num_frames": 4, "size": 32}, "image_size": 32},
+    "data": {"spec": "synthetic-echo", "options": {"num_cases": 6, "num_frames": 4, "size": 16}, "image_size": 16},
     "model": {"options": {"base_channels": 4, "depth": 2}},
     "methods": ["none"],
     "budgets": [1],
