@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable
 
+import torch
+
 from ..registry import Registry
 from .deeplabv3 import build_deeplabv3
 from .heads import SegmentationHead
@@ -23,7 +25,9 @@ def build_unet(
     encoder = UNetEncoder(in_channels, base_channels, depth, norm)
     decoder = UNetDecoder(encoder.out_channels, norm)
     head = SegmentationHead(decoder.out_channels[-1], num_classes)
-    return SegmentationModel(encoder, decoder, head)
+    # weights stored NHWC like the activations (UNetEncoder), so that no convolution reorders its weights
+    # per call; state_dict keys, shapes and values are unchanged, and loading copies into this layout
+    return SegmentationModel(encoder, decoder, head).to(memory_format=torch.channels_last)
 
 
 #: architecture name -> builder ``(in_channels=, num_classes=, **options) -> SegmentationModel``
