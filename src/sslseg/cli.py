@@ -221,6 +221,8 @@ def _config(args, stage: str):
     from .experiments.config import RunConfig, from_dict, load_yaml, resolve_run_config
 
     raw = load_yaml(args.config) if args.config else {}
+    if isinstance(raw.get("data"), str):
+        raw["data"] = {"spec": raw["data"]}  # data: SPEC, short for data: {spec: SPEC} (as in a sweep)
     base = from_dict(RunConfig, raw, args.config) if args.config else None
     needed = [("--data", args.data, "data.spec")]
     if stage == "pretrain":
