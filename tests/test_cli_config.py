@@ -92,6 +92,11 @@ def test_config_alone_names_a_run(tmp_path, capsys):
     code, err, text = run(["finetune", "--config", my, "--out", str(out)], capsys)
     assert code == 0 and "already finished with this configuration" in text
 
+    # data: SPEC is short for data: {spec: SPEC}, in a run's config as in a sweep's
+    code, _, text = run(["pretrain", "--config", _yaml(tmp_path / "short.yaml", {"data": "synthetic-mri"}),
+                         "--method", "byol", "--print-config"], capsys)
+    assert code == 0 and yaml.safe_load(text)["data"]["spec"] == "synthetic-mri"
+
     refused(["finetune", "--out", str(tmp_path / "o")], capsys, "give --data, or data.spec in --config")
     refused(["pretrain", "--config", my, "--out", str(tmp_path / "p")], capsys,
             "give --method, or pretrain.method in --config")

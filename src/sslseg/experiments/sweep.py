@@ -16,6 +16,13 @@ finished runs are skipped, an unfinished one is redone (its loop resumes from
 ``last.pt``), and ``results.csv`` is rebuilt from the finished runs, so no row is
 ever missing or written twice.
 
+A sweep grows: with more seeds, budgets, methods, modes or archs in its YAML and
+the same ``--out``, the finished runs whose config is unchanged (each run folder's
+``config.yaml``, and its pretraining run's) are kept and only the new runs train;
+a change that would alter a kept run is refused, naming the keys, before anything
+trains. Each run holds its folder's lock (:func:`sslseg.experiments.runfolder.claim`)
+while it trains.
+
 Layout::
 
     DIR/config.yaml            the resolved sweep config
