@@ -84,7 +84,15 @@ class Normalizer:
 
 def frames_to_tensor(frames: np.ndarray, image_size: int | None) -> torch.Tensor:
     """``(N, H, W)`` or ``(N, C, H, W)`` array -> float32 ``(N, C, S, S)`` (bilinear resize)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float()
+    return _to_float_batch(torch.from_numpy(np.ascontiguousarray(frames)), image_size)
+
+
+def _to_float_batch(x: torch.Tensor, image_size: int | None) -> torch.Tensor:
+    """Stored frames ``(N, H, W)`` or ``(N, C, H, W)``, on any device -> float32 ``(N, C, S, S)``.
+
+    The one conversion of both data paths (host memory and device-resident), so that they agree.
+    """
+    x = x.float()
     if x.ndim == 3:
         x = x[:, None]
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
@@ -194,6 +202,146 @@ class FramePool:
             "partition": torch.as_tensor(draw["partition"]),
             "case": torch.as_tensor(draw["case"]),
         }
+
+
+class ResidentFramePool:
+    """A :class:`FramePool` whose frames live on the device, as stored (``uint8`` for video), one tensor per
+    frame size; the batch of a step is cut, converted, resized and normalised there.
+
+    The draws are the pool's own (:meth:`FramePool.indices`, :meth:`FramePool.meta_indices`: numpy, a pure
+    function of ``(seed, step)``), and the conversion is the same code as the host path's
+    (:func:`frames_to_tensor`), so for the same draw the batch equals ``pool.load``: bit for bit when
+    no resize is needed (EchoNet-Dynamic is stored at 112x112) and on a CPU device; with a resize on a
+    GPU, to the float rounding of its antialiased bilinear kernel (about 1e-6 of the value range).
+    Resume stays exact because nothing here holds state: a step's batch is computed from the step.
+
+    Augmentation is not this class's job: the methods and fine-tuning tasks already augment the batch
+    on whatever device it is on (:mod:`sslseg.augment`). Whether the frames fit is decided by
+    :func:`resident_fits`; use :func:`batch_source` to choose between this and the prefetching thread.
+
+    EchoNet-Dynamic's training split (1,315,340 frames at 112x112) takes 16.5 GB as ``uint8``.
+    """
+
+    def __init__(self, pool: FramePool, device: torch.device | str) -> None:
+        self.pool = pool
+        self.device = torch.device(device)
+        self.cases, self.image_size, self.normalizer = pool.cases, pool.image_size, pool.normalizer
+        self.offsets, self.total, self.allowed = pool.offsets, pool.total, pool.allowed
+        # one resident tensor per stored frame shape and dtype; each case's frames are one contiguous run
+        keys = [(tuple(c.frames.shape[1:]), np.dtype(c.frames.dtype)) for c in pool.cases]
+        self._groups = list(dict.fromkeys(keys))
+        self._group_of_case = np.array([self._groups.index(k) for k in keys], dtype=np.int64)
+        self._row_of_case = np.zeros(len(pool.cases), dtype=np.int64)
+        counts = [0] * len(self._groups)
+        for ci, c in enumerate(pool.cases):
+            self._row_of_case[ci] = counts[self._group_of_case[ci]]
+            counts[self._group_of_case[ci]] += c.num_frames
+        self.frames: list[torch.Tensor] = [
+            torch.empty((n, *shape), dtype=torch.from_numpy(np.empty(0, dtype)).dtype, device=self.device)
+            for (shape, dtype), n in zip(self._groups, counts, strict=True)]
+        for ci, c in enumerate(pool.cases):
+            g, r = int(self._group_of_case[ci]), int(self._row_of_case[ci])
+            # a case at a time: the memory-mapped cache is read once, sequentially
+            self.frames[g][r:r + c.num_frames].copy_(torch.from_numpy(np.ascontiguousarray(c.frames)))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.frames)
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def indices(self, n: int, generator: np.random.Generator) -> np.ndarray:
+        return self.pool.indices(n, generator)
+
+    def meta_indices(self, n: int, generator: np.random.Generator, n_parts: int = 4) -> dict[str, np.ndarray]:
+        return self.pool.meta_indices(n, generator, n_parts)
+
+    def load(self, flat: np.ndarray) -> torch.Tensor:
+        """The frames at flat indices, cut from the resident tensors and converted on the device: ``(n, C, S, S)``."""
+        flat = np.asarray(flat)
+        if flat.size == 0:
+            raise ValueError("no frame to load")
+        ci = np.searchsorted(self.offsets, flat, side="right") - 1
+        group = self._group_of_case[ci]
+        rows = self._row_of_case[ci] + (flat - self.offsets[ci])
+        out: torch.Tensor | None = None
+        for g in np.unique(group):
+            at = np.flatnonzero(group == g)
+            # (k,) row indices to the device, then one gather of uint8 frames: (k, [C,] H, W)
+            picked = self.frames[g][torch.from_numpy(rows[at]).to(self.device, non_blocking=True)]
+            x = _to_float_batch(picked, self.image_size)
+            if len(at) == len(flat):
+                out = x
+                break
+            if out is None:
+                out = x.new_empty((len(flat), *x.shape[1:]))
+            out[torch.from_numpy(at).to(self.device)] = x
+        return self.normalizer(out)
+
+    def batch(self, n: int, generator: np.random.Generator) -> torch.Tensor:
+        return self.load(self.indices(n, generator))
+
+    def load_with_meta(self, draw: dict[str, np.ndarray]) -> dict:
+        """As :meth:`FramePool.load_with_meta`, the images cut on the device (the indices stay on the host)."""
+        return {
+            "images": self.load(draw["flat"]),
+            "partition": torch.as_tensor(draw["partition"]),
+            "case": torch.as_tensor(draw["case"]),
+        }
+
+
+def frames_nbytes(pool: FramePool) -> int:
+    """Bytes the pool's frames take as stored (what :class:`ResidentFramePool` would hold on the device)."""
+    return int(sum(c.frames.size * np.dtype(c.frames.dtype).itemsize for c in pool.cases))
+
+
+def resident_fits(nbytes: int, device: torch.device | str, reserve_fraction: float = 0.25,
+                  min_reserve: int = 4 << 30) -> tuple[bool, str]:
+    """Whether ``nbytes`` of frames fit on ``device`` beside training, from its measured free memory.
+
+    Training keeps ``max(min_reserve, reserve_fraction * total memory)`` free for the model, its
+    activations, the optimiser and the allocator's slack. Only CUDA devices are considered: on a CPU
+    the frames already are in (memory-mapped) host memory, and the prefetching thread overlaps the
+    batch's conversion with the step.
+
+    Returns:
+        ``(fits, why)``: the decision and one line saying what was measured.
+    """
+    device = torch.device(device)
+    gib = 1 << 30
+    if device.type != "cuda":
+        return False, f"frames stay on the host ({device.type} device): batches are built by the prefetching thread"
+    free, total = torch.cuda.mem_get_info(device)
+    reserve = max(int(min_reserve), int(reserve_fraction * total))
+    fits = nbytes + reserve <= free
+    verdict = "resident on the device" if fits else "too large: batches are built on the host"
+    return fits, (f"frames {nbytes / gib:.1f} GiB, device free {free / gib:.1f} of {total / gib:.1f} GiB, "
+                  f"reserve {reserve / gib:.1f} GiB: {verdict}")
+
+
+def batch_source(pool: FramePool, device: torch.device | str, resident: str = "auto"):
+    """The pool to cut step batches from: a :class:`ResidentFramePool` when chosen, else ``pool`` itself.
+
+    Args:
+        pool: the host pool.
+        device: the training device.
+        resident: ``auto`` (resident when :func:`resident_fits` says so), ``on`` (always, e.g. a test
+            on ``cpu``), ``off`` (never).
+
+    Returns:
+        ``(source, why)``: ``source`` has the pool's ``indices``/``meta_indices``/``load``/``load_with_meta``;
+        call its ``load`` on the training thread when it is resident (no prefetching thread needed: the
+        work is queued on the device), through :class:`Prefetcher` otherwise.
+    """
+    if resident not in ("auto", "on", "off"):
+        raise ValueError(f"resident frames = {resident!r} is not allowed: expected auto, on or off")
+    if resident == "off":
+        return pool, "frames stay on the host (resident frames off)"
+    if resident == "on":
+        return ResidentFramePool(pool, device), "frames resident on the device (asked for)"
+    fits, why = resident_fits(frames_nbytes(pool), device)
+    return (ResidentFramePool(pool, device) if fits else pool), why
 
 
 def unlabelled_pool(train: list[Case], labelled_ids, image_size: int, normalizer: Normalizer) -> FramePool:
