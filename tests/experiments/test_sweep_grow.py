@@ -84,6 +84,9 @@ def test_a_sweep_grows_by_seeds_budgets_and_methods_and_names_what_changed(tmp_p
         sweep.run_sweep(_write(tmp_path / "s.yaml", dict(grown, postprocess="all")), out, write_report_at_end=False)
     assert seen == []
     assert yaml.safe_load((out / "config.yaml").read_text())["seeds"] == [0, 1]  # a refusal leaves the saved config
+    # back to the first config: nothing trains, and the table holds that config's runs only
+    results = sweep.run_sweep(_write(tmp_path / "s.yaml", TINY), out, write_report_at_end=False)
+    assert seen == [] and {r["run"] for r in sweep.csv.DictReader(open(results))} == {"none_unet_1_seed0"}
 
 
 @pytest.mark.parametrize("key, value, match", [

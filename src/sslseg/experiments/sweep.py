@@ -448,6 +448,7 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
     done = sum((out / "runs" / run_key(r) / "done.json").exists() for _, runs, _ in todo for r in runs)
     # initial=done: runs finished before a restart do not count towards the speed (and the ETA)
     bar = tqdm(total=total, initial=done, desc="sweep", unit="run", position=0, dynamic_ncols=True, disable=None)
+    planned = {run_key(r) for _, runs, _ in todo for r in runs}
     if sw.jobs > 1:
         _run_parallel(sw, todo, out, bar, done, total)
     else:
@@ -460,11 +461,11 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
                 if bar.disable:  # no bar on a file or pipe: a plain line per run
                     print(f"sweep: run {done + 1}/{total}: {run_key(r)}", flush=True)
                 _run_one(sw, r, cases, subsets[(r["budget"], r["seed"])], run_dir, out)
-                collect_results(out)
+                collect_results(out, planned)
                 bar.update(1)
                 done += 1
     bar.close()
-    results = collect_results(out)
+    results = collect_results(out, planned)
     for cases, runs, _ in todo:
         for arch in sw.archs:
             save_comparison(out, [r for r in runs if r["arch"] == arch], cases, parse_steps(sw.postprocess))
@@ -702,7 +703,7 @@ def _run_parallel(sw: SweepConfig, todo: list, out: Path, bar, done: int, total:
                           f"{out / 'runs' / run_key(r) / 'output.txt'}", flush=True)
                     raise
                 done += 1
-                collect_results(out)
+                collect_results(out, {run_key(r) for _, runs, _ in todo for r in runs})
                 bar.update(1)
                 if bar.disable:
                     print(f"sweep: run {done}/{total} done: {run_key(r)}", flush=True)
@@ -731,11 +732,18 @@ def _is_macos() -> bool:
     return sys.platform == "darwin"
 
 
-def collect_results(out: str | Path) -> Path:
-    """Rebuild ``results.csv`` from every finished run's ``rows.csv`` (atomic)."""
+def collect_results(out: str | Path, runs: set[str] | None = None) -> Path:
+    """Rebuild ``results.csv`` from every finished run's ``rows.csv`` (atomic).
+
+    Args:
+        runs: the run folders to gather (:func:`run_key`), those of the sweep's config; None: every one
+            (a sweep's YAML with fewer seeds, budgets or methods than before reports those only).
+    """
     out = Path(out)
     rows = []
     for done in sorted((out / "runs").glob("*/done.json")):
+        if runs is not None and done.parent.name not in runs:
+            continue
         with open(done.parent / "rows.csv", newline="") as f:
             rows.extend(csv.DictReader(f))
     return write_table(out / "results.csv", rows, RESULT_KEYS, extrasaction="ignore")
