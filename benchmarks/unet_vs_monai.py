@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.size}x{args.size}, fp32, Dice+CE, AdamW; {args.warmup} warm-up steps, then "
           f"{args.rounds} rounds x {args.steps} steps per model, alternating")
-    for s in steppers.values():
-        s(args.warmup)
+    warm = {k: s(args.warmup)[0] for k, s in steppers.items()}
+    if args.compile:
+        print("warm-up seconds (torch.compile compiles here): "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in warm.items()))
     wall: dict[str, list[float]] = {k: [] for k in steppers}
     cpu: dict[str, list[float]] = {k: [] for k in steppers}
     for r in range(args.rounds):
