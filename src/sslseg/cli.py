@@ -348,6 +348,10 @@ def _print_list(items: dict[str, str]) -> None:
 
 
 def cmd_pretrain(args) -> int:
+    from .experiments.runfolder import refuse_if_busy
+
+    if not args.print_config:  # at once, before the training libraries load (seconds on a busy machine)
+        refuse_if_busy(args.out)
     from .engine import distributed
 
     cfg = _config(args, "pretrain")
@@ -393,6 +397,10 @@ def _own(args, cfg):
 
 
 def cmd_finetune(args) -> int:
+    from .experiments.runfolder import refuse_if_busy
+
+    if not args.print_config:  # at once, before the training libraries load (seconds on a busy machine)
+        refuse_if_busy(args.out)
     from .engine import distributed
 
     cfg = _config(args, "finetune")
@@ -520,7 +528,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .experiments.runfolder import lock
+    from .experiments.runfolder import lock, refuse_if_busy
+
+    if not args.print_config:  # at once, before the training libraries load (seconds on a busy machine)
+        refuse_if_busy(args.out)
     from .experiments.sweep import load_sweep_config, run_sweep
 
     sweep = load_sweep_config(args.config, args.set)  # checked before anything is created
@@ -731,9 +742,12 @@ def main(argv: list[str] | None = None) -> int:
         _check_outputs(args)
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as err:
-        from .engine.distributed import is_rank_zero
+        from .experiments.runfolder import launched_rank_zero
 
-        if is_rank_zero():  # every rank meets the same bad input; one line is enough
+        # every rank meets the same bad input; one line is enough (torch is not imported for a refusal
+        # that came before it)
+        dist = sys.modules.get("sslseg.engine.distributed")
+        if dist.is_rank_zero() if dist is not None else launched_rank_zero():
             print(f"sslseg {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only folder, a full disk, a path that is a file: the user's to fix

@@ -90,14 +90,17 @@ def test_a_resumed_run_says_so_on_the_console(tmp_path, capsys, monkeypatch):
 
 
 def test_a_busy_folder_is_refused_before_the_data_or_the_training_code_is_read(tmp_path, capsys, monkeypatch):
+    import sslseg.engine
     from sslseg.data import registry
     from sslseg.experiments.runfolder import lock
 
     read = []
     monkeypatch.setattr(registry, "load_dataset", lambda *a, **k: read.append(a) or pytest.fail("data read"))
-    # the training code (and the libraries it imports) would be loaded after the refusal, or never
-    monkeypatch.delitem(sys.modules, "sslseg.experiments.pipeline", raising=False)
+    # the training code and torch (imported with sslseg.engine.distributed) load after the refusal, or never:
+    # an import of either fails here
     monkeypatch.setitem(sys.modules, "sslseg.experiments.pipeline", None)
+    monkeypatch.setitem(sys.modules, "sslseg.engine.distributed", None)
+    monkeypatch.delattr(sslseg.engine, "distributed", raising=False)
     with lock(tmp_path / "run"):
         assert main(["finetune", *SYN, "--out", str(tmp_path / "run")]) == 2
         assert main(["pretrain", *SYN, "--method", "simclr", "--out", str(tmp_path / "run")]) == 2

@@ -45,3 +45,33 @@ def test_a_lock_file_removed_between_open_and_lock_is_not_owned(tmp_path, monkey
         with pytest.raises(ValueError, match=f"is in use by process {os.getpid()}"), lock(out):
             pass
     assert not (out / ".lock").exists()
+
+
+def test_a_busy_folder_is_told_at_once_and_a_check_never_turns_the_owner_away(tmp_path, monkeypatch):
+    import fcntl
+
+    from sslseg.experiments.runfolder import refuse_if_busy
+
+    out = tmp_path / "run"
+    refuse_if_busy(out)  # no folder: nothing to say, nothing created
+    refuse_if_busy(None)
+    assert not out.exists()
+    with lock(out):
+        with pytest.raises(ValueError, match=f"{out} is in use by process {os.getpid()}"):
+            refuse_if_busy(out)
+        with monkeypatch.context() as m:  # a second process of a multi-process run: its first holds the folder
+            m.setenv("LOCAL_RANK", "1")
+            refuse_if_busy(out)
+    out.mkdir(exist_ok=True)
+    (out / ".lock").write_text("process 1")  # left by a killed run: free
+    refuse_if_busy(out)
+    assert (out / ".lock").read_text() == "process 1"  # taken and changed nothing
+    # a check holds the lock at the instant the owner tries: the owner tries again after a moment
+    check = os.open(out / ".lock", os.O_RDONLY)
+    fcntl.flock(check, fcntl.LOCK_SH)
+    monkeypatch.setattr(runfolder.time, "sleep", lambda s: fcntl.flock(check, fcntl.LOCK_UN))  # the check ends
+    try:
+        with lock(out):
+            assert (out / ".lock").read_text() == f"process {os.getpid()}"
+    finally:
+        os.close(check)

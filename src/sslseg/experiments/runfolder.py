@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,18 +254,69 @@ def lock(out: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
 
 
+def refuse_if_busy(out: str | os.PathLike | None) -> None:
+    """Refuse at once, in one line, when another live process holds ``out/.lock``; creates and takes nothing.
+
+    The command line calls it first, before the training libraries load (seconds on a busy machine), so
+    a second run on a folder in use is told at once; :func:`lock` takes the folder later. The check holds
+    a shared lock for an instant; :func:`lock` tries again after :data:`PROBE_GRACE_S` before refusing,
+    so a check never turns an owner away.
+
+    Raises:
+        ValueError: another process holds the folder.
+    """
+    if fcntl is None or out is None or not str(out).strip() or not launched_rank_zero():
+        return  # a process of a multi-process run other than the first: the first holds the folder for all
+    try:
+        fd = os.open(Path(out) / ".lock", os.O_RDONLY)
+    except OSError:
+        return  # no lock file, or no folder: nobody holds it (claim() checks the rest)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(_in_use(out, fd)) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def launched_rank_zero() -> bool:
+    """Whether this is the first process of its run, told from the launchers' variables alone (no torch import):
+    Fabric's launcher sets ``LOCAL_RANK`` and ``NODE_RANK``, torchrun also ``RANK``
+    (:func:`sslseg.engine.distributed.is_rank_zero` before the process group exists)."""
+    return all(int(os.environ.get(k, 0) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+#: seconds :func:`lock` waits before a second try: longer than any :func:`refuse_if_busy` check holds the lock
+PROBE_GRACE_S = 0.05
+
+
+def _in_use(out, fd: int) -> str:
+    owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+    return f"{out} is in use by {owner}; wait for it to end or choose another --out"
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def _acquire(path: Path, out: Path) -> int:
     """An open descriptor of ``path`` with its exclusive lock (POSIX), the holder's pid written in it."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is None:
             return fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ValueError(f"{out} is in use by {owner}; wait for it to end or choose another --out") from None
+        if not _try_lock(fd):
+            time.sleep(PROBE_GRACE_S)  # a refuse_if_busy check holds it for an instant, an owner for its run
+            if not _try_lock(fd):
+                message = _in_use(out, fd)
+                os.close(fd)
+                raise ValueError(message)
         if _is_file_of(fd, path):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
