@@ -12,8 +12,8 @@ from sslseg.io.video import write_video
 from sslseg.predict.run import Predictor
 
 
-def ellipse_video(es_axes: tuple[float, float], frames: int = 60, size: int = 96, period: int = 40) -> np.ndarray:
-    """Bright ellipses of semi-axes 36 x 16 px at ED (frames 10, 50) moving to ``es_axes`` at ES (frame 30)."""
+def ellipse_video(es_axes: tuple[float, float], frames: int = 45, size: int = 96, period: int = 40) -> np.ndarray:
+    """Bright ellipses of semi-axes 36 x 16 px at ED (frame 10) moving to ``es_axes`` at ES (frame 30)."""
     r, c = np.mgrid[:size, :size].astype(np.float64)
     s = (1 - np.cos(2 * np.pi * (np.arange(frames) - 10) / period)) / 2
     a, b = 36 + (es_axes[0] - 36) * s, 16 + (es_axes[1] - 16) * s
