@@ -232,7 +232,7 @@ def _fit(task, next_batch, cfg, fabric, out, params, desc, after_step, validate,
 
     task.train()
     t0 = time.perf_counter() - elapsed
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=False,
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, leave=True,
                disable=None if rank0 else True)
     # plain lines where tqdm shows no bar (output to a file or pipe); optional TensorBoard
     progress = Progress(desc, cfg.steps, start, show=bool(bar.disable) and rank0,
