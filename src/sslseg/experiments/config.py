@@ -28,6 +28,14 @@ class DataConfig:
     test_fraction: float = TEST_FRACTION
     split_seed: int = 0
     options: dict = field(default_factory=dict)  # passed to the reader (e.g. num_cases)
+    # frames held on the training device, each step's batch cut there (sslseg.data.batches.batch_source):
+    # auto = when a measured memory check says they fit (never on a CPU), always, never. The batches are the
+    # same either way, so a run folder's comparison ignores it.
+    resident: str = "auto"
+
+
+#: where a run's frames live (sslseg.data.batches.batch_source)
+RESIDENT = ("auto", "always", "never")
 
 
 @dataclass
@@ -254,6 +262,8 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
 
     check_spec(cfg.data.spec)
     check_data_options(cfg.data.spec, cfg.data.options)
+    if cfg.data.resident not in RESIDENT:
+        raise ValueError(f"data.resident = {cfg.data.resident!r} is not allowed: expected one of {', '.join(RESIDENT)}")
     MODELS.check(cfg.model.arch)
     check_nested_options("model.options", cfg.model.arch, MODELS.get(cfg.model.arch), cfg.model.options,
                          skip=DATA_KEYWORDS)

@@ -20,6 +20,8 @@ from ..data.batches import (
     LabelledSet,
     Normalizer,
     Prefetcher,
+    ResidentFramePool,
+    batch_source,
     shard,
     step_generator,
     unlabelled_pool,
@@ -147,7 +149,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     if not train:
         raise ValueError("the training split is empty; nothing to pretrain on")
     normalizer = Normalizer.fit(train, seed=cfg.seed)
-    pool = FramePool(train, cfg.data.image_size, normalizer)
+    pool = _frames_where_they_fit(FramePool(train, cfg.data.image_size, normalizer), cfg, fabric)
     model_kwargs = {"in_channels": in_channels_of(train), "num_classes": num_classes_of(cases), **cfg.model.options}
     model = build_model(cfg.model.arch, **model_kwargs)
     options, why = resolve_options(cfg.pretrain.method, cfg.pretrain.options, frame_axis(train))
@@ -185,7 +187,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
         _device_line(fabric, cfg),
         _training_line(cfg.pretrain, steps),
     ])
-    with Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda") as next_batch, _echo_resume(show):
+    with _batches(make_batch, steps, fabric, isinstance(pool, ResidentFramePool)) as next_batch, \
+            _echo_resume(show):
         result = fit(
             method,
             next_batch,
@@ -282,7 +285,8 @@ def run_finetune(
     steps = _steps(ft, len(data))
     # the unlabelled frames of the training split only: unselected cases and the unlabelled frames of the
     # selected ones; validation and test frames are never drawn
-    pool = unlabelled_pool(train, labelled, cfg.data.image_size, normalizer) if ft.mode != "supervised" else None
+    pool = (_frames_where_they_fit(unlabelled_pool(train, labelled, cfg.data.image_size, normalizer), cfg, fabric)
+            if ft.mode != "supervised" else None)
     asked = ft.mode
     mode = modes.resolve_mode(ft.mode, len(pool) if pool is not None else 0, len(chosen))
     if not modes.needs_unlabelled(mode):
@@ -404,6 +408,39 @@ class _ResumeEcho(logging.Handler):
             print(msg, flush=True)
 
 
+def _frames_where_they_fit(pool: FramePool, cfg: RunConfig, fabric):
+    """``pool``, or its frames moved onto the training device where ``data.resident`` and a measured
+    memory check say so (:func:`sslseg.data.batches.batch_source`); the batches are the same either way."""
+    asked = {"always": "on", "never": "off"}.get(cfg.data.resident, cfg.data.resident)
+    source, why = batch_source(pool, fabric.device, asked)
+    log.info("%s", why)
+    return source
+
+
+class _OnDevice:
+    """``next_batch`` for frames resident on the device: each batch cut when asked, on the training thread
+    (the work is queued on the device; no prefetching thread)."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def __call__(self, step: int):
+        return self.make(step)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _batches(make_batch, steps: int, fabric, resident: bool = False):
+    """The step batches: cut on the device when the frames live there, else by a prefetching thread."""
+    if resident:
+        return _OnDevice(make_batch)
+    return Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda")
+
+
 @contextlib.contextmanager
 def _echo_resume(show: bool):
     handler = _ResumeEcho(logging.INFO) if show else None
@@ -488,7 +525,8 @@ def _fit_finetune(cfg: RunConfig, fabric, task, data: LabelledSet, val_set: Labe
         unlabelled = pool.load(pool.indices(n_unlabelled, step_generator(cfg.seed, step, stream=1))[part_u])
         return {"images": images, "masks": masks, "unlabelled": unlabelled, "step": step}
 
-    prefetch = Prefetcher(make_batch, steps, pin_memory=fabric.device.type == "cuda")
+    # the labelled frames are few and stay on the host; resident unlabelled frames are cut on the device
+    prefetch = _batches(make_batch, steps, fabric, isinstance(pool, ResidentFramePool))
 
     def next_batch(step: int):
         if frozen > 0:

@@ -88,6 +88,7 @@ def _loosen_resolved(saved: dict, new: dict) -> tuple[dict, dict]:
     - ``model.options`` are compared with the architecture's defaults filled in on both sides (a
       ``config.yaml`` written before runs recorded them holds only those given); from a checkpoint, the
       network is the pretrained one, so only the options the request gives are compared.
+    - ``data.resident`` (frames on the device or on the host) changes no batch.
     - Sections the request's stage does not record (a ``config.yaml`` written when every run recorded
       every section) are left out.
     """
@@ -96,6 +97,9 @@ def _loosen_resolved(saved: dict, new: dict) -> tuple[dict, dict]:
 
     for key in [k for k in saved if k in SECTION_NAMES and k not in new]:
         del saved[key]
+    for side in (saved, new):  # where the frames live changes no batch (sslseg.data.batches.batch_source)
+        if isinstance(side.get("data"), dict):
+            side["data"] = {k: v for k, v in side["data"].items() if k != "resident"}
     old_pre, new_pre = saved.get("pretrain"), new.get("pretrain")
     if isinstance(old_pre, dict) and isinstance(new_pre, dict):
         old_opt, new_opt = old_pre.get("options"), new_pre.get("options")
