@@ -153,9 +153,14 @@ def _penalty_note(rows: list[dict]) -> str:
     return text
 
 
+def _span(values) -> str:
+    """``3`` or ``2 to 5``: the range of a set of counts."""
+    values = sorted(set(values))
+    return f"{values[0]}" if len(values) == 1 else f"{values[0]} to {values[-1]}"
+
+
 def _curve_note(table: list[dict]) -> str:
-    subsets = sorted({t["subsets"] for t in table})
-    n = f"{subsets[0]}" if len(subsets) == 1 else f"{subsets[0]} to {subsets[-1]}"
+    n = _span(t["subsets"] for t in table)
     return (f"Each point: the mean over the {n} labelled subset(s) (seeds) of a subset's mean over its "
             f"{_cases_text(table)}; band: the 95% Student-t interval across labelled subsets, the headline's "
             "unit (no band with one subset), clipped where it runs past the axis (▲▼ at the edge). Bands of two "
@@ -165,8 +170,7 @@ def _curve_note(table: list[dict]) -> str:
 
 
 def _cases_text(table: list[dict]) -> str:
-    counts = sorted({t["cases"] for t in table})
-    return f"{counts[0]} test cases" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} test cases"
+    return f"{_span(t['cases'] for t in table)} test cases"
 
 
 def _verdict_tag(v: str) -> str:
@@ -200,8 +204,7 @@ def _summary(table: list[dict], gains: list[dict], rows: list[dict]) -> str:
                 "labelled moves Dice by more than most pretraining does, and the test cases of one subset share "
                 "its luck, so neither an interval nor a test can be given. Add seeds (e.g. "
                 "<code>seeds: [0, 1, 2, 3, 4]</code>) to see the spread.</div>")
-    subsets = sorted({g["n"] for g in gains} or {t["subsets"] for t in table})
-    n_sub = f"{subsets[0]}" if len(subsets) == 1 else f"{subsets[0]} to {subsets[-1]}"
+    n_sub = _span({g["n"] for g in gains} or {t["subsets"] for t in table})
     return (f"<p>Data set{'s' if len(sets) > 1 else ''}: {data}; scored on {_cases_text(table)}, with "
             f"{n_sub} labelled subset(s) (seeds) per budget. Each gain is paired by labelled subset: the same "
             "labelled cases with and without pretraining. The words and colours follow the 95% interval across "
