@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .errors import UserError
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="sslseg", description="Self-supervised pretraining and label-efficient segmentation.",
                  formatter_class=_Help, epilog="start with:\n  sslseg demo --quick\n  sslseg COMMAND --help")
     ap.add_argument("--version", action="version", version=f"sslseg {__version__}")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback (and its chain) of an error that is otherwise one line")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = _sub(sub, "demo", "the whole pipeline on built-in synthetic echo")
@@ -229,7 +232,7 @@ def _config(args, stage: str):
         needed.append(("--method", args.method, "pretrain.method"))
     for flag, value, key in needed:
         if value is None and not args.print_config and not _names(raw, args.set, key):
-            raise ValueError(f"give {flag}, or {key} in --config (or --set {key}=...)")
+            raise UserError(f"give {flag}, or {key} in --config (or --set {key}=...)")
     flags = {"data.spec": args.data, "model.arch": args.arch, "seed": args.seed, "devices": args.devices,
              "num_nodes": args.num_nodes, "precision": args.precision, "data.image_size": args.image_size,
              f"{stage}.batch_size": args.batch_size, f"{stage}.lr": args.lr, f"{stage}.epochs": args.epochs}
@@ -276,7 +279,7 @@ def _print_config(cfg, stage: str) -> int:
 
 def _need_out(args) -> None:
     if args.out is None:
-        raise ValueError(f"give --out, the {'sweep' if args.command == 'sweep' else 'run'} folder")
+        raise UserError(f"give --out, the {'sweep' if args.command == 'sweep' else 'run'} folder")
 
 
 def cmd_data(args) -> int:
@@ -291,7 +294,7 @@ def cmd_data(args) -> int:
         _print_list(DATASETS.listing())
         return 0
     if not args.spec:
-        raise ValueError("give a data set spec, or --list to see them")
+        raise UserError("give a data set spec, or --list to see them")
     # the keys of a run's config (data.options.X); the older short form (options.X) still read, with a note
     sets = []
     for item in args.set:
@@ -457,7 +460,7 @@ def cmd_evaluate(args) -> int:
     _check_classes(args.model, trained.num_classes, args.data, cases)
     splits = trained.checkpoint.get("splits") or {}
     if not splits:
-        raise ValueError(f"{args.model}: the checkpoint records no split; cannot tell test cases from training ones")
+        raise UserError(f"{args.model}: the checkpoint records no split; cannot tell test cases from training ones")
     unknown = [c.case_id for c in cases if c.case_id not in splits]
     _check_not_derived(args.model, unknown, splits)
     for c in cases:
@@ -492,8 +495,8 @@ def _check_same_kind(model: str, trained_on: str, data: str) -> None:
         return  # an older checkpoint that records no data set
     have, want = data.partition(":")[0], trained_on.partition(":")[0]
     if have != want:
-        raise ValueError(f"{model} was trained on {trained_on}, not on {have} data: its classes, splits and "
-                         f"preprocessing are {want}'s; fine-tune a model on {have} to score {data}")
+        raise UserError(f"{model} was trained on {trained_on}, not on {have} data: its classes, splits and "
+                        f"preprocessing are {want}'s; fine-tune a model on {have} to score {data}")
 
 
 def _check_classes(model: str, num_classes: int, data: str, cases) -> None:
@@ -504,9 +507,9 @@ def _check_classes(model: str, num_classes: int, data: str, cases) -> None:
             top = max(top, int(m.max()))
     have = max(2, top + 1)  # as training counts them (experiments.pipeline.num_classes_of)
     if have != num_classes:
-        raise ValueError(f"{model} predicts {num_classes} classes (background + {num_classes - 1}), but the masks "
-                         f"of {data} hold {have} (labels 0 to {have - 1}); score it with a model fine-tuned on "
-                         "labels like these")
+        raise UserError(f"{model} predicts {num_classes} classes (background + {num_classes - 1}), but the masks "
+                        f"of {data} hold {have} (labels 0 to {have - 1}); score it with a model fine-tuned on "
+                        "labels like these")
 
 
 def _check_not_derived(model: str, unknown: list[str], splits: dict) -> None:
@@ -515,9 +518,9 @@ def _check_not_derived(model: str, unknown: list[str], splits: dict) -> None:
     for cid in unknown:
         for k, ch in enumerate(cid):
             if ch in "_-." and cid[:k] in seen:
-                raise ValueError(f"case {cid!r} looks taken from {splits[cid[:k]]} case {cid[:k]!r} of {model} "
-                                 f"(its id with {cid[k:]!r} added); scoring it as never seen would count training "
-                                 "data as test data; give the cases their own ids")
+                raise UserError(f"case {cid!r} looks taken from {splits[cid[:k]]} case {cid[:k]!r} of {model} "
+                                f"(its id with {cid[k:]!r} added); scoring it as never seen would count training "
+                                "data as test data; give the cases their own ids")
 
 
 def cmd_demo(args) -> int:
@@ -574,10 +577,10 @@ def _check_results(path: Path) -> None:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
     missing = [k for k in RESULT_KEYS if k not in header and k not in OPTIONAL_KEYS]
     if missing:
-        raise ValueError(f"{path}: not a sweep's results table (missing column(s) {', '.join(missing)})")
+        raise UserError(f"{path}: not a sweep's results table (missing column(s) {', '.join(missing)})")
 
 
 def _print_summary(results_csv) -> None:
@@ -603,11 +606,11 @@ def cmd_predict(args) -> int:
     _check_predict_options(args)
     for item in args.inputs:  # an output folder inside an input folder is passed over when searching it
         if Path(item).is_dir() and _within(Path(item), Path(args.out)):
-            raise ValueError(f"--out {args.out}: holds the input folder {item}, so a second run would read its "
-                             "own masks; write the predictions elsewhere")
+            raise UserError(f"--out {args.out}: holds the input folder {item}, so a second run would read its "
+                            "own masks; write the predictions elsewhere")
     known = read_filelist_ef(args.filelist) if args.filelist else None
     if args.tile is not None and args.prepare != "auto":
-        raise ValueError("--tile/--no-tile and --prepare given together; use --prepare alone")
+        raise UserError("--tile/--no-tile and --prepare given together; use --prepare alone")
     from .evaluate.postprocess import parse_steps
 
     options = {"batch_size": args.batch_size, "tta": args.tta, "overlap": args.overlap, "prepare": args.prepare,
@@ -651,13 +654,13 @@ def cmd_predict(args) -> int:
 def _check_predict_options(args) -> None:
     """predict's numbers and device, refused before the model is read."""
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size} is not allowed: expected an integer >= 1")
+        raise UserError(f"--batch-size {args.batch_size} is not allowed: expected an integer >= 1")
     if not 0 <= args.overlap < 1:
-        raise ValueError(f"--overlap {args.overlap} is not allowed: expected a number >= 0 and < 1")
+        raise UserError(f"--overlap {args.overlap} is not allowed: expected a number >= 0 and < 1")
     if args.max_heart_rate is not None and not 0 < args.max_heart_rate <= 600:
-        raise ValueError(f"--max-heart-rate {args.max_heart_rate} is not allowed: expected bpm > 0 and <= 600")
+        raise UserError(f"--max-heart-rate {args.max_heart_rate} is not allowed: expected bpm > 0 and <= 600")
     if args.lv_label < 1:
-        raise ValueError(f"--lv-label {args.lv_label} is not allowed: expected a class index >= 1")
+        raise UserError(f"--lv-label {args.lv_label} is not allowed: expected a class index >= 1")
     if args.device:
         check_device(args.device)
 
@@ -669,15 +672,15 @@ def check_device(device: str) -> None:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if have == 0:
-            raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+            raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
         if dev.index is not None and dev.index >= have:
-            raise ValueError(f"--device {device}: this machine has {have} GPU(s) (cuda:0 to cuda:{have - 1})")
+            raise UserError(f"--device {device}: this machine has {have} GPU(s) (cuda:0 to cuda:{have - 1})")
     elif dev.type not in ("cpu", "mps"):
-        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
+        raise UserError(f"--device {device!r}: use cpu, cuda or cuda:N")
 
 
 def cmd_export(args) -> int:
@@ -705,19 +708,19 @@ def _check_outputs(args) -> None:
     for flag in ("--out", "--export"):
         value = getattr(args, flag[2:], None)
         if value is not None and not value.strip():
-            raise ValueError(f"{flag} is empty; give a {'file' if args.command == 'export' else 'folder'}")
+            raise UserError(f"{flag} is empty; give a {'file' if args.command == 'export' else 'folder'}")
     folders = [("--out", getattr(args, "out", None))] if args.command != "export" else []
     folders.append(("--export", getattr(args, "export", None)))
     for flag, value in folders:
         if value and Path(value).exists() and not Path(value).is_dir():
-            raise ValueError(f"{flag} {value}: is a file, not a folder")
+            raise UserError(f"{flag} {value}: is a file, not a folder")
     if args.command == "export" and args.out and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out}: is a folder; give the file to write")
+        raise UserError(f"--out {args.out}: is a folder; give the file to write")
     if args.command == "data" and args.export and args.spec and ":" in args.spec:
         source = Path(args.spec.partition(":")[2]).expanduser()
         if source.is_dir() and _within(Path(args.export), source):
-            raise ValueError(f"--export {args.export}: lies inside the data set's folder {source}, which would then "
-                             "hold every case twice; export to a folder outside it")
+            raise UserError(f"--export {args.export}: lies inside the data set's folder {source}, which would then "
+                            "hold every case twice; export to a folder outside it")
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -741,7 +744,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_outputs(args)
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
+        # bad input the user can fix: one line, exit 2; any other exception keeps its traceback
+        if args.debug:
+            raise
         from .experiments.runfolder import launched_rank_zero
 
         # every rank meets the same bad input; one line is enough (torch is not imported for a refusal
@@ -751,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sslseg {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only folder, a full disk, a path that is a file: the user's to fix
+        if args.debug:
+            raise
         from .io.files import DISK_FULL
 
         where = f"{err.filename}: " if err.filename else ""

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .engine.trained import TrainedModel, open_trained
+from .errors import UserError
 from .io.files import naming_disk_full
 
 FORMATS = ("onnx", "torchscript")
@@ -72,12 +73,12 @@ def check_writable(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         why = (err.strerror or str(err)).lower()
-        raise ValueError(f"{path}: cannot be written ({err.filename or path.parent}: {why})") from None
+        raise UserError(f"{path}: cannot be written ({err.filename or path.parent}: {why})") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
     except OSError as err:
         why = (err.strerror or str(err)).lower()
-        raise ValueError(f"{path}: cannot be written (folder {path.parent}: {why})") from None
+        raise UserError(f"{path}: cannot be written (folder {path.parent}: {why})") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -110,7 +111,7 @@ def export_model(
         RuntimeError: the exported model disagrees with PyTorch beyond ``atol``.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     trained = open_trained(ckpt)
     meta = _metadata(trained)
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
@@ -148,7 +149,7 @@ def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, chec
     try:
         import onnx
     except ImportError:
-        raise ValueError("ONNX export needs the export extra: pip install 'sslseg[export]' (onnx, onnxruntime)") from None
+        raise UserError("ONNX export needs the export extra: pip install 'sslseg[export]' (onnx, onnxruntime)") from None
     kwargs = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the tracing exporter: no onnxscript needed
@@ -171,7 +172,7 @@ def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, chec
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ValueError("checking the ONNX export needs onnxruntime: pip install 'sslseg[export]'") from None
+        raise UserError("checking the ONNX export needs onnxruntime: pip install 'sslseg[export]'") from None
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, {"image": probe.numpy()})[0]
 
@@ -199,7 +200,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         for p in onnx.load(str(path)).metadata_props:
             if p.key == META_KEY:
                 return json.loads(p.value)
-        raise ValueError(f"{path}: no {META_KEY} metadata")
+        raise UserError(f"{path}: no {META_KEY} metadata")
     files = {f"{META_KEY}.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

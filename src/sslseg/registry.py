@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
@@ -78,7 +80,7 @@ class Registry(Generic[T]):
         """
         if name in self._entries or name in also:
             return
-        raise ValueError(f"unknown {self.kind} {given or name!r}; choose one of {self.choices(also)}")
+        raise UserError(f"unknown {self.kind} {given or name!r}; choose one of {self.choices(also)}")
 
     def choices(self, also: tuple[str, ...] = ()) -> str:
         """The valid names as written for the user, ``also`` first, then sorted: ``a, b, c``."""

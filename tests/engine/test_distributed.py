@@ -190,13 +190,14 @@ def check_rank_zero_failures(rank: int, world: int, fabric) -> dict:
 
     from sslseg.engine.distributed import barrier, rank_zero_first
     from sslseg.engine.loop import LoopConfig, fit
+    from sslseg.errors import UserError
 
     out = {}
     t = time.perf_counter()
     try:
         with rank_zero_first():
             if rank == 0:
-                raise ValueError("the data folder holds no images")
+                raise UserError("the data folder holds no images")
         out["first"] = "no error"
     except Exception as err:  # noqa: BLE001
         out["first"] = f"{type(err).__name__}: {err}"
@@ -302,7 +303,7 @@ def test_a_failure_on_rank_zero_stops_every_rank_at_once(two_process_session):
     root, _ = two_process_session
     ranks = [json.loads((root / f"failures_rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
-        assert r["first"] == "ValueError: the data folder holds no images", r  # a user error stays one
+        assert r["first"] == "UserError: the data folder holds no images", r  # a user error stays one
         assert r["first_seconds"] < 30 and r["validate_seconds"] < 60, r
     assert ranks[0]["validate"] == "RuntimeError: validation broke"
     assert ranks[1]["validate"] == ("RankZeroFailed: process 0 stopped with RuntimeError: validation broke; "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
+
 
 def noise_mask(
     x: torch.Tensor,
@@ -29,9 +31,9 @@ def noise_mask(
     Shape: ``x`` ``(B, C, H, W)`` -> corrupted ``(B, C, H, W)``, mask ``(B, 1, H, W)`` bool.
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"mask fraction must be in (0, 1), got {fraction}")
+        raise UserError(f"mask fraction must be in (0, 1), got {fraction}")
     if int(patch) != patch or patch < 1:
-        raise ValueError(f"mask patch must be a whole number of pixels >= 1, got {patch}")
+        raise UserError(f"mask patch must be a whole number of pixels >= 1, got {patch}")
     b, c, h, w = x.shape
     patch = int(patch)
     gh, gw = -(-h // patch), -(-w // patch)

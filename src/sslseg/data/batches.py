@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .sample import Case
 
 
@@ -38,8 +39,8 @@ def shard(n_global: int, rank: int, world_size: int) -> slice:
         ValueError: ``n_global`` is not a multiple of ``world_size``.
     """
     if n_global % world_size:
-        raise ValueError(f"--batch-size {n_global} (the global batch) must be a multiple of the "
-                         f"{world_size} processes")
+        raise UserError(f"--batch-size {n_global} (the global batch) must be a multiple of the "
+                        f"{world_size} processes")
     n = n_global // world_size
     return slice(rank * n, (rank + 1) * n)
 
@@ -71,7 +72,7 @@ class Normalizer:
     def fit(cls, cases: list[Case], num_frames: int = 128, seed: int = 0) -> Normalizer:
         """Estimate mean and std from up to ``num_frames`` random frames of ``cases``."""
         if not cases:
-            raise ValueError("cannot estimate intensity statistics from zero cases")
+            raise UserError("cannot estimate intensity statistics from zero cases")
         rng = np.random.default_rng(seed)
         index = [(ci, fi) for ci, c in enumerate(cases) for fi in range(c.num_frames)]
         pick = rng.choice(len(index), size=min(num_frames, len(index)), replace=False)
@@ -106,7 +107,7 @@ def load_frames(frames: list[np.ndarray], image_size: int | None) -> torch.Tenso
     Equal, value for value, to :func:`frames_to_tensor` applied to each frame.
     """
     if not frames:
-        raise ValueError("no frame to load")
+        raise UserError("no frame to load")
     groups: dict[tuple, list[int]] = {}
     for i, f in enumerate(frames):
         groups.setdefault(f.shape, []).append(i)
@@ -143,7 +144,7 @@ class FramePool:
     def __init__(self, cases: list[Case], image_size: int, normalizer: Normalizer,
                  exclude: dict[str, set[int]] | None = None) -> None:
         if not cases:
-            raise ValueError("no case to pretrain on")
+            raise UserError("no case to pretrain on")
         self.cases = cases
         self.image_size = image_size
         self.normalizer = normalizer
@@ -261,7 +262,7 @@ class ResidentFramePool:
         """The frames at flat indices, cut from the resident tensors and converted on the device: ``(n, C, S, S)``."""
         flat = np.asarray(flat)
         if flat.size == 0:
-            raise ValueError("no frame to load")
+            raise UserError("no frame to load")
         ci = np.searchsorted(self.offsets, flat, side="right") - 1
         group = self._group_of_case[ci]
         rows = self._row_of_case[ci] + (flat - self.offsets[ci])
@@ -335,7 +336,7 @@ def batch_source(pool: FramePool, device: torch.device | str, resident: str = "a
         work is queued on the device), through :class:`Prefetcher` otherwise.
     """
     if resident not in ("auto", "on", "off"):
-        raise ValueError(f"resident frames = {resident!r} is not allowed: expected auto, on or off")
+        raise UserError(f"resident frames = {resident!r} is not allowed: expected auto, on or off")
     if resident == "off":
         return pool, "frames stay on the host (resident frames off)"
     if resident == "on":
@@ -351,7 +352,7 @@ def unlabelled_pool(train: list[Case], labelled_ids, image_size: int, normalizer
     Only ever built from the training split: validation and test frames stay unseen.
     """
     if any(c.split not in (None, "train") for c in train):
-        raise ValueError("the unlabelled pool takes training cases only")
+        raise UserError("the unlabelled pool takes training cases only")
     chosen = set(labelled_ids)
     exclude = {c.case_id: set(int(i) for i in c.labelled_indices) for c in train if c.case_id in chosen}
     return FramePool(train, image_size, normalizer, exclude=exclude)
@@ -368,7 +369,7 @@ class LabelledSet:
                 masks.append(masks_to_tensor(c.masks[i][None], image_size))
                 self.keys.append((c.case_id, i))
         if not imgs:
-            raise ValueError("the selected cases have no labelled frame")
+            raise UserError("the selected cases have no labelled frame")
         self.images = normalizer(torch.cat(imgs))
         self.masks = torch.cat(masks)
 

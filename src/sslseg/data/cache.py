@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = [
     "MAX_OPEN_MAPS",
     "MappedArray",
@@ -112,7 +114,7 @@ def content_key(path: str | os.PathLike) -> str:
                 f.seek(size - _EDGE)
                 h.update(f.read(_EDGE))
     except OSError as err:
-        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
     return h.hexdigest()
 
 
@@ -138,7 +140,7 @@ class KeyIndex:
         try:
             st = path.stat()
         except OSError as err:
-            raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
+            raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
         rel = os.path.relpath(path.resolve(), self.root)
         hit = self.entries.get(rel)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
@@ -207,10 +209,10 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         offset = f.tell()
     if fortran:
-        raise ValueError(f"{path}: Fortran-ordered arrays are not used by the cache")
+        raise UserError(f"{path}: Fortran-ordered arrays are not used by the cache")
     expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if path.stat().st_size != expected:
-        raise ValueError(f"{path}: {path.stat().st_size} bytes, expected {expected}")
+        raise UserError(f"{path}: {path.stat().st_size} bytes, expected {expected}")
     return tuple(int(s) for s in shape), dtype
 
 
@@ -290,7 +292,7 @@ def cached_arrays(
             with _LOCK:
                 _OPEN.pop(str(p), None)  # a map of a replaced (damaged) entry must not be served
     except OSError as err:
-        raise ValueError(
+        raise UserError(
             f"cannot write the frame cache in {folder} ({err.strerror or err}); "
             "set SSLSEG_CACHE or the reader option cache_dir to a writable folder"
         ) from None
@@ -309,7 +311,7 @@ class StackMasks(Mapping):
     def __init__(self, stack: MappedArray | np.ndarray, frames: Sequence[int], rows: Sequence[int] | None = None) -> None:
         rows = list(frames) if rows is None else list(rows)
         if len(rows) != len(frames):
-            raise ValueError("StackMasks: frames and rows differ in length")
+            raise UserError("StackMasks: frames and rows differ in length")
         self.stack = stack
         self._row = {int(f): int(r) for f, r in zip(frames, rows, strict=True)}
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..errors import UserError
 from ..io.volumes import read_voxels, voxels_to_frames
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
 from .paths import check_inside
@@ -93,7 +94,7 @@ def _as_uint8(frames: np.ndarray, path: Path) -> np.ndarray:
     if frames.dtype == np.uint8:
         return frames
     if not np.isfinite(frames).all():
-        raise ValueError(f"{path}: NaN or Inf in the image")
+        raise UserError(f"{path}: NaN or Inf in the image")
     if frames.min() >= 0 and frames.max() <= 255 and np.array_equal(frames, np.round(frames)):
         return frames.astype(np.uint8)
     lo, hi = float(frames.min()), float(frames.max())
@@ -104,7 +105,7 @@ def _labels(gt: np.ndarray, path: Path, labels: str) -> np.ndarray:
     vals = np.unique(gt)
     bad = [v for v in vals.tolist() if v not in LABEL_NAMES]
     if bad:
-        raise ValueError(f"{path}: label value(s) {bad} are not CAMUS labels 0..3")
+        raise UserError(f"{path}: label value(s) {bad} are not CAMUS labels 0..3")
     gt = gt.astype(np.uint8)
     return (gt == 1).astype(np.uint8) if labels == "lv" else gt
 
@@ -140,9 +141,9 @@ def _build_view(files: dict[str, Path | None], labels: str, labelled: str) -> di
     else:
         imgs = [a for a in (ed_img, es_img) if a is not None]
         if not imgs:
-            raise ValueError("no sequence and no ED or ES image")
+            raise UserError("no sequence and no ED or ES image")
         if len({a.shape for a in imgs}) > 1:
-            raise ValueError(f"ED and ES images differ in size: {[a.shape for a in imgs]}")
+            raise UserError(f"ED and ES images differ in size: {[a.shape for a in imgs]}")
         frames = np.stack(imgs)
     cfg = files.get("cfg_values") or {}
     pos: dict[int, int] = {}  # frame index -> phase code
@@ -157,7 +158,7 @@ def _build_view(files: dict[str, Path | None], labels: str, labelled: str) -> di
             if idx is None:
                 # not in the sequence: keep the labelled image as an extra frame
                 if img.shape != frames.shape[1:]:
-                    raise ValueError(f"{files[phase]}: image size {img.shape} differs from the sequence's {frames.shape[1:]}")
+                    raise UserError(f"{files[phase]}: image size {img.shape} differs from the sequence's {frames.shape[1:]}")
                 frames = np.concatenate([frames, img[None]])
                 idx = len(frames) - 1
         pos[idx] = code
@@ -165,12 +166,12 @@ def _build_view(files: dict[str, Path | None], labels: str, labelled: str) -> di
         if gt_path is not None:
             gt, _ = _read_frames(gt_path)
             if gt.shape[1:] != frames.shape[1:]:
-                raise ValueError(f"{gt_path}: mask size {gt.shape[1:]} differs from its image's {frames.shape[1:]}")
+                raise UserError(f"{gt_path}: mask size {gt.shape[1:]} differs from its image's {frames.shape[1:]}")
             masks[idx] = _labels(gt[0], gt_path, labels)
     if labelled == "all" and files["sequence_gt"] is not None and seq_path is not None:
         gt, _ = _read_frames(files["sequence_gt"])
         if gt.shape[0] > len(frames) or gt.shape[1:] != frames.shape[1:]:
-            raise ValueError(f"{files['sequence_gt']}: masks {gt.shape} do not match the sequence {frames.shape}")
+            raise UserError(f"{files['sequence_gt']}: masks {gt.shape} do not match the sequence {frames.shape}")
         for i in range(gt.shape[0]):
             masks.setdefault(i, _labels(gt[i], files["sequence_gt"], labels))
     return {"frames": frames, "masks": masks, "phase": pos, "spacing": spacing}
@@ -208,7 +209,7 @@ def _build_case(views: dict[str, dict], labels: str, labelled: str) -> dict[str,
         except ValueError as err:
             errors.append(f"{v}: {err}")
     if errors:
-        raise ValueError("; ".join(errors))
+        raise UserError("; ".join(errors))
     names = list(built)
     ref = built[names[0]]["spacing"]
     built = {v: _resample(b, ref) for v, b in built.items()}
@@ -269,18 +270,18 @@ def load_camus(
         ValueError: bad option, no patient folder, or no usable patient.
     """
     if labels not in ("lv", "all"):
-        raise ValueError(f"CAMUS labels must be 'lv' or 'all', got {labels!r}")
+        raise UserError(f"CAMUS labels must be 'lv' or 'all', got {labels!r}")
     if str(views).upper() not in ("2CH", "4CH", "BOTH"):
-        raise ValueError(f"CAMUS views must be '2CH', '4CH' or 'both', got {views!r}")
+        raise UserError(f"CAMUS views must be '2CH', '4CH' or 'both', got {views!r}")
     if labelled not in ("ed_es", "all"):
-        raise ValueError(f"CAMUS labelled must be 'ed_es' or 'all', got {labelled!r}")
+        raise UserError(f"CAMUS labelled must be 'ed_es' or 'all', got {labelled!r}")
     want = list(VIEWS) if str(views).upper() == "BOTH" else [str(views).upper()]
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ValueError(f"{root}: folder not found")
+        raise UserError(f"{root}: folder not found")
     patients = _patients(root)
     if not patients:
-        raise ValueError(f"{root}: no patientXXXX folder found (is PATH the CAMUS training or database_nifti folder?)")
+        raise UserError(f"{root}: no patientXXXX folder found (is PATH the CAMUS training or database_nifti folder?)")
     skipped: list[str] = []
     index = KeyIndex(root, cache_dir)
     cases: list[Case] = []
@@ -345,7 +346,7 @@ def load_camus(
     index.save()
     if not cases:
         reason = f"; e.g. {skipped[0]}" if skipped else ""
-        raise ValueError(f"{root}: no usable CAMUS patient{reason}")
+        raise UserError(f"{root}: no usable CAMUS patient{reason}")
     notes = []
     if len(want) == 2:
         notes.append("views=both: each patient's 4CH frames follow its 2CH frames, resampled to the 2CH "

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io.files import split_name
 from ..io.intensity import check_intensity, normalise_intensity
 from ..io.labels import mask_dtype
@@ -62,15 +63,15 @@ def parse_merge(merge: dict | None, where: str = "merge") -> dict[int, int]:
     if merge is None:
         return {}
     if not isinstance(merge, dict):
-        raise ValueError(f"{where} must be a mapping of label -> new label, e.g. {{1: 1, 2: 1}}; got {merge!r}")
+        raise UserError(f"{where} must be a mapping of label -> new label, e.g. {{1: 1, 2: 1}}; got {merge!r}")
     out = {}
     for k, v in merge.items():
         try:
             a, b = int(k), int(v)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: {k!r}: {v!r} is not a label -> label pair of whole numbers") from None
+            raise UserError(f"{where}: {k!r}: {v!r} is not a label -> label pair of whole numbers") from None
         if a < 0 or b < 0:
-            raise ValueError(f"{where}: labels must be >= 0, got {k!r}: {v!r}")
+            raise UserError(f"{where}: labels must be >= 0, got {k!r}: {v!r}")
         out[a] = b
     return out
 
@@ -94,9 +95,9 @@ def select_empty(has_fg: np.ndarray, policy: str | float) -> list[int]:
     try:
         r = float(policy)
     except (TypeError, ValueError):
-        raise ValueError(f"empty_slices must be 'keep', 'drop' or a ratio >= 0, got {policy!r}") from None
+        raise UserError(f"empty_slices must be 'keep', 'drop' or a ratio >= 0, got {policy!r}") from None
     if not r >= 0:
-        raise ValueError(f"empty_slices ratio must be >= 0, got {policy!r}")
+        raise UserError(f"empty_slices ratio must be >= 0, got {policy!r}")
     k = min(len(empty), int(round(r * len(fg))))
     # evenly spaced through the background-only slices, deterministic
     pick = empty[np.linspace(0, len(empty) - 1, k).round().astype(int)] if k else np.array([], dtype=int)
@@ -114,10 +115,10 @@ def _channels(modality, names: dict[int, str], n: int, where: str) -> list[int] 
         else:
             hits = [i for i, name in names.items() if str(name).lower() == str(m).lower()]
             if not hits:
-                raise ValueError(f"{where}: modality {m!r} is not listed; choose one of {', '.join(map(str, names.values())) or 'none'}")
+                raise UserError(f"{where}: modality {m!r} is not listed; choose one of {', '.join(map(str, names.values())) or 'none'}")
             i = hits[0]
         if not 0 <= i < n:
-            raise ValueError(f"{where}: modality index {i} is outside the image's {n} channel(s)")
+            raise UserError(f"{where}: modality index {i} is outside the image's {n} channel(s)")
         out.append(i)
     return out
 
@@ -138,13 +139,13 @@ def _build(image: Path, label: Path | None, axis: int, modality, names: dict[int
     if label is not None:
         lv, lz = read_voxels(label)
         if lv.ndim != 3:
-            raise ValueError(f"{label}: label map must be 3D, got shape {lv.shape}")
+            raise UserError(f"{label}: label map must be 3D, got shape {lv.shape}")
         if lv.shape != vox.shape[:3]:
-            raise ValueError(f"{label}: label shape {lv.shape} differs from image shape {vox.shape[:3]}")
+            raise UserError(f"{label}: label shape {lv.shape} differs from image shape {vox.shape[:3]}")
         lab, _ = voxels_to_frames(lv, lz, axis)
         if lab.dtype.kind == "f":
             if not np.isfinite(lab).all() or not np.array_equal(lab, np.round(lab)):
-                raise ValueError(f"{label}: label values must be whole numbers")
+                raise UserError(f"{label}: label values must be whole numbers")
         lab = lab.astype(np.int64)
         vals = set(np.unique(lab).tolist())
         if allowed is not None and not vals <= allowed:
@@ -181,16 +182,16 @@ def load_decathlon(
     root = Path(path).expanduser()
     spec_path = root / "dataset.json"
     if not spec_path.is_file():
-        raise ValueError(f"{spec_path}: file not found (is PATH a Decathlon task folder, e.g. Task05_Prostate?)")
+        raise UserError(f"{spec_path}: file not found (is PATH a Decathlon task folder, e.g. Task05_Prostate?)")
     try:
         spec = json.loads(spec_path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{spec_path}: not valid JSON ({err})") from None
+        raise UserError(f"{spec_path}: not valid JSON ({err})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("training"), list):
-        raise ValueError(f"{spec_path}: needs a 'training' list of {{'image': ..., 'label': ...}} entries")
+        raise UserError(f"{spec_path}: needs a 'training' list of {{'image': ..., 'label': ...}} entries")
     check_intensity(intensity)
     if not isinstance(axis, int) or not 0 <= axis <= 2:
-        raise ValueError(f"axis must be 0, 1 or 2 (a voxel axis), got {axis!r}")
+        raise UserError(f"axis must be 0, 1 or 2 (a voxel axis), got {axis!r}")
     if empty_slices not in ("keep", "drop"):
         select_empty(np.array([True, False]), empty_slices)  # validate the ratio early
     merge_map = parse_merge(merge)
@@ -198,7 +199,7 @@ def load_decathlon(
     try:
         names = {int(k): str(v) for k, v in modalities.items()}
     except (AttributeError, ValueError):
-        raise ValueError(f"{spec_path}: 'modality' must map channel numbers to names") from None
+        raise UserError(f"{spec_path}: 'modality' must map channel numbers to names") from None
     raw_labels = spec.get("labels")
     allowed: set[int] | None = None
     label_names: dict[int, str] = {}
@@ -209,11 +210,11 @@ def load_decathlon(
             else:  # nnU-Net v2 style: {"background": 0}
                 label_names = {int(v): str(k) for k, v in raw_labels.items()}
         except (TypeError, ValueError):
-            raise ValueError(f"{spec_path}: 'labels' must map label values to names") from None
+            raise UserError(f"{spec_path}: 'labels' must map label values to names") from None
         allowed = set(label_names)
     bad = [a for a in merge_map if allowed is not None and a not in allowed]
     if bad:
-        raise ValueError(f"merge: label {bad[0]} is not in dataset.json labels {sorted(allowed or [])}")
+        raise UserError(f"merge: label {bad[0]} is not in dataset.json labels {sorted(allowed or [])}")
     if merge_map:
         merged: dict[int, list[str]] = {}
         for v, n in sorted(label_names.items()):
@@ -226,7 +227,7 @@ def load_decathlon(
     skipped: list[str] = []
     for n, item in enumerate(spec["training"]):
         if not isinstance(item, dict) or "image" not in item:
-            raise ValueError(f"{spec_path}: training entry {n} has no 'image'")
+            raise UserError(f"{spec_path}: training entry {n} has no 'image'")
         # entries stay inside the task folder (sslseg.data.paths)
         img = entry_path(root, item["image"], f"{spec_path} training[{n}].image").resolve()
         lab = entry_path(root, item["label"], f"{spec_path} training[{n}].label").resolve() if item.get("label") else None
@@ -288,10 +289,10 @@ def load_decathlon(
     index.save()
     if not cases:
         reason = f"; e.g. {skipped[0]}" if skipped else ""
-        raise ValueError(f"{root}: no usable case in dataset.json{reason}")
+        raise UserError(f"{root}: no usable case in dataset.json{reason}")
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{spec_path}: two images share a file name; case ids must be unique")
+        raise UserError(f"{spec_path}: two images share a file name; case ids must be unique")
     notes = [f"slices along voxel axis {axis}; empty-slice policy: {empty_slices}"]
     if merge_map:
         notes.append(f"labels merged: {', '.join(f'{a}->{b}' for a, b in sorted(merge_map.items()))}")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io.dicom import read_dicom, read_header
 from ..io.files import safe_id
 from ..io.intensity import normalise_intensity
@@ -75,10 +76,10 @@ def load_dicom(
         ValueError: the path does not exist or holds no usable image.
     """
     if sector and (isinstance(sector_size, bool) or not isinstance(sector_size, int) or sector_size < 8):
-        raise ValueError(f"dicom: sector_size must be an integer of at least 8, got {sector_size!r}")
+        raise UserError(f"dicom: sector_size must be an integer of at least 8, got {sector_size!r}")
     root = Path(path).expanduser()
     if not root.exists():
-        raise ValueError(f"{root}: file or folder not found")
+        raise UserError(f"{root}: file or folder not found")
     base = root.parent if root.is_file() else root
     skipped: list[str] = []
     notes: list[str] = []
@@ -160,7 +161,7 @@ def load_dicom(
     index.save()
     if not cases:
         reason = f"; skipped: {skipped[0]}" if skipped else ""
-        raise ValueError(f"{root}: no usable DICOM image{reason}")
+        raise UserError(f"{root}: no usable DICOM image{reason}")
     cases = common_dtype(cases, notes)
     for c in cases:
         c.meta["dataset_skipped"] = skipped

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io.tables import filelist_name, read_filelist, read_table
 from ..io.video import decode_video
 from .cache import KeyIndex, cached_arrays, digest
@@ -187,12 +188,12 @@ def read_tracings(path: str | os.PathLike) -> dict[str, dict[int, np.ndarray]]:
             vals = [float(row[c]) for c in ("X1", "Y1", "X2", "Y2")]
             frame = int(float(row["Frame"]))
         except (ValueError, OverflowError):  # OverflowError: a frame of inf
-            raise ValueError(
+            raise UserError(
                 f"{path} line {n}: X1, Y1, X2, Y2 and Frame must be numbers, got "
                 f"{[row[c] for c in TRACING_COLUMNS[1:]]}"
             ) from None
         if not all(math.isfinite(v) for v in vals):
-            raise ValueError(f"{path} line {n}: coordinates must be finite numbers")
+            raise UserError(f"{path} line {n}: coordinates must be finite numbers")
         out.setdefault(filelist_name(row["FileName"]), {}).setdefault(frame, []).append(vals)
     return {k: {f: np.array(v) for f, v in d.items()} for k, d in out.items()}
 
@@ -210,7 +211,7 @@ def _number(text: str) -> float | None:
 # --------------------------------------------------------------------------- #
 def _present(table: Path) -> Path:
     if not table.is_file():
-        raise ValueError(f"{table}: file not found (is PATH the EchoNet-Dynamic folder?)")
+        raise UserError(f"{table}: file not found (is PATH the EchoNet-Dynamic folder?)")
     return table
 
 
@@ -245,16 +246,16 @@ def load_echonet(
 
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ValueError(f"{root}: folder not found")
+        raise UserError(f"{root}: folder not found")
     filelist, traces = root / "FileList.csv", root / "VolumeTracings.csv"
     rows = read_filelist(_present(filelist))
     tracings = read_tracings(_present(traces))
     videos = root / "Videos"
     if not videos.is_dir():
-        raise ValueError(f"{videos}: folder not found (EchoNet-Dynamic keeps its AVIs in Videos/)")
+        raise UserError(f"{videos}: folder not found (EchoNet-Dynamic keeps its AVIs in Videos/)")
     if limit is not None:
         if int(limit) < 1:
-            raise ValueError(f"limit must be a positive number of videos, got {limit}")
+            raise UserError(f"limit must be a positive number of videos, got {limit}")
         rows = rows[: int(limit)]
 
     skipped: list[str] = []
@@ -340,7 +341,7 @@ def load_echonet(
     index.save()
     if not cases:
         reason = f"; e.g. {skipped[0]}" if skipped else ""
-        raise ValueError(f"{root}: no usable video{reason}")
+        raise UserError(f"{root}: no usable video{reason}")
     notes = [
         "EchoNet-Dynamic publishes no pixel calibration (videos resampled to 112x112): "
         "spacing is 1 pixel = 1.0 'mm', so HD95 and other distances are in pixels"

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io.files import PICTURES, VOLUMES, split_name
 from ..io.intensity import check_intensity, normalise_intensity
 from ..io.labels import as_labels, mask_dtype
@@ -76,36 +77,36 @@ def read_case_csv(path: Path, known: dict[str, Path]) -> tuple[OrderedDict[str, 
             rows = list(reader)
             cols = reader.fieldnames or []
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except csv.Error as err:
-        raise ValueError(f"{path}: not a readable CSV table ({err})") from None
+        raise UserError(f"{path}: not a readable CSV table ({err})") from None
     missing = [c for c in ("file", "case_id") if c not in cols]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (needs file, case_id[, split])")
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (needs file, case_id[, split])")
     groups: OrderedDict[str, list[str]] = OrderedDict()
     splits: dict[str, str] = {}
     owner: dict[str, tuple[str, int]] = {}  # file stem -> (case_id, line) that listed it first
     for n, row in enumerate(rows, start=2):
         if row.get("file") is None or row.get("case_id") is None or None in row:
-            raise ValueError(f"{path} line {n}: expected the {len(cols)} columns of the header ({', '.join(cols)})")
+            raise UserError(f"{path} line {n}: expected the {len(cols)} columns of the header ({', '.join(cols)})")
         entry_path(path.parent, row["file"], f"{path} line {n} file")  # no absolute or '..' path
         stem = split_name(row["file"])[0]
         if stem not in known:
-            raise ValueError(f"{path} line {n}: file {row['file']!r} is not in images/ or unlabelled/")
+            raise UserError(f"{path} line {n}: file {row['file']!r} is not in images/ or unlabelled/")
         if stem in owner:
             # a file in two cases could sit in train and test at once; twice in one case duplicates its frames
             cid, first = owner[stem]
             what = "listed twice for case" if cid == row["case_id"] else f"already belongs to case {cid!r}, not"
-            raise ValueError(f"{path} line {n}: file {row['file']!r} {what} {row['case_id']!r} (line {first})")
+            raise UserError(f"{path} line {n}: file {row['file']!r} {what} {row['case_id']!r} (line {first})")
         owner[stem] = (row["case_id"], n)
         groups.setdefault(row["case_id"], []).append(stem)
         s = (row.get("split") or "").strip().lower()
         if s:
             if s not in SPLITS:
-                raise ValueError(f"{path} line {n}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+                raise UserError(f"{path} line {n}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
             if splits.get(row["case_id"], s) != s:
-                raise ValueError(f"{path} line {n}: case {row['case_id']!r} is given split {s!r} here and "
-                                 f"{splits[row['case_id']]!r} on an earlier line")
+                raise UserError(f"{path} line {n}: case {row['case_id']!r} is given split {s!r} here and "
+                                f"{splits[row['case_id']]!r} on an earlier line")
             splits[row["case_id"]] = s
     return groups, splits
 
@@ -140,7 +141,7 @@ def check_label_values(cases: list[Case], labels: list[int] | None) -> None:
         bad = sorted(seen.get(c.case_id, set()) - allowed)
         if bad:
             src = (c.meta.get("mask_source") or [c.case_id])[0]
-            raise ValueError(f"{src}: mask value(s) {bad} outside the {how}; fix the mask")
+            raise UserError(f"{src}: mask value(s) {bad} outside the {how}; fix the mask")
 
 
 def load_folder(
@@ -174,18 +175,18 @@ def load_folder(
         spacing = [spacing, spacing]  # one number: square pixels
     if spacing is not None and (not isinstance(spacing, (list, tuple)) or len(spacing) != 2 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing)):
-        raise ValueError(f"data.options.spacing = {spacing!r} is not allowed: expected mm per pixel, one number "
-                         "or [row mm, column mm]")
+        raise UserError(f"data.options.spacing = {spacing!r} is not allowed: expected mm per pixel, one number "
+                        "or [row mm, column mm]")
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ValueError(f"{root}: folder not found")
+        raise UserError(f"{root}: folder not found")
     images, masks, unlab = _find(root / "images"), _find(root / "masks"), _find(root / "unlabelled")
     if not images and not unlab:
-        raise ValueError(f"{root}: no images found in images/ or unlabelled/ (formats: {', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{root}: no images found in images/ or unlabelled/ (formats: {', '.join(IMAGE_EXTENSIONS)})")
     check_intensity(intensity)
     dup = sorted(set(images) & set(unlab))
     if dup:
-        raise ValueError(f"{root}: {dup[0]!r} is both in images/ and unlabelled/")
+        raise UserError(f"{root}: {dup[0]!r} is both in images/ and unlabelled/")
     skipped: list[str] = []
     notes: list[str] = []
     for stem in sorted(set(masks) - set(images)):
@@ -229,7 +230,7 @@ def load_folder(
     index.save()
     if not cases:
         reason = f"; skipped: {skipped[0]}" if skipped else ""
-        raise ValueError(f"{root}: no usable case{reason}")
+        raise UserError(f"{root}: no usable case{reason}")
     # images without a mask that were read (a skipped one is listed with the skipped files instead)
     read = {src for c in cases for src in c.meta["source"]}
     no_mask = [s for s in no_mask if str(images[s]) in read]
@@ -254,18 +255,18 @@ def _build_case(srcs: list[tuple[Path, Path | None]], cid: str, axis: int, inten
         try:
             fr, sp = voxels_to_frames(vox, zooms, axis)
         except ValueError as err:
-            raise ValueError(f"{img}: {err}") from None
+            raise UserError(f"{img}: {err}") from None
         if fr.ndim == 4:
-            raise ValueError(f"{img}: multi-channel volumes are not supported in a folder data set")
+            raise UserError(f"{img}: multi-channel volumes are not supported in a folder data set")
         mk = np.zeros(fr.shape, dtype=np.int64)
         if m is not None:
             mv, mz = read_voxels(m)
             try:
                 mf, _ = voxels_to_frames(mv, mz, axis)
             except ValueError as err:
-                raise ValueError(f"{m}: {err}") from None
+                raise UserError(f"{m}: {err}") from None
             if mf.shape != fr.shape:
-                raise ValueError(f"{m}: mask shape {tuple(mf.shape)} differs from its image's {tuple(fr.shape)}")
+                raise UserError(f"{m}: mask shape {tuple(mf.shape)} differs from its image's {tuple(fr.shape)}")
             mk = as_labels(mf, str(m))
         frames.append(fr)
         stack.append(mk)
@@ -273,7 +274,7 @@ def _build_case(srcs: list[tuple[Path, Path | None]], cid: str, axis: int, inten
         parts.append([sp[0], sp[1], fr.shape[0], float(m is not None), float(z[axis])])
     shapes = sorted({f.shape[1:] for f in frames})
     if len(shapes) != 1:
-        raise ValueError(f"case {cid!r} ({srcs[0][0].parent}): its files have different image sizes {shapes}")
+        raise UserError(f"case {cid!r} ({srcs[0][0].parent}): its files have different image sizes {shapes}")
     fr = normalise_intensity(np.concatenate(frames), intensity, f"{srcs[0][0]}")
     mk = np.concatenate(stack)
     return {"frames": fr, "masks": mk.astype(mask_dtype(int(mk.max(initial=0)))),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from ..errors import UserError
+
 __all__ = ["available_bytes", "check_batch_fits", "check_fits", "gib"]
 
 
@@ -45,7 +47,7 @@ def check_fits(nbytes: float, what: str, bound: str = "about") -> None:
     """
     free = available_bytes()
     if free is not None and nbytes > free:
-        raise ValueError(f"{what} needs {bound} {gib(nbytes)} of memory; this machine has {gib(free)} free")
+        raise UserError(f"{what} needs {bound} {gib(nbytes)} of memory; this machine has {gib(free)} free")
 
 
 def check_batch_fits(batch_size: int, image_size: int, key: str, channels: int = 1) -> None:

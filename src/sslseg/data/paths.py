@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePath
 
+from ..errors import UserError
+
 ALLOW_ENV = "SSLSEG_ALLOW_OUTSIDE"
 
 
@@ -32,12 +34,12 @@ def entry_path(root: str | os.PathLike, entry, where: str) -> Path:
         ValueError: not a string, absolute, or leaving ``root`` (also through a link).
     """
     if not isinstance(entry, str) or not entry.strip() or "\x00" in entry:
-        raise ValueError(f"{where}: {entry!r} is not a file path")
+        raise UserError(f"{where}: {entry!r} is not a file path")
     if outside_allowed():
         return Path(root) / entry
     if PurePath(entry).is_absolute() or Path(entry).drive or ".." in PurePath(entry).parts:
-        raise ValueError(f"{where}: {entry!r} leaves the data set's folder (absolute or '..' path); "
-                         f"give a path inside {root} (or set {ALLOW_ENV}=1)")
+        raise UserError(f"{where}: {entry!r} leaves the data set's folder (absolute or '..' path); "
+                        f"give a path inside {root} (or set {ALLOW_ENV}=1)")
     path = Path(root) / entry
     check_inside(root, path, where)
     return path
@@ -56,6 +58,6 @@ def check_inside(root: str | os.PathLike, path: str | os.PathLike, where: str | 
     real = path.resolve()
     if real != real_root and real_root not in real.parents:
         name = f"{where}: " if where else ""
-        raise ValueError(f"{name}{path} is a link to {real}, outside the data set's folder {root}; "
-                         f"copy it in (or set {ALLOW_ENV}=1)")
+        raise UserError(f"{name}{path} is a link to {real}, outside the data set's folder {root}; "
+                        f"copy it in (or set {ALLOW_ENV}=1)")
     return path

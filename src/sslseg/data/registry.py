@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import UserError
 from ..registry import Registry
 from .sample import Case
 
@@ -32,12 +33,12 @@ def load_dataset(spec: str, **options) -> list[Case]:
     entry = DATASETS.entry(name, given=spec)
     fn, needs_path = entry.value, entry.info["needs_path"]
     if needs_path and not path:
-        raise ValueError(f"data set {name!r} needs a path: {name}:PATH")
+        raise UserError(f"data set {name!r} needs a path: {name}:PATH")
     if not needs_path and path:
-        raise ValueError(f"data set {name!r} takes no path (got {path!r})")
+        raise UserError(f"data set {name!r} takes no path (got {path!r})")
     cases = _call_reader(fn, name, path, **options) if needs_path else _call_reader(fn, name, **options)
     if not cases:
-        raise ValueError(f"data set {spec!r} holds no usable case")
+        raise UserError(f"data set {spec!r} holds no usable case")
     return cases
 
 
@@ -61,7 +62,7 @@ def _call_reader(fn, name: str, *args, **options) -> list[Case]:
     valid = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
     unknown = [k for k in options if k not in valid]
     if unknown:
-        raise ValueError(f"{name}: unknown option {unknown[0]!r}; valid options: {', '.join(valid)}")
+        raise UserError(f"{name}: unknown option {unknown[0]!r}; valid options: {', '.join(valid)}")
     check_options(name, {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}, options)
     return fn(*args, **options)
 
@@ -79,13 +80,13 @@ def check_options(name: str, defaults: dict, options: dict) -> None:
     for k, v in options.items():
         d = defaults.get(k)
         if isinstance(d, bool) and not isinstance(v, bool):
-            raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected true or false")
+            raise UserError(f"{name}: option {k} = {v!r} is not allowed: expected true or false")
         if isinstance(d, int) and not isinstance(d, bool) and (not isinstance(v, int) or isinstance(v, bool)):
-            raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected an integer")
+            raise UserError(f"{name}: option {k} = {v!r} is not allowed: expected an integer")
         if isinstance(d, float) and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected a number")
+            raise UserError(f"{name}: option {k} = {v!r} is not allowed: expected a number")
         if k in OPTION_MINIMUM and isinstance(v, int) and v < OPTION_MINIMUM[k]:
-            raise ValueError(f"{name}: option {k} = {v!r} is not allowed: expected an integer >= {OPTION_MINIMUM[k]}")
+            raise UserError(f"{name}: option {k} = {v!r} is not allowed: expected an integer >= {OPTION_MINIMUM[k]}")
 
 
 @DATASETS.register("synthetic-mri",

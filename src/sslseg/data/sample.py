@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -43,24 +45,24 @@ class Case:
 
     def __post_init__(self) -> None:
         if self.frames.ndim not in (3, 4):
-            raise ValueError(
+            raise UserError(
                 f"case {self.case_id!r}: frames must be (T, H, W) or (T, C, H, W), "
                 f"got shape {tuple(self.frames.shape)}"
             )
         h, w = self.frames.shape[-2:]
         for idx, mask in self.masks.items():
             if not 0 <= idx < self.frames.shape[0]:
-                raise ValueError(
+                raise UserError(
                     f"case {self.case_id!r}: labelled frame {idx} is outside the "
                     f"{self.frames.shape[0]} frames"
                 )
             if mask.shape != (h, w):
-                raise ValueError(
+                raise UserError(
                     f"case {self.case_id!r}: mask of frame {idx} has shape {mask.shape}, "
                     f"image has {(h, w)}"
                 )
         if self.split is not None and self.split not in SPLITS:
-            raise ValueError(f"case {self.case_id!r}: split must be one of {SPLITS}, got {self.split!r}")
+            raise UserError(f"case {self.case_id!r}: split must be one of {SPLITS}, got {self.split!r}")
 
     @property
     def num_frames(self) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .sample import SPLITS, Case
 
 #: shares of the cases drawn for validation and test when a data set gives no split of its own
@@ -35,7 +36,7 @@ def assign_splits(
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"case ids must be unique; duplicated: {', '.join(dup)}")
+        raise UserError(f"case ids must be unique; duplicated: {', '.join(dup)}")
     free = sorted(c.case_id for c in cases if c.split is None and len(c.masks) > 0)
     rng = np.random.default_rng(seed)
     order = [free[i] for i in rng.permutation(len(free))]
@@ -53,14 +54,14 @@ def apply_splits(cases: list[Case], splits: dict[str, str]) -> None:
     """Set ``case.split`` from a ``{case_id: split}`` mapping (every case must be listed)."""
     missing = [c.case_id for c in cases if c.case_id not in splits]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"the saved split has no entry for {len(missing)} case(s), e.g. {missing[0]!r}; "
             "the data set changed since the split was drawn; use a new output folder"
         )
     for c in cases:
         s = splits[c.case_id]
         if s not in SPLITS:
-            raise ValueError(f"case {c.case_id!r}: split must be one of {SPLITS}, got {s!r}")
+            raise UserError(f"case {c.case_id!r}: split must be one of {SPLITS}, got {s!r}")
         c.split = s
 
 
@@ -78,7 +79,7 @@ def read_json(path: str | os.PathLike):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
 def splits_for(cases: list[Case], path: str | os.PathLike, seed: int = 0, **fractions) -> dict[str, str]:
@@ -104,14 +105,14 @@ def parse_budget(text: str | int | float) -> tuple[str, float]:
         if s.endswith("%"):
             pct = float(s[:-1])
             if not 0 < pct <= 100:
-                raise ValueError
+                raise UserError
             return "fraction", pct / 100
         n = int(s)
         if n <= 0:
-            raise ValueError
+            raise UserError
         return "count", n
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"label budget {text!r} is not valid; give a number of labelled cases (e.g. 4) "
             "or a percentage of the training cases (e.g. 5%), greater than zero"
         ) from None
@@ -121,11 +122,11 @@ def resolve_budget(text: str | int | float, n_train: int) -> int:
     """Number of labelled cases for a budget given ``n_train`` labelled training cases."""
     kind, value = parse_budget(text)
     if n_train == 0:
-        raise ValueError("the training split has no labelled case; nothing to fine-tune on")
+        raise UserError("the training split has no labelled case; nothing to fine-tune on")
     if kind == "fraction":
         return max(1, math.floor(value * n_train + 1e-9))
     if value > n_train:
-        raise ValueError(
+        raise UserError(
             f"label budget {int(value)} is larger than the {n_train} labelled training cases; "
             f"choose 1..{n_train} or a percentage"
         )
@@ -139,7 +140,7 @@ def labelled_subset(train_ids: list[str], k: int, seed: int = 0) -> list[str]:
     """
     ids = sorted(train_ids)
     if not 1 <= k <= len(ids):
-        raise ValueError(f"label budget {k} is outside 1..{len(ids)}")
+        raise UserError(f"label budget {k} is outside 1..{len(ids)}")
     rng = np.random.default_rng(seed)
     order = [ids[i] for i in rng.permutation(len(ids))]
     return sorted(order[:k])

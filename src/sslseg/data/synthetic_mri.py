@@ -45,6 +45,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from ..errors import UserError
 from .memory import check_fits
 from .sample import Case
 
@@ -77,7 +78,7 @@ def make_mri_case(index: int, seed: int = 0, num_slices: int = 20, size: int = 9
         slice, int64 ``(size, size)`` with 0 background, 1 PZ, 2 TZ.
     """
     if num_slices < 1 or size < 16:
-        raise ValueError(f"synthetic-mri needs num_slices >= 1 and size >= 16, got {num_slices}, {size}")
+        raise UserError(f"synthetic-mri needs num_slices >= 1 and size >= 16, got {num_slices}, {size}")
     rng = np.random.default_rng([seed, index])
     fov = _u(rng, 120.0, 150.0)
     dxy = fov / size
@@ -230,7 +231,7 @@ def make_mri_case(index: int, seed: int = 0, num_slices: int = 20, size: int = 9
 def synthetic_mri(num_cases: int = 16, seed: int = 0, num_slices: int = 20, size: int = 96) -> list[Case]:
     """``num_cases`` independent synthetic prostate volumes; case ``i`` does not depend on ``num_cases``."""
     if num_cases < 1:
-        raise ValueError(f"synthetic-mri needs num_cases >= 1, got {num_cases}")
+        raise UserError(f"synthetic-mri needs num_cases >= 1, got {num_cases}")
     # float32 slices and int64 masks (12 bytes a voxel) held, and one volume's working arrays while it
     # is drawn (about 450 bytes a voxel, measured): refused before the first case
     voxels = float(num_slices) * size * size

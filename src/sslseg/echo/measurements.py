@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io.tables import filelist_name, read_filelist, write_table
 
 #: highest heart rate expected at rest in echo clinics; sets the minimum distance between two EDs
@@ -326,7 +327,7 @@ def measure_video(
     """
     masks = np.asarray(masks)
     if masks.ndim != 3:
-        raise ValueError(f"masks must be (T, H, W), got shape {masks.shape}")
+        raise UserError(f"masks must be (T, H, W), got shape {masks.shape}")
     rate = float(fps) if fps else float(default_fps)
     area = lv_area(masks, spacing, label)
     length = np.array([long_axis_length(m == label, spacing) for m in masks])
@@ -448,8 +449,8 @@ def ef_error(estimated: Sequence[float] | Mapping[str, float], known: Sequence[f
         est = np.asarray(list(estimated.values()) if isinstance(estimated, Mapping) else estimated, np.float64)
         ref = np.asarray(list(known.values()) if isinstance(known, Mapping) else known, np.float64)
         if est.shape != ref.shape:
-            raise ValueError(f"{est.size} estimated EF values but {ref.size} known ones")
+            raise UserError(f"{est.size} estimated EF values but {ref.size} known ones")
     ok = np.isfinite(est) & np.isfinite(ref)
     if not ok.any():
-        raise ValueError("no video with both an estimated and a known EF")
+        raise UserError("no video with both an estimated and a known EF")
     return float(np.abs(est[ok] - ref[ok]).mean())

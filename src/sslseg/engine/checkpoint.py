@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..errors import UserError
 from ..io.files import naming_disk_full
 
 FORMAT = "sslseg/1"
@@ -155,7 +156,7 @@ def read_torch_file(path: str | os.PathLike):
     """``torch.load(..., weights_only=True)`` on the CPU, with one-line errors for the user."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
+        raise UserError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
@@ -165,7 +166,7 @@ def read_torch_file(path: str | os.PathLike):
             why = "it holds Python objects beyond tensors and plain values, refused without running them"
         else:
             why = f"{type(err).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({why})") from None
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({why})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -176,7 +177,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """
     ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an {FORMAT} checkpoint (no 'format': '{FORMAT}' entry)")
+        raise UserError(f"{path}: not an {FORMAT} checkpoint (no 'format': '{FORMAT}' entry)")
     return ckpt
 
 
@@ -192,12 +193,12 @@ def model_from_checkpoint(ckpt: dict, where: str | os.PathLike = "checkpoint") -
         kwargs = dict(ckpt["model_kwargs"])
         model = build_model(ckpt["arch"], **kwargs)
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{where}: cannot rebuild its model ({type(err).__name__}: {err})") from None
+        raise UserError(f"{where}: cannot rebuild its model ({type(err).__name__}: {err})") from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:
         # torch lists every mismatched tensor over many lines; the first one says enough
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         first = next((ln for ln in lines[1:] if "size mismatch" in ln or "key(s)" in ln), lines[0] if lines else "")
-        raise ValueError(f"{where}: its weights do not fit its model_kwargs ({first})") from None
+        raise UserError(f"{where}: its weights do not fit its model_kwargs ({first})") from None
     return model

@@ -22,6 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import UserError
+
 #: the precisions the command line accepts, and their Fabric names
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
               "16": "16-mixed", "16-mixed": "16-mixed"}
@@ -85,7 +87,7 @@ def on_rank_zero(fn: Callable[[], T]) -> T:
     """``fn()`` run on rank 0 alone, its result sent to every rank (validation, a choice all must share).
 
     When ``fn`` raises on rank 0, every other rank raises as well, at once: a user
-    error (``ValueError``, ``OSError``) as a ``ValueError`` with the same message, anything
+    error (``UserError``, ``OSError``) as a ``UserError`` with the same message, anything
     else as :class:`RankZeroFailed`. Without the outcome sent, the other ranks would
     wait for rank 0's result in a collective until the process group's timeout.
     """
@@ -110,7 +112,7 @@ def _send_outcome(err: BaseException | None, result=None) -> None:
     if err is None:
         box = [("ok", result)]
     else:
-        box = [("user" if isinstance(err, (ValueError, OSError)) else "failed", f"{type(err).__name__}: {err}",
+        box = [("user" if isinstance(err, (UserError, OSError)) else "failed", f"{type(err).__name__}: {err}",
                 str(err))]
     try:
         dist.broadcast_object_list(box, src=0)
@@ -126,14 +128,14 @@ def _receive_outcome():
     if kind == "ok":
         return rest[0]
     if kind == "user":
-        raise ValueError(rest[1])  # the same one line rank 0 shows (the command line prints it there only)
+        raise UserError(rest[1])  # the same one line rank 0 shows (the command line prints it there only)
     raise RankZeroFailed(f"process 0 stopped with {rest[0]}; this process stops too")
 
 
 def normalise_precision(precision: str) -> str:
     p = str(precision)
     if p not in PRECISIONS:
-        raise ValueError(f"--precision {p!r} is not one of {', '.join(sorted(set(PRECISIONS.values())))}")
+        raise UserError(f"--precision {p!r} is not one of {', '.join(sorted(set(PRECISIONS.values())))}")
     return PRECISIONS[p]
 
 
@@ -191,29 +193,29 @@ def check_request(devices, precision: str, num_nodes: int = 1, accelerator: str 
             requested from a process that cannot be re-launched.
     """
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"--devices must be a whole number of at least 1, got {devices!r}")
+        raise UserError(f"--devices must be a whole number of at least 1, got {devices!r}")
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-        raise ValueError(f"--num-nodes must be a whole number of at least 1, got {num_nodes!r}")
+        raise UserError(f"--num-nodes must be a whole number of at least 1, got {num_nodes!r}")
     prec = normalise_precision(precision)
     gpu = accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
     if accelerator in ("cuda", "gpu") and not gpu:
-        raise ValueError("accelerator 'cuda' requested, but no CUDA GPU is visible")
+        raise UserError("accelerator 'cuda' requested, but no CUDA GPU is visible")
     if gpu:
         have = torch.cuda.device_count()
         if devices > have:
-            raise ValueError(f"--devices {devices}: this machine has {have} GPU(s)")
+            raise UserError(f"--devices {devices}: this machine has {have} GPU(s)")
         if prec == "bf16-mixed" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"--precision bf16-mixed: {torch.cuda.get_device_name()} has no bfloat16; use 16-mixed or 32")
+            raise UserError(f"--precision bf16-mixed: {torch.cuda.get_device_name()} has no bfloat16; use 16-mixed or 32")
     else:
         cores = os.cpu_count() or 1
         if devices > cores:
-            raise ValueError(f"--devices {devices}: no GPU here, and this machine has {cores} CPU core(s) "
-                             f"for the CPU processes; use --devices {cores} or fewer")
+            raise UserError(f"--devices {devices}: no GPU here, and this machine has {cores} CPU core(s) "
+                            f"for the CPU processes; use --devices {cores} or fewer")
         if prec == "16-mixed":
-            raise ValueError("--precision 16-mixed needs a GPU; on the CPU use bf16-mixed or 32")
+            raise UserError("--precision 16-mixed needs a GPU; on the CPU use bf16-mixed or 32")
     if relaunch and devices * num_nodes > 1 and not _launched_externally() and not _main_is_sslseg():
-        raise ValueError("more than one device: the other processes re-run the command line, so start it as "
-                         "`sslseg ...`, `python -m sslseg.cli ...` or under torchrun")
+        raise UserError("more than one device: the other processes re-run the command line, so start it as "
+                        "`sslseg ...`, `python -m sslseg.cli ...` or under torchrun")
     return prec
 
 
@@ -313,7 +315,7 @@ class GlobalBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
-            raise ValueError(f"GlobalBatchNorm expects (B, C, ...) input, got {tuple(x.shape)}")
+            raise UserError(f"GlobalBatchNorm expects (B, C, ...) input, got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)

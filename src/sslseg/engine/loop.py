@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..io.tables import write_table
 from . import resume as resume_
 from .checkpoint import discard
@@ -431,7 +432,7 @@ def check_finite(step: int | None, task: nn.Module, cfg: LoopConfig, desc: str) 
                f"raise it (0.1 is usual)")
     else:
         fix = f"lower the learning rate (now {cfg.lr:g})"
-    raise ValueError(f"{desc}: the loss was not finite at step {step} (training diverged); {fix}")
+    raise UserError(f"{desc}: the loss was not finite at step {step} (training diverged); {fix}")
 
 
 #: a contrastive temperature below this is named as the likely cause of a non-finite loss

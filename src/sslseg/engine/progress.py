@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..errors import UserError
+
 LOGGERS = {
     "csv": "metrics.csv in the run folder only (the default)",
     "tensorboard": "metrics.csv and TensorBoard event files in <run folder>/tensorboard "
@@ -36,9 +38,9 @@ def check_logger(name: str) -> str:
         ValueError: an unknown name (the valid ones listed), or TensorBoard asked for but not installed.
     """
     if name not in LOGGERS:
-        raise ValueError(f"unknown logger {name!r}; choose one of {', '.join(LOGGERS)}")
+        raise UserError(f"unknown logger {name!r}; choose one of {', '.join(LOGGERS)}")
     if name == "tensorboard" and not _has_tensorboard():
-        raise ValueError("logger 'tensorboard' needs the tensorboard package: pip install 'sslseg[tensorboard]'")
+        raise UserError("logger 'tensorboard' needs the tensorboard package: pip install 'sslseg[tensorboard]'")
     return name
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .checkpoint import atomic_save
 
 log = logging.getLogger("sslseg")
@@ -137,10 +138,10 @@ def read_snapshot(path: Path) -> dict | None:
     try:
         snap = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"not a {SNAPSHOT_FORMAT} snapshot")
+            raise UserError(f"not a {SNAPSHOT_FORMAT} snapshot")
         for key in ("task", "optimizer", "scheduler", "step", "rng", "history", "running", "elapsed"):
             if key not in snap:
-                raise ValueError(f"no {key!r} entry")
+                raise UserError(f"no {key!r} entry")
     except Exception as err:  # noqa: BLE001 - any unreadable snapshot means: start again
         set_aside(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         return None

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data.batches import Normalizer
+from ..errors import UserError
 from .checkpoint import load_checkpoint, model_from_checkpoint
 
 #: what the training frames were, as a fine-tuned checkpoint records it (``preprocess["frames"]``)
@@ -89,8 +90,8 @@ def check_finite(state_dict: dict, where: str | os.PathLike) -> None:
     bad = [k for k, v in state_dict.items()
            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise ValueError(f"{where}: its weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]!r}); "
-                         "the run diverged: train it again, e.g. with a lower learning rate")
+        raise UserError(f"{where}: its weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]!r}); "
+                        "the run diverged: train it again, e.g. with a lower learning rate")
 
 
 def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedModel:
@@ -106,11 +107,11 @@ def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     """
     ckpt = load_checkpoint(path)
     if ckpt.get("stage") != "finetune":
-        raise ValueError(f"{path}: a {ckpt.get('stage', 'unknown')} checkpoint has no trained segmentation head; "
-                         "fine-tune it first")
+        raise UserError(f"{path}: a {ckpt.get('stage', 'unknown')} checkpoint has no trained segmentation head; "
+                        "fine-tune it first")
     pre = ckpt.get("preprocess") or {}
     if not pre.get("normalizer") or "image_size" not in pre:
-        raise ValueError(f"{path}: the checkpoint records no preprocessing (normalizer, image_size)")
+        raise UserError(f"{path}: the checkpoint records no preprocessing (normalizer, image_size)")
     kwargs = ckpt.get("model_kwargs") or {}
     config = ckpt.get("config") or {}
     data_cfg = config.get("data") or {}
@@ -120,7 +121,7 @@ def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     if frames is None:
         frames = training_frames(str(data_cfg.get("spec", "")), native, image_size)
     if frames not in TRAINING_FRAMES:
-        raise ValueError(f"{path}: preprocess.frames is {frames!r}; expected one of {', '.join(TRAINING_FRAMES)}")
+        raise UserError(f"{path}: preprocess.frames is {frames!r}; expected one of {', '.join(TRAINING_FRAMES)}")
     check_finite(ckpt.get("state_dict") or {}, path)
     model = model_from_checkpoint(ckpt, where=path).to(device).eval()
     return TrainedModel(

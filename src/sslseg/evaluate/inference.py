@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..data.batches import Normalizer, frames_to_tensor
 from ..data.sample import Case
+from ..errors import UserError
 from .metrics import dice_per_class, hd95_per_class, image_diagonal, overlap_counts
 
 #: maps log-probabilities ``(B, K, h, w)`` and the TTA variance ``(B, h, w)`` (or None) to scores and
@@ -184,13 +185,13 @@ def case_convention(case: Case, convention: str = "auto") -> str:
         ValueError: an unknown convention, or ``volume`` asked of a cine.
     """
     if convention not in CONVENTIONS:
-        raise ValueError(f"evaluation convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+        raise UserError(f"evaluation convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
     is_volume = bool(case.meta.get("volume"))
     if convention == "auto":
         return "volume" if is_volume else "frame"
     if convention == "volume" and not is_volume:
-        raise ValueError(f"case {case.case_id!r}: its frames run along time, not slices; "
-                         "the volume convention needs slices (use frame or auto)")
+        raise UserError(f"case {case.case_id!r}: its frames run along time, not slices; "
+                        "the volume convention needs slices (use frame or auto)")
     return convention
 
 
@@ -259,7 +260,7 @@ def score_cases(
     from .postprocess import postprocess as clean
 
     if hd95_empty not in HD95_EMPTY:
-        raise ValueError(f"hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {hd95_empty!r}")
+        raise UserError(f"hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {hd95_empty!r}")
     classes = list(range(1, num_classes))  # foreground only: background is never scored
     frame_rows: list[dict] = []
     case_rows: list[dict] = []

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
+from ..errors import UserError
+
 
 def _onehot(label: np.ndarray | torch.Tensor, classes: list[int]) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(label))
@@ -36,7 +38,7 @@ def _onehot(label: np.ndarray | torch.Tensor, classes: list[int]) -> torch.Tenso
 def image_diagonal(shape: tuple[int, ...], spacing: tuple[float, ...]) -> float:
     """Length in mm of the diagonal of a grid of ``shape`` voxels of size ``spacing``."""
     if len(shape) != len(spacing):
-        raise ValueError(f"shape {tuple(shape)} and spacing {tuple(spacing)} differ in length")
+        raise UserError(f"shape {tuple(shape)} and spacing {tuple(spacing)} differ in length")
     return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True))))
 
 
@@ -49,7 +51,7 @@ def dice_per_class(pred: np.ndarray, gt: np.ndarray, classes: list[int], empty_t
             not (a false positive counts), NaN when both are empty.
     """
     if empty_truth not in ("nan", "score"):
-        raise ValueError(f"empty_truth must be 'nan' or 'score', got {empty_truth!r}")
+        raise UserError(f"empty_truth must be 'nan' or 'score', got {empty_truth!r}")
     p, g = _onehot(pred, classes), _onehot(gt, classes)
     d = compute_dice(p, g, include_background=True, ignore_empty=empty_truth == "nan")
     out = [float(v) for v in d[0]]
@@ -94,7 +96,7 @@ def hd95_per_class(
             or empty truth); None keeps NaN. Both empty is always NaN.
     """
     if len(spacing) != np.asarray(gt).ndim:
-        raise ValueError(f"spacing {tuple(spacing)} does not match a {np.asarray(gt).ndim}D label map")
+        raise UserError(f"spacing {tuple(spacing)} does not match a {np.asarray(gt).ndim}D label map")
     p, g = _onehot(pred, classes), _onehot(gt, classes)
     out = []
     for k in range(len(classes)):

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 STEPS = ("largest_component", "fill_holes")
 
 
@@ -58,9 +60,9 @@ def postprocess(
     from monai.transforms import FillHoles, KeepLargestConnectedComponent
 
     if labels.ndim < 2:
-        raise ValueError(f"postprocess expects label maps (..., H, W), got shape {tuple(labels.shape)}")
+        raise UserError(f"postprocess expects label maps (..., H, W), got shape {tuple(labels.shape)}")
     if num_classes < 2:
-        raise ValueError(f"postprocess: num_classes must be at least 2 (background + one class), got {num_classes}")
+        raise UserError(f"postprocess: num_classes must be at least 2 (background + one class), got {num_classes}")
     as_tensor = isinstance(labels, torch.Tensor)
     arr = labels.detach().cpu().numpy() if as_tensor else np.asarray(labels)
     if not (largest_component or fill_holes):
@@ -112,7 +114,7 @@ def parse_steps(value: str | Sequence[str] | bool | None) -> dict[str, bool]:
         names = list(STEPS)
     unknown = [n for n in names if n not in STEPS]
     if unknown:
-        raise ValueError(f"postprocess: unknown step {unknown[0]!r}; choose from none, all, {', '.join(STEPS)}")
+        raise UserError(f"postprocess: unknown step {unknown[0]!r}; choose from none, all, {', '.join(STEPS)}")
     return {s: s in names for s in STEPS}
 
 
@@ -120,5 +122,5 @@ def _need_skimage() -> None:
     try:
         import skimage.measure  # noqa: F401  MONAI's connected-component labelling uses it
     except ImportError:
-        raise ValueError("largest-component post-processing needs scikit-image: "
+        raise UserError("largest-component post-processing needs scikit-image: "
                            "pip install 'sslseg[postprocess]'") from None

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..data.splits import TEST_FRACTION, VAL_FRACTION
+from ..errors import UserError
 
 
 @dataclass
@@ -124,12 +125,12 @@ def from_dict(cls, data: dict | None, where: str = "config", _key: str = ""):
     """Build dataclass ``cls`` from a dict, rejecting unknown keys and non-mapping sections by name."""
     section = f"{where}: {_key}" if _key else where
     if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{section} = {data!r} is not allowed: expected a mapping of keys to values")
+        raise UserError(f"{section} = {data!r} is not allowed: expected a mapping of keys to values")
     data = dict(data or {})
     names = {f.name: f for f in fields(cls)}
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ValueError(f"{section}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
+        raise UserError(f"{section}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
     kwargs = {}
     for k, v in data.items():
         f = names[k]
@@ -144,7 +145,7 @@ def from_dict(cls, data: dict | None, where: str = "config", _key: str = ""):
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
+        raise UserError(f"config file not found: {path}")
     class Loader(yaml.SafeLoader):
         """safe_load, refusing a key given twice in one mapping (YAML keeps the last silently: a lost block)."""
 
@@ -153,25 +154,25 @@ def load_yaml(path: str | Path) -> dict:
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, (str, int, float, bool)) and key in seen:
-                    raise ValueError(f"{path}: key {key!r} appears twice in one section, at line "
-                                     f"{seen[key] + 1} and line {key_node.start_mark.line + 1}; "
-                                     "YAML would keep only the last; merge them")
+                    raise UserError(f"{path}: key {key!r} appears twice in one section, at line "
+                                    f"{seen[key] + 1} and line {key_node.start_mark.line + 1}; "
+                                    "YAML would keep only the last; merge them")
                 seen.setdefault(key, key_node.start_mark.line)
             return super().construct_mapping(node, deep=deep)
 
     try:
         data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=Loader)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: the top level must be a mapping of keys to values")
+        raise UserError(f"{path}: the top level must be a mapping of keys to values")
     return data
 
 
@@ -180,7 +181,7 @@ def apply_set(cfg, assignments: list[str]):
     for item in assignments or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise UserError(f"--set expects key=value, got {item!r}")
         try:
             value: Any = yaml.safe_load(raw)
         except yaml.YAMLError:
@@ -200,17 +201,17 @@ def assign(cfg, key: str, value: Any, origin: str) -> None:
     for i, part in enumerate(parts[:-1]):
         if is_dataclass(target):
             if not hasattr(target, part):
-                raise ValueError(f"{origin}: unknown key {'.'.join(parts[: i + 1])!r}")
+                raise UserError(f"{origin}: unknown key {'.'.join(parts[: i + 1])!r}")
             target = getattr(target, part)
         elif isinstance(target, dict):
             target = target.setdefault(part, {})
         else:
-            raise ValueError(f"{origin}: {'.'.join(parts[:i])!r} is not a section")
+            raise UserError(f"{origin}: {'.'.join(parts[:i])!r} is not a section")
     last = parts[-1]
     if is_dataclass(target):
         if not hasattr(target, last):
             valid = ", ".join(f.name for f in fields(target))
-            raise ValueError(f"{origin}: unknown key {last!r}; valid keys here: {valid}")
+            raise UserError(f"{origin}: unknown key {last!r}; valid keys here: {valid}")
         setattr(target, last, value)
     elif isinstance(target, dict):
         target[last] = value
@@ -240,7 +241,7 @@ def resolve_run_config(base: RunConfig | None = None, overrides: dict[str, Any] 
     try:
         check_choices(cfg, stage)
     except ValueError as err:
-        raise ValueError(f"{where}: {err}" if where else str(err)) from None
+        raise UserError(f"{where}: {err}" if where else str(err)) from None
     return cfg
 
 
@@ -263,7 +264,7 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
     check_spec(cfg.data.spec)
     check_data_options(cfg.data.spec, cfg.data.options)
     if cfg.data.resident not in RESIDENT:
-        raise ValueError(f"data.resident = {cfg.data.resident!r} is not allowed: expected one of {', '.join(RESIDENT)}")
+        raise UserError(f"data.resident = {cfg.data.resident!r} is not allowed: expected one of {', '.join(RESIDENT)}")
     MODELS.check(cfg.model.arch)
     check_nested_options("model.options", cfg.model.arch, MODELS.get(cfg.model.arch), cfg.model.options,
                          skip=DATA_KEYWORDS)
@@ -273,12 +274,12 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
     for key, allowed in (("convention", CONVENTIONS), ("hd95_empty", HD95_EMPTY)):
         value = getattr(cfg.evaluate, key)
         if value not in allowed:
-            raise ValueError(f"evaluate.{key} must be one of {', '.join(allowed)}, got {value!r}")
+            raise UserError(f"evaluate.{key} must be one of {', '.join(allowed)}, got {value!r}")
     from ..finetune.modes import check_mode
 
     check_mode(cfg.finetune.mode, cfg.finetune.mode_options)
     if cfg.finetune.loss not in LOSSES:
-        raise ValueError(f"finetune.loss = {cfg.finetune.loss!r} is not allowed: expected one of {', '.join(LOSSES)}")
+        raise UserError(f"finetune.loss = {cfg.finetune.loss!r} is not allowed: expected one of {', '.join(LOSSES)}")
     check_logger(cfg.logger)
     if stage == "pretrain":
         from ..pretrain.build import method_options
@@ -289,7 +290,7 @@ def check_choices(cfg: RunConfig, stage: str | None = None) -> None:
 
         parse_budget(cfg.finetune.labels)
         if cfg.finetune.init != "random" and not Path(cfg.finetune.init).is_file():
-            raise ValueError(f"checkpoint not found: {cfg.finetune.init} (give a checkpoint file or 'random')")
+            raise UserError(f"checkpoint not found: {cfg.finetune.init} (give a checkpoint file or 'random')")
 
 
 #: the sections of a run's config each stage reads (the top-level keys seed, devices, ... always);
@@ -322,7 +323,7 @@ def with_model_options(cfg: RunConfig, model_kwargs: dict | None = None) -> RunC
 def stage_dict(cfg: RunConfig, stage: str) -> dict:
     """The part of ``cfg`` a stage reads, as ``config.yaml`` records it: :data:`STAGE_SECTIONS` and the top level."""
     if stage not in STAGE_SECTIONS:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_SECTIONS)}")
+        raise UserError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_SECTIONS)}")
     keep = STAGE_SECTIONS[stage]
     return {k: v for k, v in to_dict(cfg).items() if k not in SECTION_NAMES or k in keep}
 
@@ -341,14 +342,14 @@ def check_nested_options(where: str, name: str, fn, options, skip: tuple = ()) -
     import inspect
 
     if not isinstance(options, dict):
-        raise ValueError(f"{where} = {options!r} is not allowed: expected a mapping of option -> value")
+        raise UserError(f"{where} = {options!r} is not allowed: expected a mapping of option -> value")
     params = inspect.signature(fn).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return  # the callee checks its own options
     valid = [p.name for p in params if p.name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     for key in options:
         if key not in valid:
-            raise ValueError(f"{where}: unknown option {key!r} for {name}; valid options: {', '.join(valid)}")
+            raise UserError(f"{where}: unknown option {key!r} for {name}; valid options: {', '.join(valid)}")
 
 
 def check_data_options(spec: str, options: dict) -> None:
@@ -493,8 +494,8 @@ def validate_config(cfg, where: str = "config", ranges: dict[str, dict[str, Any]
         try:
             value = _coerce(value, allowed)
         except TypeError:
-            raise ValueError(f"{key} = {raw!r} is not allowed: expected {_describe(allowed, rule)}") from None
+            raise UserError(f"{key} = {raw!r} is not allowed: expected {_describe(allowed, rule)}") from None
         if not _in_range(value, rule):
-            raise ValueError(f"{key} = {raw!r} is not allowed: expected {_describe(allowed, rule)}")
+            raise UserError(f"{key} = {raw!r} is not allowed: expected {_describe(allowed, rule)}")
         setattr(cfg, f.name, value)
     return cfg

@@ -35,6 +35,7 @@ from ..engine.checkpoint import save_checkpoint
 from ..engine.loop import LoopConfig, fit
 from ..engine.seed import seed_everything
 from ..engine.trained import TrainedModel, open_trained
+from ..errors import UserError
 from ..evaluate.inference import as_scored, score_cases
 from ..evaluate.metrics import dice_per_frame
 from ..finetune import modes, recipe
@@ -147,7 +148,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
         cases = cases if cases is not None else load_cases(cfg, out)
     train = by_split(cases, "train")
     if not train:
-        raise ValueError("the training split is empty; nothing to pretrain on")
+        raise UserError("the training split is empty; nothing to pretrain on")
     normalizer = Normalizer.fit(train, seed=cfg.seed)
     pool = _frames_where_they_fit(FramePool(train, cfg.data.image_size, normalizer), cfg, fabric)
     model_kwargs = {"in_channels": in_channels_of(train), "num_classes": num_classes_of(cases), **cfg.model.options}
@@ -220,7 +221,7 @@ def check_same_split(cases: list[Case], splits: dict[str, str], source: str) -> 
     """Apply a checkpoint's split; refuse when a case would change sides."""
     moved = [c.case_id for c in cases if c.case_id in splits and c.split is not None and c.split != splits[c.case_id]]
     if moved:
-        raise ValueError(
+        raise UserError(
             f"{source} was pretrained with a different train/val/test split ({len(moved)} case(s) differ, "
             f"e.g. {moved[0]!r}); reuse the pretraining run's splits.json so no test case leaks"
         )
@@ -235,8 +236,8 @@ def select_labelled(cases: list[Case], labels: str, seed: int, path: Path | None
         saved = read_json(path)
         if str(saved.get("budget")) != str(labels) or saved.get("seed") != seed:
             # never reuse a subset drawn for another budget or seed
-            raise ValueError(f"{path} holds the subset for --labels {saved.get('budget')} seed {saved.get('seed')}, "
-                             f"not --labels {labels} seed {seed}; use --overwrite or another --out")
+            raise UserError(f"{path} holds the subset for --labels {saved.get('budget')} seed {saved.get('seed')}, "
+                            f"not --labels {labels} seed {seed}; use --overwrite or another --out")
         return list(saved["case_ids"])
     train_ids = [c.case_id for c in by_split(cases, "train") if c.masks]
     k = resolve_budget(labels, len(train_ids))
@@ -267,8 +268,8 @@ def run_finetune(
     train = by_split(cases, "train")
     chosen = [c for c in train if c.case_id in labelled]
     if not any(np.any(np.asarray(m) > 0) for c in chosen for m in c.masks.values()):
-        raise ValueError(f"{cfg.data.spec}: every mask of the {len(chosen)} labelled training case(s) is background "
-                         "(0): nothing to learn; check that the masks hold class indices (1 = foreground)")
+        raise UserError(f"{cfg.data.spec}: every mask of the {len(chosen)} labelled training case(s) is background "
+                        "(0): nothing to learn; check that the masks hold class indices (1 = foreground)")
     # validation selects on what the test scores: whole volumes, whatever the empty-slice policy
     val = [as_scored(c) for c in by_split(cases, "val") if c.masks]
     normalizer = _finetune_normalizer(init, train, cfg.seed)
@@ -619,7 +620,7 @@ def run_evaluate(ckpt_path: str | Path | TrainedModel, cases: list[Case], split:
     device = next(trained.model.parameters()).device
     test = [c for c in cases if c.split == split and c.masks]
     if not test:
-        raise ValueError(f"the {split!r} split has no labelled case to evaluate")
+        raise UserError(f"the {split!r} split has no labelled case to evaluate")
     rows, cases_rows = score_cases(trained.model, test, trained.normalizer, trained.image_size, trained.num_classes,
                                    device, convention, hd95_empty, postprocess=postprocess)
     write_table(out / "per_frame.csv", rows)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
+
 try:  # POSIX; elsewhere a folder has no lock (the configuration checks still apply)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -172,8 +174,8 @@ def check_inputs(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | N
         path = Path(given)
         inside = path.name in RUN_OUTPUTS or (path.name.startswith(".") and path.name.endswith(".tmp"))
         if inside and path.parent.resolve() == out.resolve():
-            raise ValueError(f"{flag} {given} lies in --out {out}, whose {path.name} this run replaces; "
-                             "choose another --out (or copy the file elsewhere first)")
+            raise UserError(f"{flag} {given} lies in --out {out}, whose {path.name} this run replaces; "
+                            "choose another --out (or copy the file elsewhere first)")
 
 
 def _saved_or_refuse(out: Path, overwrite: bool) -> dict | None:
@@ -183,8 +185,8 @@ def _saved_or_refuse(out: Path, overwrite: bool) -> dict | None:
         return None
     saved = _saved_config(path)
     if saved is None and not overwrite:
-        raise ValueError(f"{path} is damaged (not a readable YAML mapping), so which run {out} holds cannot be told; "
-                         "add --overwrite to replace that run or choose another --out")
+        raise UserError(f"{path} is damaged (not a readable YAML mapping), so which run {out} holds cannot be told; "
+                        "add --overwrite to replace that run or choose another --out")
     return saved
 
 
@@ -204,7 +206,7 @@ def claim(out: str | os.PathLike, config: dict, overwrite: bool = False,
             configuration or a damaged ``config.yaml``, or holds a file the run reads; nothing is removed then.
     """
     if not str(out).strip():
-        raise ValueError("--out is empty; give a folder")
+        raise UserError("--out is empty; give a folder")
     check_inputs(out, inputs or {})
     out = Path(out)
     with lock(out):
@@ -213,7 +215,7 @@ def claim(out: str | os.PathLike, config: dict, overwrite: bool = False,
         if saved is not None:
             diff = config_difference(saved, config)
             if diff is not None and not overwrite:
-                raise ValueError(
+                raise UserError(
                     f"{out} holds a run with a different configuration ({diff}); add --overwrite to replace it "
                     "or choose another --out")
             if diff is None:
@@ -221,8 +223,8 @@ def claim(out: str | os.PathLike, config: dict, overwrite: bool = False,
             else:
                 clear_outputs(out)
         elif (out / "checkpoint.pt").exists() and not overwrite:
-            raise ValueError(f"{out} holds a checkpoint.pt but no config.yaml, so which run it is cannot be told; "
-                             "add --overwrite to replace it or choose another --out")
+            raise UserError(f"{out} holds a checkpoint.pt but no config.yaml, so which run it is cannot be told; "
+                            "add --overwrite to replace it or choose another --out")
         elif overwrite:
             clear_outputs(out)  # outputs without a readable config.yaml: nothing to resume from safely
         yield RunFolder(out, finished)
@@ -240,7 +242,7 @@ def lock(out: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file, not a folder")
+        raise UserError(f"--out {out}: is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     path = out / ".lock"
     fd = _acquire(path, out)  # outside the try: a refused process must not remove the owner's file
@@ -279,7 +281,7 @@ def refuse_if_busy(out: str | os.PathLike | None) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            raise ValueError(_in_use(out, fd)) from None
+            raise UserError(_in_use(out, fd)) from None
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -320,7 +322,7 @@ def _acquire(path: Path, out: Path) -> int:
             if not _try_lock(fd):
                 message = _in_use(out, fd)
                 os.close(fd)
-                raise ValueError(message)
+                raise UserError(message)
         if _is_file_of(fd, path):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"process {os.getpid()}".encode(), 0)

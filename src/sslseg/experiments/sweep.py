@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from ..data.splits import labelled_subset, read_json, resolve_budget, write_json
 from ..engine.checkpoint import load_checkpoint
 from ..engine.trained import open_trained
+from ..errors import UserError
 from ..evaluate.inference import predict_frames
 from ..evaluate.postprocess import parse_steps
 from ..io.tables import write_table
@@ -190,14 +191,14 @@ def normalise(raw: dict, where: str, quiet: bool = False) -> dict:
         block = raw.get(section)
         block = dict(block) if isinstance(block, dict) else {}
         if key in block:
-            raise ValueError(f"{where}: {old} and {new} are both given; keep {new} (the older spelling is {old})")
+            raise UserError(f"{where}: {old} and {new} are both given; keep {new} (the older spelling is {old})")
         _note(f"{where}: {old} is the older spelling of {new}; write it as {section}: {{{key}: ...}}", quiet)
         block[key] = raw.pop(old)
         raw[section] = block
     if "seed" in raw:
-        raise ValueError(f"{where}: seed has no effect in a sweep: {NO_EFFECT['seed']}")
+        raise UserError(f"{where}: seed has no effect in a sweep: {NO_EFFECT['seed']}")
     if isinstance(raw.get("model"), dict) and "arch" in raw["model"]:
-        raise ValueError(f"{where}: model.arch has no effect in a sweep: {NO_EFFECT['model.arch']}")
+        raise UserError(f"{where}: model.arch has no effect in a sweep: {NO_EFFECT['model.arch']}")
     return raw
 
 
@@ -215,7 +216,7 @@ def _set_items(overrides: list[str], quiet: bool = False) -> list[str]:
             _note(f"--set {key} is the older spelling of --set {new}", quiet)
             key = new
         elif key == "seed" or key == "model.arch":
-            raise ValueError(f"--set {key} has no effect in a sweep: {NO_EFFECT[key]}")
+            raise UserError(f"--set {key} has no effect in a sweep: {NO_EFFECT[key]}")
         out.append(f"{key}{sep}{value}")
     return out
 
@@ -250,12 +251,12 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     for key in ("archs", "methods", "modes"):
         bad = [v for v in getattr(cfg, key) if not isinstance(v, str)]
         if bad:
-            raise ValueError(f"sweep.{key}: {bad[0]!r} is not allowed: expected names")
+            raise UserError(f"sweep.{key}: {bad[0]!r} is not allowed: expected names")
     bad_seeds = [s for s in cfg.seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if bad_seeds:
-        raise ValueError(f"sweep.seeds: {bad_seeds[0]!r} is not allowed: expected integers >= 0")
+        raise UserError(f"sweep.seeds: {bad_seeds[0]!r} is not allowed: expected integers >= 0")
     if not cfg.seeds:
-        raise ValueError("sweep: give at least one seed")
+        raise UserError("sweep: give at least one seed")
     from ..finetune.modes import check_mode
 
     for label in cfg.methods:
@@ -265,26 +266,26 @@ def validate(cfg: SweepConfig) -> SweepConfig:
             if "+" in label:  # method+mode: this pairing alone, not crossed with modes
                 check_mode(mode)
         except ValueError as err:
-            raise ValueError(f"sweep: {err}") from None
+            raise UserError(f"sweep: {err}") from None
     for section in ("pretrain", "finetune"):
         for key in getattr(cfg, section) or {}:
             if f"{section}.{key}" in NO_EFFECT:
-                raise ValueError(f"sweep.{section}.{key} has no effect in a sweep: {NO_EFFECT[f'{section}.{key}']}")
+                raise UserError(f"sweep.{section}.{key} has no effect in a sweep: {NO_EFFECT[f'{section}.{key}']}")
     if not cfg.modes:
-        raise ValueError("sweep: give at least one fine-tuning mode (modes: [supervised])")
+        raise UserError("sweep: give at least one fine-tuning mode (modes: [supervised])")
     if len(set(cfg.modes)) != len(cfg.modes):
-        raise ValueError(f"sweep.modes: a mode is listed twice in {cfg.modes}")
+        raise UserError(f"sweep.modes: a mode is listed twice in {cfg.modes}")
     for mode in cfg.modes:
         try:
             check_mode(mode)
         except ValueError as err:
-            raise ValueError(f"sweep.modes: {err}") from None
+            raise UserError(f"sweep.modes: {err}") from None
     for b in cfg.budgets:
         parse_budget(b)
     if cfg.devices != 1:
         # a sweep writes its tables from one process; its stages do run on several (sslseg pretrain/finetune)
-        raise ValueError(f"sweep: devices {cfg.devices} is not supported; a sweep runs on one device "
-                         "(run sslseg pretrain / finetune with --devices N for multi-device stages)")
+        raise UserError(f"sweep: devices {cfg.devices} is not supported; a sweep runs on one device "
+                        "(run sslseg pretrain / finetune with --devices N for multi-device stages)")
     for data in datasets(cfg):
         for arch in cfg.archs:
             run_config(cfg, arch, cfg.seeds[0], data)
@@ -306,7 +307,7 @@ def datasets(sw: SweepConfig) -> list[tuple[str, dict]]:
     """
     entries = sw.data.spec if isinstance(sw.data.spec, list) else [sw.data.spec]
     if not entries:
-        raise ValueError("sweep: give at least one data set")
+        raise UserError("sweep: give at least one data set")
     out: list[tuple[str, dict]] = []
     for e in entries:
         if isinstance(e, str):
@@ -314,10 +315,10 @@ def datasets(sw: SweepConfig) -> list[tuple[str, dict]]:
         elif isinstance(e, dict) and isinstance(e.get("spec"), str) and set(e) <= {"spec", "options"}:
             out.append((e["spec"], dict(e.get("options") or {})))
         else:
-            raise ValueError(f"sweep: data entry {e!r} is neither a spec nor {{spec: ..., options: {{...}}}}")
+            raise UserError(f"sweep: data entry {e!r} is neither a spec nor {{spec: ..., options: {{...}}}}")
     specs = [spec for spec, _ in out]
     if len(set(specs)) != len(specs):
-        raise ValueError(f"sweep: a data set is listed twice in {specs}")
+        raise UserError(f"sweep: a data set is listed twice in {specs}")
     return out
 
 
@@ -423,7 +424,7 @@ def run_sweep(config_path: str | Path | SweepConfig, out_dir: str | Path, overri
             runs = [{**r, "data": tag, "spec": spec, "options": options}
                     for r in plan(sw, n_train, lambda k, n=n_train, more=frames_beside: more or k < n)]
         except ValueError as e:
-            raise ValueError(f"sweep, data set {spec}: {e}") from None
+            raise UserError(f"sweep, data set {spec}: {e}") from None
         # nested labelled subsets, drawn once per (budget, seed), saved and reused
         subsets: dict[tuple[str, int], list[str]] = {}
         for r in runs:
@@ -481,7 +482,7 @@ def _previous(saved: Path) -> SweepConfig:
     try:
         return sweep_config(load_yaml(saved), str(saved), quiet=True)
     except ValueError as err:
-        raise ValueError(f"{saved} cannot be read as a sweep config ({err}); use a new --out") from None
+        raise UserError(f"{saved} cannot be read as a sweep config ({err}); use a new --out") from None
 
 
 def _check_scoring(prev: SweepConfig, sw: SweepConfig, out: Path) -> None:
@@ -500,8 +501,8 @@ def _check_scoring(prev: SweepConfig, sw: SweepConfig, out: Path) -> None:
     if parse_steps(prev.postprocess) != parse_steps(sw.postprocess):
         changed.append(f"postprocess: {prev.postprocess!r} there, {sw.postprocess!r} now")
     if changed:
-        raise ValueError(f"{out} holds runs scored with another config ({'; '.join(changed)}); every finished run "
-                         "would change: undo the change or use a new --out")
+        raise UserError(f"{out} holds runs scored with another config ({'; '.join(changed)}); every finished run "
+                        "would change: undo the change or use a new --out")
 
 
 def _check_unchanged(sw: SweepConfig, runs: list[dict], out: Path) -> None:
@@ -528,9 +529,9 @@ def _check_unchanged(sw: SweepConfig, runs: list[dict], out: Path) -> None:
                 where.append(str(folder.relative_to(out)))
     if changed:
         keys = "; ".join(f"{k}: {v}" for k, v in changed.items())
-        raise ValueError(f"{out} holds {len(where)} run(s) made with another config ({keys}; e.g. {where[0]}): "
-                         "a sweep reuses a run only where its config is unchanged (more seeds, budgets, methods "
-                         "or modes add runs); undo the change or use a new --out")
+        raise UserError(f"{out} holds {len(where)} run(s) made with another config ({keys}; e.g. {where[0]}): "
+                        "a sweep reuses a run only where its config is unchanged (more seeds, budgets, methods "
+                        "or modes add runs); undo the change or use a new --out")
 
 
 def _pretrain_dir(r: dict, out: Path) -> Path:

@@ -6,6 +6,8 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from ..errors import UserError
+
 LOSSES = ("dice", "dice_ce", "ce")
 
 
@@ -22,7 +24,7 @@ def segmentation_loss(name: str) -> nn.Module:
     elif name == "ce":
         return _CE()
     else:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+        raise UserError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return _WithChannel(inner)
 
 

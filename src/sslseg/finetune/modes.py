@@ -21,6 +21,7 @@ import math
 
 from torch import nn
 
+from ..errors import UserError
 from ..registry import Registry
 from .bcp import BCP
 from .task import SupervisedTask
@@ -70,13 +71,13 @@ def check_mode(name: str, options: dict | None = None) -> None:
     options = dict(options or {})
     if name == AUTO:
         if options:
-            raise ValueError(f"finetune.mode_options {sorted(options)} need a named mode (finetune.mode), not auto")
+            raise UserError(f"finetune.mode_options {sorted(options)} need a named mode (finetune.mode), not auto")
         return
     known = option_defaults(name)
     for key, value in options.items():
         if key not in known:
-            raise ValueError(f"finetune.mode_options: {name} has no option {key!r}; its options: "
-                             f"{', '.join(known) or 'none'}")
+            raise UserError(f"finetune.mode_options: {name} has no option {key!r}; its options: "
+                            f"{', '.join(known) or 'none'}")
         if key == "unlabelled_batch" and value is None:
             continue
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -91,7 +92,7 @@ def check_mode(name: str, options: dict | None = None) -> None:
             shown_lo = f"> {lo[1:]}" if isinstance(lo, str) else f">= {lo}"
             shown_hi = f"< {hi[:-1]}" if isinstance(hi, str) else f"<= {hi}"
             bounds = " and ".join(b for b, v in ((shown_lo, lo), (shown_hi, hi)) if v is not None)
-            raise ValueError(f"finetune.mode_options.{key} = {value!r} is not allowed: expected a number {bounds}")
+            raise UserError(f"finetune.mode_options.{key} = {value!r} is not allowed: expected a number {bounds}")
 
 
 def resolve_mode(name: str, unlabelled_frames: int, labelled_cases: int = 1) -> str:
@@ -104,8 +105,8 @@ def resolve_mode(name: str, unlabelled_frames: int, labelled_cases: int = 1) -> 
     if name == AUTO:
         return AUTO_MODE if unlabelled_frames > 0 and labelled_cases <= AUTO_MAX_CASES else "supervised"
     if needs_unlabelled(name) and unlabelled_frames == 0:
-        raise ValueError(f"finetune.mode {name} needs unlabelled frames, but every training frame is labelled "
-                         "and selected; use finetune.mode=supervised or a smaller --labels")
+        raise UserError(f"finetune.mode {name} needs unlabelled frames, but every training frame is labelled "
+                        "and selected; use finetune.mode=supervised or a smaller --labels")
     return name
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data.batches import FramePool, Normalizer
 from ..data.sample import Case
+from ..errors import UserError
 from .transfer import TransferReport, recalibrate_batchnorm, transfer_weights
 
 log = logging.getLogger("sslseg")
@@ -37,12 +38,12 @@ def model_options(init: dict | None, arch: str, options: dict, source: str) -> d
     if init is None:
         return dict(options)
     if init["arch"] != arch:
-        raise ValueError(f"{source}: made for arch {init['arch']!r}, but --arch is {arch!r}")
+        raise UserError(f"{source}: made for arch {init['arch']!r}, but --arch is {arch!r}")
     pretrained = {k: v for k, v in init["model_kwargs"].items() if k not in DATA_KEYWORDS}
     for key, value in options.items():
         if key in pretrained and pretrained[key] != value:
-            raise ValueError(f"{source}: pretrained with model option {key} = {pretrained[key]!r}, but "
-                             f"model.options.{key} is {value!r}; leave it out or give the same value")
+            raise UserError(f"{source}: pretrained with model option {key} = {pretrained[key]!r}, but "
+                            f"model.options.{key} is {value!r}; leave it out or give the same value")
     return {**options, **pretrained}
 
 
@@ -58,11 +59,11 @@ def transfer_parts(init: dict, wanted: str | list | None, source: str) -> tuple[
     wanted = [wanted] if isinstance(wanted, str) else list(wanted)
     unknown = [p for p in wanted if p not in TRANSFERABLE]
     if unknown:
-        raise ValueError(f"finetune.transfer_parts: unknown part {unknown[0]!r}; choose from {', '.join(TRANSFERABLE)}")
+        raise UserError(f"finetune.transfer_parts: unknown part {unknown[0]!r}; choose from {', '.join(TRANSFERABLE)}")
     untrained = [p for p in wanted if p not in trained]
     if untrained:
-        raise ValueError(f"finetune.transfer_parts asks for {untrained[0]!r}, but {source} pretrained only "
-                         f"{', '.join(trained)}")
+        raise UserError(f"finetune.transfer_parts asks for {untrained[0]!r}, but {source} pretrained only "
+                        f"{', '.join(trained)}")
     return tuple(wanted)
 
 
@@ -127,7 +128,7 @@ def freeze_steps(steps: int, pretrained_encoder: bool, fraction: float | None, g
         return 0
     if given_epochs is not None:
         if given_epochs < 0:
-            raise ValueError(f"finetune.freeze_encoder_epochs must be >= 0, got {given_epochs}")
+            raise UserError(f"finetune.freeze_encoder_epochs must be >= 0, got {given_epochs}")
         return min(steps, int(given_epochs) * max(1, epoch_steps))
     if given_steps is not None:
         return int(given_steps)

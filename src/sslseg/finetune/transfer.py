@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..engine.checkpoint import FORMAT, read_torch_file
+from ..errors import UserError
 from ..models.segmentation import PARTS
 
 #: Report bucket for checkpoint keys that belong to no part of the model (e.g. ``aux_classifier.*``).
@@ -129,7 +130,7 @@ def transfer_weights(
     """
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
-        raise ValueError(f"unknown model part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+        raise UserError(f"unknown model part {unknown[0]!r}; choose from {', '.join(PARTS)}")
     own = model.state_dict()
     state_dict, adapted = match_input_channels(model, state_dict)
     report = TransferReport()
@@ -148,7 +149,7 @@ def transfer_weights(
     report.adapted = [k for k in adapted if k in new_state]
     # a BatchNorm step counter has shape () in every model; alone it is no match
     if not any(not k.endswith("num_batches_tracked") for k in new_state):
-        raise ValueError(
+        raise UserError(
             "no pretrained weight matched this model (names or shapes differ); "
             "was the checkpoint made for the same --arch and model settings?"
         )
@@ -179,7 +180,7 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
                 obj = obj[key]
                 break
     if not _is_state_dict(obj):
-        raise ValueError(
+        raise UserError(
             f"{source}: neither an {FORMAT} checkpoint nor a state_dict "
             "(a dict of tensors, bare or under 'state_dict' or 'model')"
         )
@@ -209,7 +210,7 @@ def read_init(path: str | os.PathLike) -> dict:
     state_dict = unwrap_state_dict(obj, str(path))
     if not is_torchvision_deeplabv3(state_dict):
         example = next(iter(state_dict))
-        raise ValueError(
+        raise UserError(
             f"{path}: a plain state_dict, but not in torchvision's DeepLabV3 naming (first key {example!r}, "
             f"no 'backbone.conv1.weight'); give an {FORMAT} checkpoint or a deeplabv3_resnet50 state_dict"
         )
@@ -238,7 +239,7 @@ def load_torchvision_state_dict(model: nn.Module, state_dict: dict[str, torch.Te
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"the state_dict does not fit this DeepLabV3: {err}") from None
+        raise UserError(f"the state_dict does not fit this DeepLabV3: {err}") from None
     return adapted
 
 

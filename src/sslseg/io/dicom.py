@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .files import channel_error
 from .pictures import luma
 
@@ -110,9 +111,9 @@ def open_dicom(path: Path):
     try:
         ds = pydicom.dcmread(str(path))
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"{path}: not a readable DICOM file ({err})") from None
+        raise UserError(f"{path}: not a readable DICOM file ({err})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise ValueError(f"{path}: DICOM file without pixel data ({ds.get('Modality', 'no modality')})")
+        raise UserError(f"{path}: DICOM file without pixel data ({ds.get('Modality', 'no modality')})")
     return ds
 
 
@@ -158,11 +159,11 @@ def dicom_pixels(ds, path: Path, channels: int = 1) -> np.ndarray:
     try:
         arr = _decode(ds, pi, channels)
     except Exception as err:  # decoders raise many types (missing plug-in, corrupt stream)
-        raise ValueError(f"{path}: cannot decode the pixel data ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: cannot decode the pixel data ({type(err).__name__}: {err})") from None
     if arr.ndim == (3 if spp > 1 or pi == "PALETTE COLOR" else 2):
         arr = arr[None]  # one frame
     if nframes > 1 and arr.shape[0] != nframes:
-        raise ValueError(f"{path}: {arr.shape[0]} frames decoded, NumberOfFrames is {nframes}")
+        raise UserError(f"{path}: {arr.shape[0]} frames decoded, NumberOfFrames is {nframes}")
     if channels == 3:
         arr = arr.transpose(0, 3, 1, 2)
     elif pi.startswith("YBR"):
@@ -170,7 +171,7 @@ def dicom_pixels(ds, path: Path, channels: int = 1) -> np.ndarray:
     elif pi in ("RGB", "PALETTE COLOR"):
         arr = luma(arr)
     elif spp != 1:
-        raise ValueError(f"{path}: photometric interpretation {pi} with {spp} samples is not supported")
+        raise UserError(f"{path}: photometric interpretation {pi} with {spp} samples is not supported")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     inter = float(ds.get("RescaleIntercept", 0) or 0)
     if slope != 1 or inter != 0:
@@ -221,8 +222,8 @@ def read_header(path: Path) -> tuple[dict, tuple[int, int]]:
             return header_meta(ds), (int(ds.Rows), int(ds.Columns))
         modality = ds.get("Modality", "no modality")
     except corrupt_dicom_errors():
-        raise ValueError(f"{path}: not a readable DICOM file") from None
-    raise ValueError(f"{path}: DICOM file without pixel data ({modality})")
+        raise UserError(f"{path}: not a readable DICOM file") from None
+    raise UserError(f"{path}: DICOM file without pixel data ({modality})")
 
 
 def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float], dict]:
@@ -240,14 +241,14 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float]
     except ValueError:
         raise
     except corrupt_dicom_errors() as err:  # a damaged element, met while reading the pixel description
-        raise ValueError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from None
     if frames.dtype != np.uint8:
         frames = frames.astype(np.float32)
     try:
         spacing, source = dicom_spacing(ds)
         meta = header_meta(ds)
     except corrupt_dicom_errors() as err:  # a tag whose text is not a number, a damaged element
-        raise ValueError(f"{path}: unreadable geometry tags ({err})") from None
+        raise UserError(f"{path}: unreadable geometry tags ({err})") from None
     meta["spacing_source"] = source
     return frames, spacing, meta
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
+
 INTENSITY = ("scale", "zscore", "none")
 
 
 def check_intensity(intensity: str) -> None:
     """Raises ValueError naming the choices when ``intensity`` is not one of :data:`INTENSITY`."""
     if intensity not in INTENSITY:
-        raise ValueError(f"intensity must be one of {', '.join(INTENSITY)}, got {intensity!r}")
+        raise UserError(f"intensity must be one of {', '.join(INTENSITY)}, got {intensity!r}")
 
 
 def normalise_intensity(frames: np.ndarray, intensity: str = "scale", where: str = "image") -> np.ndarray:
@@ -34,7 +36,7 @@ def normalise_intensity(frames: np.ndarray, intensity: str = "scale", where: str
         return frames
     x = frames.astype(np.float32)
     if not np.isfinite(x).all():
-        raise ValueError(f"{where}: {int((~np.isfinite(x)).sum())} NaN or Inf value(s) in the image")
+        raise UserError(f"{where}: {int((~np.isfinite(x)).sum())} NaN or Inf value(s) in the image")
     # statistics per channel: axis 1 of (N, C, H, W)
     axes = (0, 2, 3) if x.ndim == 4 else None
     if intensity == "scale":

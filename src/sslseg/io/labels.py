@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
+
 
 def as_labels(mask: np.ndarray, where: str) -> np.ndarray:
     """Integer label map from a mask file's values; ``{0, 255}`` masks become ``{0, 1}``.
@@ -17,12 +19,12 @@ def as_labels(mask: np.ndarray, where: str) -> np.ndarray:
     """
     if mask.dtype.kind == "f":
         if not np.isfinite(mask).all():
-            raise ValueError(f"{where}: NaN or Inf in the mask")
+            raise UserError(f"{where}: NaN or Inf in the mask")
         if not np.array_equal(mask, np.round(mask)):
-            raise ValueError(f"{where}: mask values are not whole numbers")
+            raise UserError(f"{where}: mask values are not whole numbers")
     m = mask.astype(np.int64)
     if m.min() < 0:
-        raise ValueError(f"{where}: negative label value {int(m.min())}")
+        raise UserError(f"{where}: negative label value {int(m.min())}")
     vals = np.unique(m)
     if vals.max() == 255 and set(vals.tolist()) <= {0, 255}:  # 8-bit black/white masks
         m = (m == 255).astype(np.int64)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .files import channel_error
 
 #: Pillow modes that hold colour
@@ -60,13 +61,13 @@ def read_picture(path: Path, channels: int = 1) -> np.ndarray:
                         a = a.astype(np.uint8)
                 pages.append(np.array(a))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ValueError(f"{path}: not read, a possible decompression bomb ({err})") from None
+        raise UserError(f"{path}: not read, a possible decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if isinstance(err, ValueError) and str(err).startswith(str(path)):
             raise
-        raise ValueError(f"{path}: not a readable image ({err})") from None
+        raise UserError(f"{path}: not a readable image ({err})") from None
     if len({p.shape for p in pages}) != 1:
-        raise ValueError(f"{path}: pages of different sizes")
+        raise UserError(f"{path}: pages of different sizes")
     return np.stack(pages)
 
 

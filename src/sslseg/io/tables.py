@@ -11,6 +11,8 @@ import csv
 import os
 from pathlib import Path
 
+from ..errors import UserError
+
 __all__ = ["FILELIST_COLUMNS", "filelist_name", "read_filelist", "read_table", "write_table"]
 
 #: the columns the EchoNet-Dynamic reader needs; the frame sizes, FPS and count are optional
@@ -33,25 +35,25 @@ def read_table(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise UserError(f"{path}: file not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             cols = [c.strip() for c in (reader.fieldnames or [])]
             missing = [c for c in required if c not in cols]
             if missing:
-                raise ValueError(f"{path}: missing column(s) {_listing(missing)}; found {', '.join(cols) or 'none'}")
+                raise UserError(f"{path}: missing column(s) {_listing(missing)}; found {', '.join(cols) or 'none'}")
             rows = []
             for row in reader:
                 if None in row:  # more fields than the header names
-                    raise ValueError(f"{path} line {reader.line_num}: {len(cols) + len(row[None])} fields, "
-                                     f"the header names {len(cols)}")
+                    raise UserError(f"{path} line {reader.line_num}: {len(cols) + len(row[None])} fields, "
+                                    f"the header names {len(cols)}")
                 rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
             return rows
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except csv.Error as err:
-        raise ValueError(f"{path}: not a readable CSV table ({err})") from None
+        raise UserError(f"{path}: not a readable CSV table ({err})") from None
 
 
 def write_table(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | tuple[str, ...] | None = None,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["decode_video", "read_video", "write_video"]
 
 # ITU-R BT.601 limited ("MPEG") range to full range: what swscale's YUV -> grey does
@@ -45,7 +47,7 @@ def read_video(path: str | os.PathLike, rgb: bool = False) -> tuple[np.ndarray, 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"{path}: no video stream")
+                raise UserError(f"{path}: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             expected = int(stream.frames or 0)
@@ -53,17 +55,17 @@ def read_video(path: str | os.PathLike, rgb: bool = False) -> tuple[np.ndarray, 
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="rgb24") if rgb else _grey(frame))
     except av.error.FFmpegError as err:  # InvalidDataError, EOFError, ... (some subclass ValueError)
-        raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err.strerror or err})") from None
+        raise UserError(f"{path}: unreadable video ({type(err).__name__}: {err.strerror or err})") from None
     except UnicodeDecodeError as err:  # container metadata that is not text (a ValueError, but not ours)
-        raise ValueError(f"{path}: unreadable video (metadata is not text: {err.reason})") from None
+        raise UserError(f"{path}: unreadable video (metadata is not text: {err.reason})") from None
     except ValueError:
         raise  # ours, already naming the file
     except (OSError, RuntimeError) as err:
-        raise ValueError(f"{path}: unreadable video ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: unreadable video ({type(err).__name__}: {err})") from None
     if not frames:
-        raise ValueError(f"{path}: no frame could be decoded")
+        raise UserError(f"{path}: no frame could be decoded")
     if expected and len(frames) < expected:
-        raise ValueError(f"{path}: truncated video: {len(frames)} of {expected} frames decoded")
+        raise UserError(f"{path}: truncated video: {len(frames)} of {expected} frames decoded")
     return np.stack(frames), (Fraction(rate) if rate else None)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .files import ITK, NIFTI, PICTURES, VOLUMES, split_name
 from .pictures import luma, read_picture
 
@@ -50,26 +51,26 @@ def check_metaimage(path: Path) -> None:
         end += len(line) + 1
         key, sep, value = line.decode("latin-1").partition("=")
         if not sep:
-            raise ValueError(f"{path}: damaged MetaImage header (a line without '=')")
+            raise UserError(f"{path}: damaged MetaImage header (a line without '=')")
         fields[key.strip()] = value.strip()
         if key.strip() == "ElementDataFile":
             break
     else:
-        raise ValueError(f"{path}: damaged MetaImage header (no ElementDataFile)")
+        raise UserError(f"{path}: damaged MetaImage header (no ElementDataFile)")
     try:
         nd = int(fields["NDims"])
         dims = [int(v) for v in fields["DimSize"].split()]
         size = _MET_BYTES[fields["ElementType"]] * int(fields.get("ElementNumberOfChannels", "1"))
     except (KeyError, ValueError) as err:
-        raise ValueError(f"{path}: damaged MetaImage header (NDims, DimSize, ElementType: {err})") from None
+        raise UserError(f"{path}: damaged MetaImage header (NDims, DimSize, ElementType: {err})") from None
     if not 1 <= nd <= 4 or len(dims) != nd or min(dims) < 1 or size < 1:
-        raise ValueError(f"{path}: damaged MetaImage header (NDims {nd}, DimSize {fields['DimSize']!r})")
+        raise UserError(f"{path}: damaged MetaImage header (NDims {nd}, DimSize {fields['DimSize']!r})")
     if fields["ElementDataFile"] != "LOCAL":
-        raise ValueError(f"{path}: a .mha holds its voxels (ElementDataFile = LOCAL), "
-                         f"not {fields['ElementDataFile']!r}")
+        raise UserError(f"{path}: a .mha holds its voxels (ElementDataFile = LOCAL), "
+                        f"not {fields['ElementDataFile']!r}")
     compressed = fields.get("CompressedData", "False").lower() == "true"
     if not compressed and path.stat().st_size - end < size * int(np.prod(dims)):
-        raise ValueError(f"{path}: truncated MetaImage: fewer bytes than DimSize x ElementType")
+        raise UserError(f"{path}: truncated MetaImage: fewer bytes than DimSize x ElementType")
 
 
 def _data_files(path: Path) -> list[str]:
@@ -110,8 +111,8 @@ def check_data_file(path: Path) -> None:
         drive = len(norm) > 1 and norm[1] == ":"
         if norm.startswith("/") or drive or posixpath.normpath(norm).split("/")[0] == "..":
             field = "ElementDataFile" if path.suffix.lower() == ".mhd" else "data file"
-            raise ValueError(f"{path}: {field} {name!r} lies outside the header's folder; voxel files must sit "
-                             "beside their header (or below it)")
+            raise UserError(f"{path}: {field} {name!r} lies outside the header's folder; voxel files must sit "
+                            "beside their header (or below it)")
 
 
 def read_nifti(path: Path):
@@ -126,7 +127,7 @@ def read_nifti(path: Path):
         img = nib.load(str(path))
         vox = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for broken or truncated files
-        raise ValueError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
     return img, vox
 
 
@@ -143,7 +144,7 @@ def read_itk(path: Path):
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
         msg = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
-        raise ValueError(f"{path}: not a readable image ({msg})") from None
+        raise UserError(f"{path}: not a readable image ({msg})") from None
 
 
 def itk_slices(img) -> np.ndarray:
@@ -179,7 +180,7 @@ def read_voxels(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]
     path = Path(path)
     _, ext = split_name(path)
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise UserError(f"{path}: file not found")
     if ext in NIFTI:
         img, vox = read_nifti(path)
         return vox, tuple(float(z) for z in img.header.get_zooms())
@@ -201,7 +202,7 @@ def read_voxels(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]
 
         frames, spacing, _ = read_dicom(path)
         return frames.transpose(2, 1, 0), (spacing[1], spacing[0], 1.0)
-    raise ValueError(f"{path}: unknown image format {ext!r}; use one of {', '.join(IMAGE_FILES)}")
+    raise UserError(f"{path}: unknown image format {ext!r}; use one of {', '.join(IMAGE_FILES)}")
 
 
 def voxels_to_frames(
@@ -221,9 +222,9 @@ def voxels_to_frames(
         vox = vox[:, :, None]
         zooms = tuple(zooms[:2]) + (1.0,)
     if vox.ndim not in (3, 4):
-        raise ValueError(f"expected a 2D, 3D or 4D image, got {vox.ndim} dimensions")
+        raise UserError(f"expected a 2D, 3D or 4D image, got {vox.ndim} dimensions")
     if not 0 <= axis <= 2:
-        raise ValueError(f"slicing axis must be 0, 1 or 2, got {axis}")
+        raise UserError(f"slicing axis must be 0, 1 or 2, got {axis}")
     a, b = (d for d in range(3) if d != axis)  # a < b: columns = a, rows = b
     if vox.ndim == 3:
         frames = vox.transpose(axis, b, a)

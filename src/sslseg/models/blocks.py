@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import UserError
+
 NORMS = ("batch", "instance", "group", "none")
 
 
@@ -19,7 +21,7 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(groups, channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown normalisation {kind!r}; choose one of {', '.join(NORMS)}")
+    raise UserError(f"unknown normalisation {kind!r}; choose one of {', '.join(NORMS)}")
 
 
 class DoubleConv(nn.Sequential):

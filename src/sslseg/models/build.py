@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable
 
 import torch
 
+from ..errors import UserError
 from ..registry import Registry
 from .deeplabv3 import build_deeplabv3
 from .heads import SegmentationHead
@@ -61,13 +63,13 @@ def check_model_options(name: str, options: dict) -> None:
         if bounds is not None:
             lo, hi = bounds
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not lo <= value <= hi:
-                raise ValueError(f"{where}: expected an integer from {lo} to {hi}")
+                raise UserError(f"{where}: expected an integer from {lo} to {hi}")
         elif name == "deeplabv3" and key == "atrous_rates" and value is not None and (
                 not isinstance(value, (list, tuple)) or len(value) != 3
                 or not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) and 1 <= r <= 256 for r in value)):
-            raise ValueError(f"{where}: expected three integers from 1 to 256, e.g. [12, 24, 36]")
+            raise UserError(f"{where}: expected three integers from 1 to 256, e.g. [12, 24, 36]")
         elif key == "norm" and not isinstance(value, str):
-            raise ValueError(f"{where}: expected one of batch, instance, group, none")
+            raise UserError(f"{where}: expected one of batch, instance, group, none")
 
 
 def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs) -> SegmentationModel:
@@ -78,8 +80,11 @@ def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs)
             range (:func:`check_model_options`).
     """
     builder = MODELS.get(name)
+    takes = [p for p in inspect.signature(builder).parameters if p not in ("in_channels", "num_classes")]
+    unknown = [k for k in kwargs if k not in takes]
+    if unknown:
+        raise UserError(f"model.options.{unknown[0]}: architecture {name!r} takes no option {unknown[0]!r} "
+                        f"(it takes {', '.join(takes)})")
     check_model_options(name, {"in_channels": in_channels, "num_classes": num_classes, **kwargs})
-    try:
-        return builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"architecture {name!r}: {err}") from None
+    # the names and ranges were checked above: a TypeError from the builder is a bug, with its traceback
+    return builder(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .resnet import ResNetEncoder
 from .segmentation import SegmentationModel
 
@@ -224,10 +225,10 @@ def build_deeplabv3(
         atrous_rates: ASPP rates; default (12, 24, 36) at stride 8, (6, 12, 18) at 16.
     """
     if num_classes < 1:
-        raise ValueError(f"DeepLabV3 num_classes must be at least 1, got {num_classes}")
+        raise UserError(f"DeepLabV3 num_classes must be at least 1, got {num_classes}")
     backbone = ResNetEncoder(in_channels, output_stride)
     rates = tuple(atrous_rates) if atrous_rates is not None else ASPP_RATES[output_stride]
     if len(rates) != 3 or any(int(r) < 1 for r in rates):
-        raise ValueError(f"DeepLabV3 atrous_rates must be three positive integers, got {list(rates)}")
+        raise UserError(f"DeepLabV3 atrous_rates must be three positive integers, got {list(rates)}")
     classifier = DeepLabHead(backbone.out_channels[-1], num_classes, rates)
     return DeepLabV3(backbone, classifier)

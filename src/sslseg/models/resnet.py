@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 #: ResNet-50: bottleneck blocks per stage ("3, 4, 6, 3" in Table 1 of [0]).
 RESNET50_LAYERS = (3, 4, 6, 3)
 
@@ -94,11 +96,11 @@ class ResNetEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if output_stride not in DILATE_FOR_OUTPUT_STRIDE:
-            raise ValueError(
+            raise UserError(
                 f"ResNet output_stride must be one of {sorted(DILATE_FOR_OUTPUT_STRIDE)}, got {output_stride!r}"
             )
         if in_channels < 1:
-            raise ValueError(f"ResNet in_channels must be at least 1, got {in_channels}")
+            raise UserError(f"ResNet in_channels must be at least 1, got {in_channels}")
         self.in_channels = in_channels
         self.output_stride = output_stride
         self._inplanes = 64

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .blocks import DoubleConv
 
 
@@ -50,7 +51,7 @@ class UNetEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 1:
-            raise ValueError(f"UNet depth must be at least 1, got {depth}")
+            raise UserError(f"UNet depth must be at least 1, got {depth}")
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.out_channels: list[int] = widths
         self.reduction = 2**depth

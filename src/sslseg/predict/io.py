@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from ..io.dicom import (
     corrupt_dicom_errors,
     dicom_affine,
@@ -177,7 +178,7 @@ def read_study(path: str | os.PathLike, channels: int = 1) -> Study:
     path = Path(path)
     ext = extension(path)
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise UserError(f"{path}: file not found")
     if ext in PICTURES:
         study = _read_picture(path, channels)
     elif ext in NIFTI:
@@ -189,13 +190,13 @@ def read_study(path: str | os.PathLike, channels: int = 1) -> Study:
             study = _read_dicom(path, channels)
         except corrupt_dicom_errors() as err:  # e.g. a geometry tag whose text is not a number
             msg = " ".join(str(err).split())
-            raise ValueError(msg if str(path) in msg else f"{path}: unreadable DICOM ({msg})") from None
+            raise UserError(msg if str(path) in msg else f"{path}: unreadable DICOM ({msg})") from None
     elif ext in VIDEOS:
         study = _read_video(path, channels)
     else:
-        raise ValueError(f"{path}: unsupported format {ext or '(no extension)'}; supported: {', '.join(EXTENSIONS)}")
+        raise UserError(f"{path}: unsupported format {ext or '(no extension)'}; supported: {', '.join(EXTENSIONS)}")
     if study.frames.size == 0:
-        raise ValueError(f"{path}: the image is empty (shape {tuple(study.frames.shape)})")
+        raise UserError(f"{path}: the image is empty (shape {tuple(study.frames.shape)})")
     return study
 
 
@@ -227,7 +228,7 @@ def _read_nifti(path: Path, channels: int) -> Study:
         if channels == 1:
             frames = frames[:, 0]
     else:
-        raise ValueError(f"{path}: a {vox.ndim}D NIfTI image; expected 2D, 3D or 4D (channels last)")
+        raise UserError(f"{path}: a {vox.ndim}D NIfTI image; expected 2D, 3D or 4D (channels last)")
     spacing = (zooms[1], zooms[0]) if len(zooms) >= 2 else None
     # the image (header, affine; its voxels are not kept) is the grid the masks are written on
     return Study(path, "nifti", np.ascontiguousarray(frames), spacing, None, {"image": img, "ext": extension(path)})
@@ -237,7 +238,7 @@ def _read_itk(path: Path, channels: int) -> Study:
     img = read_itk(path)
     nd = img.GetDimension()
     if nd not in (2, 3):
-        raise ValueError(f"{path}: a {nd}D image; expected 2D or 3D")
+        raise UserError(f"{path}: a {nd}D image; expected 2D or 3D")
     comps = img.GetNumberOfComponentsPerPixel()
     arr = itk_slices(img)
     if comps == channels:
@@ -293,7 +294,7 @@ def write_mask(study: Study, labels: np.ndarray, out_base: Path, num_classes: in
     indices ``0..K-1``; the mask video grey steps (:func:`mask_display`; module notes).
     """
     if labels.shape[0] != study.num_frames or labels.shape[-2:] != study.frames.shape[-2:]:
-        raise ValueError(f"{study.path}: {labels.shape} labels for frames of shape {study.frames.shape}")
+        raise UserError(f"{study.path}: {labels.shape} labels for frames of shape {study.frames.shape}")
     labels = labels.astype(_label_dtype(num_classes))
     out_base.parent.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
@@ -310,7 +311,7 @@ def write_mask(study: Study, labels: np.ndarray, out_base: Path, num_classes: in
         elif dicom_masks == "nifti":
             out["mask"] = write_nifti(Path(f"{out_base}_mask.nii.gz"), labels, study.geometry["affine"])
         else:
-            raise ValueError(f"DICOM masks must be written as 'nifti' or 'png', got {dicom_masks!r}")
+            raise UserError(f"DICOM masks must be written as 'nifti' or 'png', got {dicom_masks!r}")
     if study.kind == "video" or study.is_cine:
         out["mask_video"] = write_video(mask_display(labels, num_classes), Path(f"{out_base}_mask.avi"),
                                         _rate(study), lossless=True)

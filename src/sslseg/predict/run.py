@@ -65,6 +65,7 @@ import torch
 from ..data.batches import Normalizer
 from ..echo.sector import Sector
 from ..engine.trained import TRAINING_FRAMES, open_trained
+from ..errors import UserError
 from ..evaluate.inference import segment
 from ..io.files import stem
 from ..io.intensity import training_range
@@ -104,7 +105,7 @@ def choose_preparation(trained: str, echo_input: bool, size: tuple[int, int], im
     =================  ==========================================  =========
     """
     if trained not in TRAINING_FRAMES:
-        raise ValueError(f"training frames must be one of {', '.join(TRAINING_FRAMES)}, got {trained!r}")
+        raise UserError(f"training frames must be one of {', '.join(TRAINING_FRAMES)}, got {trained!r}")
     if trained == "echo-sector" and echo_input:
         return "echo"
     if trained == "native" and max(size) > image_size and same_scale(spacing, training_spacing):
@@ -172,21 +173,21 @@ class Predictor:
 
     def __post_init__(self) -> None:
         if self.tile not in (True, False, "auto"):
-            raise ValueError(f"tile must be True, False or 'auto', got {self.tile!r}")
+            raise UserError(f"tile must be True, False or 'auto', got {self.tile!r}")
         if self.prepare not in PREPARATIONS:
-            raise ValueError(f"prepare must be one of {', '.join(PREPARATIONS)}, got {self.prepare!r}")
+            raise UserError(f"prepare must be one of {', '.join(PREPARATIONS)}, got {self.prepare!r}")
         if self.tile != "auto" and self.prepare != "auto":
-            raise ValueError("give either tile or prepare, not both")
+            raise UserError("give either tile or prepare, not both")
         if self.trained_on is None:
             s = self.image_size
             native = self.native_size is not None and tuple(self.native_size) == (s, s)
             self.trained_on = "native" if native else "resized"
         elif self.trained_on not in TRAINING_FRAMES:
-            raise ValueError(f"trained_on must be one of {', '.join(TRAINING_FRAMES)}, got {self.trained_on!r}")
+            raise UserError(f"trained_on must be one of {', '.join(TRAINING_FRAMES)}, got {self.trained_on!r}")
         if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+            raise UserError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+            raise UserError(f"batch size must be at least 1, got {self.batch_size}")
         self.model.to(self.device).eval()
 
     @classmethod
@@ -242,7 +243,7 @@ class Predictor:
         """
         if (frames.ndim == 3 and self.in_channels != 1) or (frames.ndim == 4 and frames.shape[1] != self.in_channels):
             have = 1 if frames.ndim == 3 else frames.shape[1]
-            raise ValueError(f"{where}: wrong channel count: {have} channel(s), the model expects {self.in_channels}")
+            raise UserError(f"{where}: wrong channel count: {have} channel(s), the model expects {self.in_channels}")
         x = training_range(frames, self.normalizer.scale, self.intensity, where)
         size = tuple(frames.shape[-2:])
         how = self.preparation(size, echo, spacing)
@@ -337,7 +338,7 @@ def predict_file(
         res.outputs["uncertainty"] = write_uncertainty(study, pred.uncertainty, out_base)
     if echo and study.is_cine and study.num_frames >= 3:
         if not 0 < lv_label < predictor.num_classes:
-            raise ValueError(f"LV label {lv_label} is not one of the model's classes 1..{predictor.num_classes - 1}")
+            raise UserError(f"LV label {lv_label} is not one of the model's classes 1..{predictor.num_classes - 1}")
         m = measure_video(pred.labels, study.spacing, study.fps, lv_label,
                           max_heart_rate_bpm or MAX_HEART_RATE_BPM)
         res.outputs["lv_csv"] = write_measurement_csv(m, Path(f"{out_base}_lv.csv"))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import UserError
 from ..registry import Registry
 from .byol import BYOL
 from .global_local import GlobalContrastive, GlobalLocal, LocalContrastive
@@ -41,10 +42,8 @@ METHODS.add("regression_contrastive", RegressionContrastive,
 def build_method(name: str, model: nn.Module, **kwargs) -> nn.Module:
     """Wrap ``model`` in the named pretext task."""
     cls = METHODS.get(name)
-    try:
-        return cls(model, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"method {name!r}: {err}") from None
+    # the options were checked by method_options: a TypeError from the constructor is a bug, with its traceback
+    return cls(model, **kwargs)
 
 
 def method_options(name: str, options: dict | None) -> dict:
@@ -66,15 +65,15 @@ def method_options(name: str, options: dict | None) -> dict:
     out = {k: v for k, v in options.items() if k not in METHODS}
     own = options.get(name) or {}
     if not isinstance(own, dict):
-        raise ValueError(f"pretrain.options.{name} must be a mapping of option -> value, got {own!r}")
+        raise UserError(f"pretrain.options.{name} must be a mapping of option -> value, got {own!r}")
     out.update(own)
     params = inspect.signature(cls).parameters
     accepted = [p for p in params if p not in ("self", "model", "augment")]
     for key in out:
         where = f"pretrain.options.{name}.{key}" if key in own else f"pretrain.options.{key}"
         if key not in accepted:
-            raise ValueError(f"{where}: method {name!r} takes no option {key!r} (it takes {', '.join(accepted)}); "
-                             f"options for some methods only go under their name, e.g. {{simclr: {{{key}: ...}}}}")
+            raise UserError(f"{where}: method {name!r} takes no option {key!r} (it takes {', '.join(accepted)}); "
+                            f"options for some methods only go under their name, e.g. {{simclr: {{{key}: ...}}}}")
         check_option(where, params[key], out[key])
     return out
 
@@ -106,11 +105,11 @@ def check_option(where: str, param: inspect.Parameter, value) -> None:
     lo, hi, open_low = OPTION_RANGES.get(param.name, (None, None, False))
     if isinstance(default, bool) or hint.startswith("bool"):
         if not isinstance(value, bool):
-            raise ValueError(f"{where} = {value!r} is not allowed: expected true or false")
+            raise UserError(f"{where} = {value!r} is not allowed: expected true or false")
         return
     if isinstance(default, str) or hint.startswith("str"):
         if not isinstance(value, str):
-            raise ValueError(f"{where} = {value!r} is not allowed: expected a name (text)")
+            raise UserError(f"{where} = {value!r} is not allowed: expected a name (text)")
         return
     integer = isinstance(default, int) or hint.startswith("int")
     number = integer or isinstance(default, float) or hint.startswith("float")
@@ -119,10 +118,10 @@ def check_option(where: str, param: inspect.Parameter, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real) or \
             not math.isfinite(value):
         kind = "an integer" if integer else "a number"
-        raise ValueError(f"{where} = {value!r} is not allowed: expected {kind}{_range_text(lo, hi, open_low)}")
+        raise UserError(f"{where} = {value!r} is not allowed: expected {kind}{_range_text(lo, hi, open_low)}")
     if (lo is not None and (value <= lo if open_low else value < lo)) or (hi is not None and value > hi):
         kind = "an integer" if integer else "a number"
-        raise ValueError(f"{where} = {value!r} is not allowed: expected {kind}{_range_text(lo, hi, open_low)}")
+        raise UserError(f"{where} = {value!r} is not allowed: expected {kind}{_range_text(lo, hi, open_low)}")
 
 
 def _range_text(lo, hi, open_low: bool) -> str:

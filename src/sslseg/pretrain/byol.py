@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..augment.views import ViewAugment
+from ..errors import UserError
 from ..models.heads import ProjectionHead
 from .ema import cosine_momentum, update_momentum
 from .losses import byol_loss
@@ -66,7 +67,7 @@ class BYOL(nn.Module):
     ) -> None:
         super().__init__()
         if not predictor_lr_ratio > 0:
-            raise ValueError(f"byol: predictor_lr_ratio must be > 0, got {predictor_lr_ratio!r}")
+            raise UserError(f"byol: predictor_lr_ratio must be > 0, got {predictor_lr_ratio!r}")
         self.model = model
         self.encoder = model.encoder
         feat = self.encoder.out_channels[-1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import UserError
 from ..models.segmentation import PARTS, SegmentationModel
 from .global_local import GlobalLocal, LocalContrastive
 
@@ -28,7 +29,7 @@ def segmentation_model(task: nn.Module) -> SegmentationModel:
     for m in task.modules():
         if isinstance(m, SegmentationModel):
             return m
-    raise ValueError(f"{type(task).__name__} holds no SegmentationModel")
+    raise UserError(f"{type(task).__name__} holds no SegmentationModel")
 
 
 def prepare_for_ddp(task: nn.Module) -> bool:

@@ -40,6 +40,7 @@ from torch import nn
 from ..augment import intensity
 from ..augment.views import ViewAugment
 from ..data.batches import images_and_partitions
+from ..errors import UserError
 from ..models.heads import ProjectionHead
 from .losses import check_temperature, global_contrastive, local_contrastive
 
@@ -158,7 +159,7 @@ class LocalContrastive(nn.Module):
         self.model = model
         n_dec = len(getattr(model.decoder, "blocks", []))
         if n_dec == 0:
-            raise ValueError("local contrastive pretraining needs a UNet-style decoder with blocks")
+            raise UserError("local contrastive pretraining needs a UNet-style decoder with blocks")
         self.num_blocks = min(num_blocks, n_dec)
         width = model.decoder.out_channels[self.num_blocks - 1]
         # g2: "two 1x1 convolutions" (reference), BN + ReLU between them
@@ -214,7 +215,7 @@ class GlobalLocal(nn.Module):
                  region_size: int = 3, gather_distributed: bool = True) -> None:
         super().__init__()
         if not 0 < global_fraction < 1:
-            raise ValueError(f"global_fraction must be in (0, 1), got {global_fraction}")
+            raise UserError(f"global_fraction must be in (0, 1), got {global_fraction}")
         self.glob = GlobalContrastive(model, strategy, temperature, n_parts, gather_distributed=gather_distributed)
         self.local = LocalContrastive(model, num_blocks, num_regions, region_size, temperature)
         self.n_parts = n_parts

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 
 class _Gather(torch.autograd.Function):
     """All ranks' tensors, stacked in rank order; gradients flow back to each rank's own rows."""
@@ -65,7 +67,7 @@ def check_temperature(temperature: float) -> float:
     """
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
             not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature = {temperature!r} is not allowed: expected a number > 0 (0.1 is usual)")
+        raise UserError(f"temperature = {temperature!r} is not allowed: expected a number > 0 (0.1 is usual)")
     return float(temperature)
 
 
@@ -95,7 +97,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
         scalar loss. For N identical vectors the value is ``log(2N - 1)``.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
-        raise ValueError(f"nt_xent expects two (N, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise UserError(f"nt_xent expects two (N, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     rank, world = _rank_and_world(gather_distributed)
     z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
     return _global_value(nt_xent_rows(z, _keys(z, world), rank, temperature), world)
@@ -218,7 +220,7 @@ def global_contrastive(
             partitions) as positives and negatives (see :func:`gather`).
     """
     if strategy not in GLOBAL_STRATEGIES:
-        raise ValueError(f"unknown global strategy {strategy!r}; choose one of {', '.join(GLOBAL_STRATEGIES)}")
+        raise UserError(f"unknown global strategy {strategy!r}; choose one of {', '.join(GLOBAL_STRATEGIES)}")
     rank, world = _rank_and_world(gather_distributed)
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     if strategy != "GR" and partition is not None and world > 1:

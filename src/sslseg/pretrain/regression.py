@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..augment.masking import noise_mask
+from ..errors import UserError
 from .losses import masked_l1
 
 
@@ -75,4 +76,4 @@ def _in_channels(model: nn.Module) -> int:
     for m in model.encoder.modules():
         if isinstance(m, nn.Conv2d):
             return m.in_channels
-    raise ValueError("the model's encoder has no convolution")
+    raise UserError("the model's encoder has no convolution")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
 from .plots import dice_vs_labels, overlays, subset_gains_figure, training_curves
 from .stats import VERDICTS, format_p
 from .tables import (
@@ -70,10 +71,10 @@ def write_report(sweep_dir: str | Path) -> Path:
     out = Path(sweep_dir)
     res = out / "results.csv"
     if not res.exists():
-        raise ValueError(f"{res} not found; run `sslseg sweep` first")
+        raise UserError(f"{res} not found; run `sslseg sweep` first")
     rows = list(csv.DictReader(open(res, newline="")))
     if not rows:
-        raise ValueError(f"{res} has no finished run yet")
+        raise UserError(f"{res} has no finished run yet")
     sets = sorted({r["dataset"] for r in rows})
     if len(sets) > 1:
         # several data sets: every table, curve and test is per (data set, arch), shown as the arch column
