@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .engine.precision import PRECISIONS
 from .errors import UserError
 
 
@@ -92,7 +93,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         f"global batch, split between them (config default: {R.devices})")
     g.add_argument("--num-nodes", type=int,
                    help=f"machines, each running --devices processes (torchrun; config default: {R.num_nodes})")
-    g.add_argument("--precision", choices=["32", "32-true", "bf16-mixed", "16-mixed"],
+    g.add_argument("--precision", choices=list(PRECISIONS),
                    help=f"numeric precision of training; 16-mixed needs a GPU (config default: {R.precision})")
     g.add_argument("--config", help="YAML file with any config fields (applied before --set)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

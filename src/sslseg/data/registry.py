@@ -13,11 +13,6 @@ DATASETS: Registry[Callable[..., list[Case]]] = Registry(
     "data set", shown=lambda name, entry: f"{name}:PATH" if entry.info["needs_path"] else name)
 
 
-def valid_specs() -> str:
-    """Every data set as a spec is written: ``camus:PATH, ..., synthetic-echo, ...``."""
-    return DATASETS.choices()
-
-
 def check_spec(spec: str) -> None:
     """Raise one line when the name of ``spec`` is no registered data set (the path is not read)."""
     DATASETS.check(spec.partition(":")[0], given=spec)

@@ -23,10 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import UserError
-
-#: the precisions the command line accepts, and their Fabric names
-PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
-              "16": "16-mixed", "16-mixed": "16-mixed"}
+from .precision import PRECISIONS
 
 _FABRICS: dict[tuple, object] = {}
 

@@ -333,22 +333,3 @@ def evaluate_cases(
 ) -> list[dict]:
     """Per labelled frame and foreground class: Dice and HD95 (mm), on the native grid (see :func:`score_cases`)."""
     return score_cases(model, cases, normalizer, image_size, num_classes, device, postprocess=postprocess)[0]
-
-
-def per_case(rows: list[dict]) -> list[dict]:
-    """Average frame/class rows into one row per case (NaN-aware): the per-frame convention."""
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        by.setdefault(r["case_id"], []).append(r)
-    out = []
-    for cid, rs in by.items():
-        out.append(
-            {
-                "case_id": cid,
-                "dice": _nanmean([r["dice"] for r in rs]),
-                "hd95": _nanmean([r["hd95"] for r in rs]),
-                "frames": len({r["index"] for r in rs}),
-                "hd95_undefined": sum(int(r.get("hd95_undefined", math.isnan(r["hd95"]))) for r in rs),
-            }
-        )
-    return out

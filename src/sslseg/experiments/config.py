@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..data.splits import TEST_FRACTION, VAL_FRACTION
+from ..engine.precision import PRECISIONS as FABRIC_PRECISIONS
 from ..errors import UserError
 
 
@@ -379,7 +380,7 @@ def dump_yaml(cfg, path: str | Path) -> None:
 
 
 # What each field allows beyond its type: (low, high) bounds (None: open), or a tuple of choices.
-PRECISIONS = ("32", "32-true", "16", "16-mixed", "bf16", "bf16-mixed")
+PRECISIONS = tuple(FABRIC_PRECISIONS)  # sslseg.engine.precision, the one list
 RANGES: dict[str, dict[str, Any]] = {
     "RunConfig": {"seed": (0, None), "devices": (1, None), "precision": PRECISIONS},
     "DataConfig": {"image_size": (16, 8192), "val_fraction": (0.0, 0.95), "test_fraction": (0.0, 0.95),

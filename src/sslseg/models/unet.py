@@ -47,7 +47,7 @@ class UNetEncoder(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 1, base_channels: int = 32, depth: int = 4, norm: str = "batch"
+        self, in_channels: int = 1, base_channels: int = 16, depth: int = 4, norm: str = "batch"
     ) -> None:
         super().__init__()
         if depth < 1:
