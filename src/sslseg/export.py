@@ -23,6 +23,7 @@ models' feature lists do not script) and is checked the same way.
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import os
 import tempfile
@@ -35,7 +36,7 @@ import torch
 
 from .engine.trained import TrainedModel, open_trained
 from .errors import UserError
-from .io.files import naming_disk_full
+from .io.files import atomic_write
 
 FORMATS = ("onnx", "torchscript")
 META_KEY = "sslseg_preprocess"
@@ -125,24 +126,16 @@ def export_model(
     probe = torch.randn(3, c, s, s, generator=g)
     with torch.inference_mode():
         ref = model(probe).numpy()
-    try:
-        with naming_disk_full(path):
-            if format == "onnx":
-                diff = _export_onnx(model, example, probe, path, meta, opset, check)
-            else:
-                diff = _export_torchscript(model, example, probe, path, meta, check)
-    finally:
-        _temporary(path).unlink(missing_ok=True)  # a failed export leaves no temporary
+    # written all at once (sslseg.io.files.atomic_write): a failed export leaves no temporary
+    if format == "onnx":
+        diff = _export_onnx(model, example, probe, path, meta, opset, check)
+    else:
+        diff = _export_torchscript(model, example, probe, path, meta, check)
     if diff is not None:
         diff = float(np.abs(diff - ref).max())
         if not diff <= atol:  # nan (a NaN in either output) fails too
             raise RuntimeError(f"{path}: the exported model differs from PyTorch by {diff:.3g} (> {atol:g})")
     return ExportResult(path, diff, meta)
-
-
-def _temporary(path: Path) -> Path:
-    """Where an export is written before it is renamed to ``path``."""
-    return path.with_name(f".{path.name}.tmp")
 
 
 def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, check: bool) -> np.ndarray | None:
@@ -153,20 +146,20 @@ def _export_onnx(model, example, probe, path: Path, meta: dict, opset: int, chec
     kwargs = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the tracing exporter: no onnxscript needed
-    tmp = _temporary(path)
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         # shape-dependent padding is traced for the training size only (module notes)
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+            model, (example,), buf, input_names=["image"], output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, **kwargs,
         )
-    proto = onnx.load(str(tmp))
+    proto = onnx.load_from_string(buf.getvalue())
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        f.write(proto.SerializeToString())
     if not check:
         return None
     try:
@@ -181,9 +174,8 @@ def _export_torchscript(model, example, probe, path: Path, meta: dict, check: bo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jit deprecation notice and the traced-padding notice
         traced = torch.jit.trace(model, example)
-        tmp = _temporary(path)
-        torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": json.dumps(meta)})
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            torch.jit.save(traced, f, _extra_files={f"{META_KEY}.json": json.dumps(meta)})
         if not check:
             return None
         loaded = torch.jit.load(str(path))

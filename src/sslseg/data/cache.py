@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..io.files import atomic_write
 
 __all__ = [
     "MAX_OPEN_MAPS",
@@ -154,28 +154,17 @@ class KeyIndex:
         if not self.changed:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            tmp.write_text(json.dumps(self.entries))
-            os.replace(tmp, self.path)
+            with atomic_write(self.path) as f:
+                f.write(json.dumps(self.entries))
             self.changed = False
         except OSError:
             pass  # only a speed-up: a read-only cache folder must not stop loading
 
 
 def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` (``.npy``) via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        # KeyboardInterrupt included: never leave the temporary file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``array`` to ``path`` (``.npy``) all at once (:func:`sslseg.io.files.atomic_write`)."""
+    with atomic_write(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 # --------------------------------------------------------------------------- #

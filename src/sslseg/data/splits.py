@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..io.files import atomic_write
 from .sample import SPLITS, Case
 
 #: shares of the cases drawn for validation and test when a data set gives no split of its own
@@ -67,11 +68,8 @@ def apply_splits(cases: list[Case], splits: dict[str, str]) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike):

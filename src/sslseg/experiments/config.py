@@ -20,6 +20,7 @@ import yaml
 from ..data.splits import TEST_FRACTION, VAL_FRACTION
 from ..engine.precision import PRECISIONS as FABRIC_PRECISIONS
 from ..errors import UserError
+from ..io.files import atomic_write
 
 
 @dataclass
@@ -372,11 +373,8 @@ def check_data_options(spec: str, options: dict) -> None:
 
 
 def dump_yaml(cfg, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg) if is_dataclass(cfg) else cfg, sort_keys=False))
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write(yaml.safe_dump(to_dict(cfg) if is_dataclass(cfg) else cfg, sort_keys=False))
 
 
 # What each field allows beyond its type: (low, high) bounds (None: open), or a tuple of choices.

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from .files import atomic_write
 
 __all__ = ["FILELIST_COLUMNS", "filelist_name", "read_filelist", "read_table", "write_table"]
 
@@ -67,18 +68,12 @@ def write_table(path: str | os.PathLike, rows: list[dict], fieldnames: list[str]
         extrasaction: ``"raise"`` for a key outside ``fieldnames``, or ``"ignore"``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fieldnames is None:
         fieldnames = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction=extrasaction)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        w = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction=extrasaction)
+        w.writeheader()
+        w.writerows(rows)
     return path
 
 
