@@ -15,7 +15,7 @@ def test_every_trainable_parameter_gets_a_gradient(name):
     method = build_method(name, model)
     find_unused = prepare_for_ddp(method)
     images = torch.randn(4, 1, 32, 32)
-    batch = {"images": images, "partition": torch.arange(4) % 4} if getattr(method, "needs_partitions", False) else images
+    batch = {"images": images, "partition": torch.arange(4) % 4} if method.partitions else images
     steps = 2 if name == "global_local" else 1
     for step in range(steps):  # global_local: a step of each stage
         method.zero_grad(set_to_none=True)
@@ -26,7 +26,6 @@ def test_every_trainable_parameter_gets_a_gradient(name):
             assert missing, "find_unused_parameters is only needed when some go without"
         else:
             assert not missing, missing[:5]
-        if hasattr(method, "after_step"):
-            method.after_step(step, steps)
+        method.after_step(step, steps)
     # the segmentation head is never trained by a pretext task, and is frozen
     assert not any(p.requires_grad for p in model.head.parameters())

@@ -162,7 +162,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     steps = _steps(cfg.pretrain, len(pool))
     find_unused = prepare_for_ddp(method)  # parts the method never trains stay out of DDP
     world, rank = fabric.world_size, fabric.global_rank
-    n_parts = method.partitions  # declared by every method (sslseg.pretrain.build)
+    n_parts = method.partitions  # the method is read only through its contract (sslseg.pretrain.contract)
     if n_parts:
 
         def make_batch(step: int):
@@ -194,14 +194,14 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
             method,
             next_batch,
             _loop_cfg(cfg, cfg.pretrain, steps, save_every=max(1, steps // 10),
-                      restarts=tuple(method.schedule_restarts(steps)) if hasattr(method, "schedule_restarts") else (),
+                      restarts=tuple(method.schedule_restarts(steps)),
                       sync_batchnorm=bool(cfg.pretrain.sync_batchnorm),
                       find_unused_parameters=find_unused),
             # a method may ask for its own learning rates per part (BYOL's predictor_lr_ratio)
-            params=method.param_groups(cfg.pretrain.lr) if hasattr(method, "param_groups") else None,
+            params=method.param_groups(cfg.pretrain.lr),
             out_dir=out,
             desc=f"pretrain {cfg.pretrain.method}",
-            after_step=getattr(method, "after_step", None),
+            after_step=method.after_step,
             fabric=fabric,
         )
     _say(show, [_outcome_line(f"pretrain {cfg.pretrain.method}", result)])
@@ -211,7 +211,7 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, cases: list[Case] | None =
     save_checkpoint(
         ckpt, model, cfg.model.arch, model_kwargs, to_dict(cfg), stage="pretrain",
         splits={c.case_id: c.split for c in cases}, dataset=cfg.data.spec,
-        method=cfg.pretrain.method, trained_parts=list(getattr(method, "trains", ("encoder",))),
+        method=cfg.pretrain.method, trained_parts=list(method.trains),
         preprocess={"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size},
     )
     return ckpt

@@ -1,9 +1,14 @@
 """Pretraining method registry: ``build_method(name, model, **kwargs)``.
 
-The batch a method asks for is declared by its ``partitions`` attribute: None
-for frames drawn uniformly across the training cases (``FramePool.batch``), or
-a number of partitions per case for Chaitanya et al.'s partitioned batch
-(``FramePool.meta_indices``: G^D and G^{D-}).
+Every registered class builds a :class:`~sslseg.pretrain.contract.PretextTask`
+(``cls(model, **options)``), the one interface its callers use: what it trains,
+the batch it asks for (``partitions``: None for frames drawn uniformly across
+the training cases, ``FramePool.batch``; a number of partitions per case for
+Chaitanya et al.'s partitioned batch, ``FramePool.meta_indices``: G^D and
+G^{D-}), its parameter groups, schedule restarts and ``after_step``. Adding a
+method: a class that subclasses :class:`~sslseg.pretrain.contract.PretextBase`
+(or defines every member of the contract), whose options are keyword arguments
+with defaults, and one ``METHODS.add`` line below.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from torch import nn
 from ..errors import UserError
 from ..registry import Registry
 from .byol import BYOL
+from .contract import PretextTask
 from .global_local import GlobalContrastive, GlobalLocal, LocalContrastive
 from .regression import MaskedRegression
 from .regression_contrastive import RegressionContrastive
 from .simclr import SimCLR
 
-#: method name -> pretext task class ``(model, **options) -> nn.Module``
-METHODS: Registry[Callable[..., nn.Module]] = Registry("pretraining method")
+#: method name -> pretext task class ``(model, **options) -> PretextTask``
+METHODS: Registry[Callable[..., PretextTask]] = Registry("pretraining method")
 METHODS.add("simclr", SimCLR,
             "SimCLR: NT-Xent between two augmented views of each frame (encoder; Chen et al. 2020)")
 METHODS.add("byol", BYOL,
@@ -39,7 +45,7 @@ METHODS.add("regression_contrastive", RegressionContrastive,
             "masked-noise regression and global contrastive together (beyond both papers)")
 
 
-def build_method(name: str, model: nn.Module, **kwargs) -> nn.Module:
+def build_method(name: str, model: nn.Module, **kwargs) -> PretextTask:
     """Wrap ``model`` in the named pretext task."""
     cls = METHODS.get(name)
     # the options were checked by method_options: a TypeError from the constructor is a bug, with its traceback

@@ -37,11 +37,12 @@ from torch import nn
 from ..augment.views import ViewAugment
 from ..errors import UserError
 from ..models.heads import ProjectionHead
+from .contract import PretextBase
 from .ema import cosine_momentum, update_momentum
 from .losses import byol_loss
 
 
-class BYOL(nn.Module):
+class BYOL(PretextBase):
     """BYOL pretext task. ``forward(images) -> {"loss": ...}``; call ``after_step`` for the EMA.
 
     Args:
@@ -54,7 +55,7 @@ class BYOL(nn.Module):
     """
 
     trains = ("encoder",)
-    partitions = None  # plain frames drawn across cases (the batch interface: see sslseg.pretrain.build)
+    partitions = None  # plain frames drawn across cases (the contract: sslseg.pretrain.contract)
 
     def __init__(
         self,

@@ -13,18 +13,19 @@ One task changes what it trains during the run: ``global_local`` trains
 encoder + g1 first, then decoder + g2. A DDP wrapper made once cannot be told
 the set changed, so that task runs with ``find_unused_parameters=True`` (one
 extra pass over the autograd graph per step).
+
+All of this is read from the method's contract (:class:`~sslseg.pretrain.contract.PretextTask`:
+``trains``, ``frozen_modules()``, ``find_unused_parameters``), never from its class.
 """
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..errors import UserError
 from ..models.segmentation import PARTS, SegmentationModel
-from .global_local import GlobalLocal, LocalContrastive
+from .contract import PretextTask
 
 
-def segmentation_model(task: nn.Module) -> SegmentationModel:
+def segmentation_model(task: PretextTask) -> SegmentationModel:
     """The segmentation model inside a pretext task."""
     for m in task.modules():
         if isinstance(m, SegmentationModel):
@@ -32,23 +33,19 @@ def segmentation_model(task: nn.Module) -> SegmentationModel:
     raise UserError(f"{type(task).__name__} holds no SegmentationModel")
 
 
-def prepare_for_ddp(task: nn.Module) -> bool:
+def prepare_for_ddp(task: PretextTask) -> bool:
     """Freeze the parts of ``task``'s model that it never trains; return ``find_unused_parameters``.
 
     Args:
         task: a pretext task from :func:`sslseg.pretrain.build.build_method`.
 
     Returns:
-        True when the task trains different parameters at different steps.
+        the task's ``find_unused_parameters``: True when it trains different parameters at different steps.
     """
     model = segmentation_model(task)
-    trains = set(getattr(task, "trains", ("encoder",)))
     for part in PARTS:
-        if part not in trains:
+        if part not in task.trains:
             getattr(model, part).requires_grad_(False)
-    if isinstance(task, LocalContrastive):
-        # the partial decoder: blocks (and their 1x1 up-convolutions) past num_blocks never run
-        for name in ("ups", "blocks"):
-            for block in list(getattr(model.decoder, name, []))[task.num_blocks:]:
-                block.requires_grad_(False)
-    return isinstance(task, GlobalLocal)
+    for module in task.frozen_modules():  # e.g. the local loss's decoder blocks past num_blocks
+        module.requires_grad_(False)
+    return bool(task.find_unused_parameters)

@@ -42,10 +42,11 @@ from ..augment.views import ViewAugment
 from ..data.batches import images_and_partitions
 from ..errors import UserError
 from ..models.heads import ProjectionHead
+from .contract import PretextBase
 from .losses import check_temperature, global_contrastive, local_contrastive
 
 
-class GlobalContrastive(nn.Module):
+class GlobalContrastive(PretextBase):
     """Global contrastive loss on the encoder. ``forward(batch)``; batch is images or a dict
     ``{"images", "partition"}`` (see ``FramePool.meta_indices``)."""
 
@@ -130,7 +131,7 @@ def intensity_views(x: torch.Tensor) -> torch.Tensor:
     return intensity.gaussian_noise(x, 0.05, 0.5)
 
 
-class LocalContrastive(nn.Module):
+class LocalContrastive(PretextBase):
     """Local contrastive loss on the decoder with the encoder frozen.
 
     Args:
@@ -196,8 +197,13 @@ class LocalContrastive(nn.Module):
         images, _ = images_and_partitions(batch)
         return {"loss": self.local_loss(images)}
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The partial decoder: blocks (and their 1x1 up-convolutions) past ``num_blocks`` never run."""
+        decoder = self.model.decoder
+        return [m for name in ("ups", "blocks") for m in list(getattr(decoder, name, []))[self.num_blocks:]]
 
-class GlobalLocal(nn.Module):
+
+class GlobalLocal(PretextBase):
     """The staged schedule: global contrastive (encoder), then local contrastive (decoder).
 
     ``after_step`` moves to the local stage after ``global_fraction`` of the steps.
@@ -209,6 +215,8 @@ class GlobalLocal(nn.Module):
     """
 
     trains = ("encoder", "decoder")
+    # encoder + g1 get gradients in the global stage, decoder + g2 in the local one
+    find_unused_parameters = True
 
     def __init__(self, model: nn.Module, global_fraction: float = 0.5, strategy: str = "GD",
                  temperature: float = 0.1, n_parts: int = 4, num_blocks: int = 3, num_regions: int = 13,

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..augment.masking import noise_mask
 from ..errors import UserError
+from .contract import PretextBase
 from .losses import masked_l1
 
 
@@ -36,7 +37,7 @@ def reconstruction_head(model: nn.Module, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(width, out_channels, 1)
 
 
-class MaskedRegression(nn.Module):
+class MaskedRegression(PretextBase):
     """``forward(images) -> {"loss": masked L1}``; trains encoder and decoder.
 
     Args:
@@ -47,7 +48,7 @@ class MaskedRegression(nn.Module):
     """
 
     trains = ("encoder", "decoder")
-    partitions = None  # plain frames drawn across cases (the batch interface: see sslseg.pretrain.build)
+    partitions = None  # plain frames drawn across cases (the contract: sslseg.pretrain.contract)
 
     def __init__(self, model: nn.Module, mask_fraction: float = 0.25, noise_std: float = 1.0,
                  mask_patch: int = 8) -> None:

@@ -15,11 +15,15 @@ import torch
 from torch import nn
 
 from ..data.batches import images_and_partitions
+from .contract import PretextBase
 from .global_local import GlobalContrastive
 from .regression import MaskedRegression
 
 
-class RegressionContrastive(nn.Module):
+class RegressionContrastive(PretextBase):
+    """``forward(batch) -> {"loss", "regression", "contrastive"}``: the weighted sum of both losses; trains
+    encoder and decoder (the contract's defaults otherwise: one parameter group, no restart)."""
+
     trains = ("encoder", "decoder")
 
     def __init__(self, model: nn.Module, w_reg: float = 1.0, w_con: float = 0.1, mask_fraction: float = 0.25,

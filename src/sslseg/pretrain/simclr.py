@@ -22,10 +22,11 @@ from torch import nn
 
 from ..augment.views import ViewAugment
 from ..models.heads import ProjectionHead
+from .contract import PretextBase
 from .losses import check_temperature, nt_xent
 
 
-class SimCLR(nn.Module):
+class SimCLR(PretextBase):
     """SimCLR pretext task. ``forward(images) -> {"loss": ...}``.
 
     Args:
@@ -41,7 +42,7 @@ class SimCLR(nn.Module):
     """
 
     trains = ("encoder",)
-    partitions = None  # plain frames drawn across cases (the batch interface: see sslseg.pretrain.build)
+    partitions = None  # plain frames drawn across cases (the contract: sslseg.pretrain.contract)
 
     def __init__(
         self,
