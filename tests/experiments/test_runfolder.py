@@ -111,3 +111,17 @@ def test_predict_goes_past_a_bad_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bomb.png" in err and "Traceback" not in err
     assert any(p.name.startswith("good") for p in (tmp_path / "out").iterdir())
+
+
+def test_overwrite_leaves_no_file_of_the_old_run(tmp_path):
+    from sslseg.experiments.runfolder import RUN_FOLDERS, RUN_OUTPUTS, clear_outputs
+
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "events.out.tfevents.1").write_bytes(b"old")
+    for name in ("provenance.json", "metrics.csv", "log.txt", ".last.pt.host-1.abc.tmp"):
+        (out / name).write_text("old")
+    (out / "notes.txt").write_text("the user's own file")
+    clear_outputs(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert "provenance.json" in RUN_OUTPUTS and "tensorboard" in RUN_FOLDERS

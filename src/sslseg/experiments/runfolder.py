@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,9 @@ except ImportError:  # pragma: no cover - Windows
 
 # what a training run writes; cleared together by --overwrite, so no old file outlives its run
 RUN_OUTPUTS = ("checkpoint.pt", "last.pt", "last.pt.damaged", "metrics.csv", "labelled.json", "transfer.json",
-               "splits.json", "config.yaml", "log.txt")
+               "splits.json", "config.yaml", "log.txt", "provenance.json")
+#: folders a training run writes (TensorBoard's event files), cleared with the files
+RUN_FOLDERS = ("tensorboard",)
 
 
 class RunFolder:
@@ -354,5 +357,8 @@ def clear_outputs(out: Path) -> None:
     """Remove a previous run's outputs (and stray temporaries), so nothing old is taken for new."""
     for name in RUN_OUTPUTS:
         (out / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            shutil.rmtree(out / name)
     for tmp in out.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
