@@ -351,24 +351,38 @@ def _print_list(items: dict[str, str]) -> None:
         print(f"{name:<{width}}  {text}")
 
 
-def cmd_pretrain(args) -> int:
+def _train(args, stage: str):
+    """What ``pretrain`` and ``finetune`` share: refuse a busy folder at once, resolve the config (printed
+    with ``--print-config``), own the folder, train.
+
+    Returns:
+        ``(code, cfg, checkpoint)``: ``code`` is the exit code when nothing (more) is to be done (the config
+        printed, the run already finished), else None and ``checkpoint`` the trained one.
+    """
     from .experiments.runfolder import refuse_if_busy
 
     if not args.print_config:  # at once, before the training libraries load (seconds on a busy machine)
         refuse_if_busy(args.out)
-    from .engine import distributed
-
-    cfg = _config(args, "pretrain")
+    cfg = _config(args, stage)
     if args.print_config:
-        return _print_config(cfg, "pretrain")
+        return _print_config(cfg, stage), cfg, None
     _need_out(args)
     with _own(args, cfg) as finished:
         if finished:
-            return 0
+            return 0, cfg, None
         # imported once the folder is ours: a second process is refused first
-        from .experiments.pipeline import run_pretrain
+        from .experiments import pipeline
 
-        ckpt = run_pretrain(cfg, args.out, console=True)
+        run = pipeline.run_pretrain if stage == "pretrain" else pipeline.run_finetune
+        return None, cfg, run(cfg, args.out, console=True)
+
+
+def cmd_pretrain(args) -> int:
+    code, _, ckpt = _train(args, "pretrain")
+    if code is not None:
+        return code
+    from .engine import distributed
+
     if distributed.is_rank_zero():
         print(f"pretrained checkpoint: {ckpt}")
     return distributed.finish()
@@ -401,23 +415,11 @@ def _own(args, cfg):
 
 
 def cmd_finetune(args) -> int:
-    from .experiments.runfolder import refuse_if_busy
-
-    if not args.print_config:  # at once, before the training libraries load (seconds on a busy machine)
-        refuse_if_busy(args.out)
+    code, cfg, ckpt = _train(args, "finetune")
+    if code is not None:
+        return code
     from .engine import distributed
 
-    cfg = _config(args, "finetune")
-    if args.print_config:
-        return _print_config(cfg, "finetune")
-    _need_out(args)
-    with _own(args, cfg) as finished:
-        if finished:
-            return 0
-        # imported once the folder is ours: a second process is refused first
-        from .experiments.pipeline import run_finetune
-
-        ckpt = run_finetune(cfg, args.out, console=True)
     if not distributed.is_rank_zero():
         return distributed.finish()
     report = Path(args.out) / "transfer.json"
@@ -536,17 +538,19 @@ def cmd_sweep(args) -> int:
 
     if not args.print_config:  # at once, before the training libraries load (seconds on a busy machine)
         refuse_if_busy(args.out)
-    from .experiments.sweep import load_sweep_config, run_sweep
+    from .experiments.sweep_config import load_sweep_config
 
     sweep = load_sweep_config(args.config, args.set)  # checked before anything is created
     if args.print_config:
         import yaml
 
-        from .experiments.sweep import sweep_dict
+        from .experiments.sweep_config import sweep_dict
 
         print(yaml.safe_dump(sweep_dict(sweep), sort_keys=False), end="")
         return 0
     _need_out(args)
+    from .experiments.sweep import run_sweep
+
     with lock(args.out):  # one sweep per folder at a time
         results = run_sweep(sweep, args.out)
     out = Path(args.out)
