@@ -11,8 +11,10 @@ Format ``sslseg/1``, as :func:`save_checkpoint` and the pipeline's stages write 
 A pretraining checkpoint adds ``"method"`` and ``"trained_parts"`` (``["encoder"]``
 or ``["encoder", "decoder"]``).  A fine-tuned one adds to ``preprocess``
 ``"native_size"`` (``[H, W]`` of the labelled frames when they share one, else
-None), ``"frames"`` (``"echo-sector"``, ``"native"`` or ``"resized"``) and
-``"spacing"`` (median ``[row mm, column mm]`` or None), and ``"labelled_cases"``,
+None), ``"frames"`` (``"echo-sector"``, ``"native"`` or ``"resized"``),
+``"spacing"`` (median ``[row mm, column mm]`` or None), ``"axis"`` (the voxel
+axis volumes were cut along, which prediction cuts along too) and
+``"intensity"`` (the reader's intensity option), and ``"labelled_cases"``,
 ``"best_val"``, ``"transfer"`` and ``"freeze_encoder_steps"``.  Open a fine-tuned
 checkpoint for use with :func:`sslseg.engine.trained.open_trained`.
 

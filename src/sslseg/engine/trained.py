@@ -4,8 +4,10 @@ Everything that evaluates, predicts with or exports a trained model starts
 here (:func:`open_trained`), so the preprocessing is read from the checkpoint
 in one place and never re-typed: the training square ``image_size``, the
 intensity normaliser (``mean``, ``std``, ``scale``), the data reader's
-``intensity`` option (``config.data.options``), what the training frames were
-(``preprocess["frames"]``), their size and pixel spacing.
+``intensity`` option (``preprocess["intensity"]``; older checkpoints:
+``config.data.options``), the voxel axis volumes were cut along
+(``preprocess["axis"]``; older checkpoints: 2, ``k``), what the training frames
+were (``preprocess["frames"]``), their size and pixel spacing.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class TrainedModel:
         image_size: the training square size.
         in_channels, num_classes: the model's.
         intensity: the training reader's intensity option (``scale``, ``zscore``, ``none``).
+        axis: the voxel axis the training volumes were cut along (0, 1 or 2).
         frames: what the training frames were (:data:`TRAINING_FRAMES`).
         native_size: ``(H, W)`` of the labelled training frames when they shared one.
         spacing: their median pixel spacing ``(row mm, column mm)``, when known.
@@ -79,6 +82,7 @@ class TrainedModel:
     dataset: str = ""
     config: dict = field(default_factory=dict)
     checkpoint: dict = field(default_factory=dict, repr=False)
+    axis: int = 2
 
 
 def check_finite(state_dict: dict, where: str | os.PathLike) -> None:
@@ -122,6 +126,10 @@ def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         frames = training_frames(str(data_cfg.get("spec", "")), native, image_size)
     if frames not in TRAINING_FRAMES:
         raise UserError(f"{path}: preprocess.frames is {frames!r}; expected one of {', '.join(TRAINING_FRAMES)}")
+    axis = pre.get("axis", 2)  # older checkpoints: the readers' default, k
+    if axis not in (0, 1, 2):
+        raise UserError(f"{path}: preprocess.axis is {axis!r}; expected 0, 1 or 2")
+    intensity = pre.get("intensity") or (data_cfg.get("options") or {}).get("intensity", "scale")
     check_finite(ckpt.get("state_dict") or {}, path)
     model = model_from_checkpoint(ckpt, where=path).to(device).eval()
     return TrainedModel(
@@ -133,7 +141,8 @@ def open_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         # build_model's defaults when the checkpoint leaves them out
         in_channels=int(kwargs.get("in_channels", 1)),
         num_classes=int(kwargs.get("num_classes", 2)),
-        intensity=str((data_cfg.get("options") or {}).get("intensity", "scale")),
+        intensity=str(intensity),
+        axis=int(axis),
         frames=frames,
         native_size=native,
         spacing=tuple(float(v) for v in pre["spacing"]) if pre.get("spacing") else None,

@@ -572,9 +572,12 @@ def _finetune_preprocess(cfg: RunConfig, chosen: list[Case], normalizer: Normali
                                   {str(c.meta.get("modality", "")).upper() for c in chosen},
                                   bool((cfg.data.options or {}).get("sector")))
     known = [c.spacing for c in chosen if c.spacing is not None and c.meta.get("spacing_known", True)]
+    options = cfg.data.options or {}
+    # how the readers cut volumes and scaled intensities: prediction reads new volumes the same way
     return {"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size,
             "native_size": list(native) if native else None, "frames": frames_kind,
-            "spacing": [float(v) for v in np.median(np.array(known, float), 0)] if known else None}
+            "spacing": [float(v) for v in np.median(np.array(known, float), 0)] if known else None,
+            "axis": int(options.get("axis", 2)), "intensity": str(options.get("intensity", "scale"))}
 
 
 @torch.inference_mode()

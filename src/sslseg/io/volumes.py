@@ -238,7 +238,21 @@ def voxels_to_frames(
     return np.ascontiguousarray(frames), (float(zooms[b]), float(zooms[a]))
 
 
-def write_nifti(path: Path, frames: np.ndarray, affine: np.ndarray | None = None, *, like=None) -> Path:
+def frames_to_voxels(frames: np.ndarray, axis: int = 2) -> np.ndarray:
+    """The inverse of :func:`voxels_to_frames` for a 3D volume: frames ``(S, rows, cols)`` -> voxels ``(i, j, k)``.
+
+    Masks predicted on a volume's frames go back to its voxel grid through this,
+    so that a volume cut along ``axis`` is put back along ``axis``.
+    """
+    if not 0 <= axis <= 2:
+        raise UserError(f"slicing axis must be 0, 1 or 2, got {axis}")
+    a, b = (d for d in range(3) if d != axis)
+    # voxels_to_frames took voxel axes (axis, b, a) as frame axes (0, 1, 2)
+    return np.ascontiguousarray(frames.transpose(tuple(np.argsort((axis, b, a)))))
+
+
+def write_nifti(path: Path, frames: np.ndarray, affine: np.ndarray | None = None, *, like=None,
+                axis: int = 2) -> Path:
     """Frames ``(N, H, W)`` or ``(N, C, H, W)`` as a NIfTI volume ``(i = column, j = row, k = frame[, c])``.
 
     Args:
@@ -248,6 +262,8 @@ def write_nifti(path: Path, frames: np.ndarray, affine: np.ndarray | None = None
             (sform/qform and their codes, zooms, units) and image class are
             reproduced bit for bit; its intensity scaling is not (labels and
             probabilities are stored as they are).
+        axis: with ``like``, the voxel axis ``like`` was cut along
+            (:func:`voxels_to_frames`); the frames go back through :func:`frames_to_voxels`.
     """
     import nibabel as nib
 
@@ -263,7 +279,7 @@ def write_nifti(path: Path, frames: np.ndarray, affine: np.ndarray | None = None
     if len(shape) == 2:
         vox = frames[0].T  # (1, j, i) -> (i, j)
     else:
-        vox = frames.transpose(2, 1, 0)  # (k, j, i) -> (i, j, k)
+        vox = frames_to_voxels(frames, axis)  # axis 2: (k, j, i) -> (i, j, k)
         if len(shape) == 4 and shape[3] == 1:
             vox = vox[..., None]  # keep the input's (i, j, k, 1) shape
     hdr = like.header.copy()
@@ -276,11 +292,15 @@ def write_nifti(path: Path, frames: np.ndarray, affine: np.ndarray | None = None
     return path
 
 
-def write_itk_like(reference, frames: np.ndarray, path: Path) -> Path:
-    """Frames ``(N, H, W)`` to an image with ``reference``'s size, origin, spacing and direction (SimpleITK)."""
+def write_itk_like(reference, frames: np.ndarray, path: Path, axis: int = 2) -> Path:
+    """Frames ``(N, H, W)`` to an image with ``reference``'s size, origin, spacing and direction (SimpleITK).
+
+    ``axis``: the voxel axis a 3D ``reference`` was cut along (:func:`voxels_to_frames`).
+    """
     import SimpleITK as sitk
 
-    arr = frames[0] if reference.GetDimension() == 2 else frames
+    # SimpleITK's array order is (k, j, i): the frames of a cut along k
+    arr = frames[0] if reference.GetDimension() == 2 else frames_to_voxels(frames, axis).transpose(2, 1, 0)
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
     img.CopyInformation(reference)
     sitk.WriteImage(img, str(path), useCompression=True)

@@ -9,8 +9,9 @@ Formats and their geometry:
 * **PNG, JPEG, BMP, TIFF** (Pillow): one picture, or the pages of a multi-page
   TIFF as frames; pixel size unknown.  Masks: PNG (one page) or multi-page TIFF.
 * **NIfTI** (``.nii``, ``.nii.gz``; nibabel): a 2D image or a volume cut slice
-  by slice along its last spatial axis ``k``; a 4D volume's fourth axis holds
-  the channels (Decathlon's modalities).  Masks: NIfTI with the same affine,
+  by slice along the voxel axis the model was trained on (the checkpoint's
+  ``preprocess["axis"]``; ``k`` when it records none); a 4D volume's fourth axis
+  holds the channels (Decathlon's modalities).  Masks: NIfTI with the same affine,
   header (sform/qform codes, zooms, units) and spatial shape.
 * **MetaImage / NRRD** (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``; SimpleITK):
   as NIfTI; masks in the input's format with the same size, origin, spacing
@@ -34,9 +35,12 @@ viewer. The mask video (``_mask.avi``) is for viewing: class ``c`` is grey
 ``c * (255 // (K - 1))`` (0/255 for two classes, 0/127/254 for three),
 losslessly encoded; :func:`read_mask_video` turns it back into indices.
 
-Orientation convention (the same as the training readers): a volume of voxel
-axes ``(i, j, k)`` is shown slice ``k`` by slice with ``j`` as rows and ``i`` as
-columns; the masks go back through the inverse of exactly that transposition.
+Orientation convention: volumes are cut by the training readers' own function
+(:func:`sslseg.io.volumes.voxels_to_frames`): along ``k``, slice by slice with
+``j`` as rows and ``i`` as columns; along another axis, the higher remaining
+axis as rows.  The masks go back through its inverse
+(:func:`sslseg.io.volumes.frames_to_voxels`) along the same axis.  Pictures,
+DICOM and videos are frames already: the axis does not apply to them.
 """
 
 from __future__ import annotations
@@ -72,7 +76,15 @@ from ..io.files import (
 )
 from ..io.pictures import luma, read_picture, write_pages, write_png_sequence
 from ..io.video import read_video, write_video
-from ..io.volumes import itk_grid, itk_slices, read_itk, read_nifti, write_itk_like, write_nifti
+from ..io.volumes import (
+    itk_grid,
+    itk_slices,
+    read_itk,
+    read_nifti,
+    voxels_to_frames,
+    write_itk_like,
+    write_nifti,
+)
 
 #: class colours of the overlays (RGB), class 1 first
 COLOURS = np.array(
@@ -168,8 +180,8 @@ def expand_inputs(inputs: list[str | os.PathLike],
 # --------------------------------------------------------------------------- #
 # reading
 # --------------------------------------------------------------------------- #
-def read_study(path: str | os.PathLike, channels: int = 1) -> Study:
-    """Read one file for a model with ``channels`` input channels.
+def read_study(path: str | os.PathLike, channels: int = 1, axis: int = 2) -> Study:
+    """Read one file for a model with ``channels`` input channels; volumes are cut along voxel ``axis``.
 
     Raises:
         ValueError: unsupported format, unreadable or corrupt file, or a channel
@@ -182,9 +194,9 @@ def read_study(path: str | os.PathLike, channels: int = 1) -> Study:
     if ext in PICTURES:
         study = _read_picture(path, channels)
     elif ext in NIFTI:
-        study = _read_nifti(path, channels)
+        study = _read_nifti(path, channels, axis)
     elif ext in ITK:
-        study = _read_itk(path, channels)
+        study = _read_itk(path, channels, axis)
     elif ext in DICOM or (ext == "" and is_dicom_file(path)):
         try:
             study = _read_dicom(path, channels)
@@ -206,35 +218,34 @@ def _read_picture(path: Path, channels: int) -> Study:
                  ["pixel size unknown (picture): areas in pixels"])
 
 
-def _read_nifti(path: Path, channels: int) -> Study:
+def _read_nifti(path: Path, channels: int, axis: int) -> Study:
     img, vox = read_nifti(path)
     shape = tuple(vox.shape)
     zooms = tuple(float(z) for z in img.header.get_zooms())
     if vox.ndim == 4 and shape[3] == 1 and channels != 1:
         raise channel_error(path, 1, channels)
+    spacing = (zooms[1], zooms[0]) if len(zooms) >= 2 else None
     if vox.ndim == 2:
-        frames = vox.T[None]  # (i, j) -> (1, j, i)
+        frames = vox.T[None]  # (i, j) -> (1, j, i): one picture, whatever the axis
     elif vox.ndim == 3 or (vox.ndim == 4 and shape[3] == 1):
         if channels != 1:
             raise channel_error(path, 1, channels)
-        frames = vox.reshape(shape[:3]).transpose(2, 1, 0)  # (i, j, k) -> (k, j, i)
+        frames, spacing = voxels_to_frames(vox.reshape(shape[:3]), zooms[:3], axis)  # axis 2: (k, j, i)
     elif vox.ndim == 4:
         if shape[3] != channels:
             raise channel_error(
                 path, shape[3], channels,
                 " along the 4th axis; select the model's channel(s) (e.g. the training modality) first",
             )
-        frames = vox.transpose(2, 3, 1, 0)  # (i, j, k, c) -> (k, c, j, i)
-        if channels == 1:
-            frames = frames[:, 0]
+        frames, spacing = voxels_to_frames(vox, zooms[:3], axis)  # axis 2: (k, c, j, i), (k, j, i) for one
     else:
         raise UserError(f"{path}: a {vox.ndim}D NIfTI image; expected 2D, 3D or 4D (channels last)")
-    spacing = (zooms[1], zooms[0]) if len(zooms) >= 2 else None
     # the image (header, affine; its voxels are not kept) is the grid the masks are written on
-    return Study(path, "nifti", np.ascontiguousarray(frames), spacing, None, {"image": img, "ext": extension(path)})
+    return Study(path, "nifti", np.ascontiguousarray(frames), spacing, None,
+                 {"image": img, "ext": extension(path), "axis": axis})
 
 
-def _read_itk(path: Path, channels: int) -> Study:
+def _read_itk(path: Path, channels: int, axis: int) -> Study:
     img = read_itk(path)
     nd = img.GetDimension()
     if nd not in (2, 3):
@@ -247,10 +258,14 @@ def _read_itk(path: Path, channels: int) -> Study:
         frames = luma(arr[..., :3])
     else:
         raise channel_error(path, comps, channels, " (pixel components)")
-    sp = img.GetSpacing()
+    sp = tuple(float(v) for v in img.GetSpacing())
+    spacing = (sp[1], sp[0])
+    if nd == 3:  # the slices along k back to voxels (i, j, k[, c]), cut as training cut them
+        vox = frames.transpose(2, 1, 0) if frames.ndim == 3 else frames.transpose(3, 2, 0, 1)
+        frames, spacing = voxels_to_frames(vox, sp, axis)
     # the grid the masks are written on (no pixels kept)
-    geometry = {"reference": itk_grid(img), "ext": extension(path)}
-    return Study(path, "itk", np.ascontiguousarray(frames), (float(sp[1]), float(sp[0])), None, geometry)
+    geometry = {"reference": itk_grid(img), "ext": extension(path), "axis": axis}
+    return Study(path, "itk", np.ascontiguousarray(frames), spacing, None, geometry)
 
 
 def _read_dicom(path: Path, channels: int) -> Study:
@@ -302,9 +317,11 @@ def write_mask(study: Study, labels: np.ndarray, out_base: Path, num_classes: in
         labels = labels if labels.dtype == np.uint8 else labels.astype(np.uint16)
         out["mask"] = write_pages(labels, out_base, "_mask")
     elif study.kind == "nifti":
-        out["mask"] = write_nifti(Path(f"{out_base}_mask{study.geometry['ext']}"), labels, like=study.geometry["image"])
+        out["mask"] = write_nifti(Path(f"{out_base}_mask{study.geometry['ext']}"), labels, like=study.geometry["image"],
+                                  axis=study.geometry["axis"])
     elif study.kind == "itk":
-        out["mask"] = write_itk_like(study.geometry["reference"], labels, Path(f"{out_base}_mask{study.geometry['ext']}"))
+        out["mask"] = write_itk_like(study.geometry["reference"], labels, Path(f"{out_base}_mask{study.geometry['ext']}"),
+                                     study.geometry["axis"])
     elif study.kind == "dicom":
         if dicom_masks == "png":
             out["mask"] = write_png_sequence(labels, Path(f"{out_base}_mask"))
@@ -325,9 +342,11 @@ def write_uncertainty(study: Study, var: np.ndarray, out_base: Path) -> Path:
     if study.kind == "picture":
         return write_pages(var, out_base, "_uncertainty", ext=".tif")
     if study.kind == "nifti":
-        return write_nifti(Path(f"{out_base}_uncertainty{study.geometry['ext']}"), var, like=study.geometry["image"])
+        return write_nifti(Path(f"{out_base}_uncertainty{study.geometry['ext']}"), var, like=study.geometry["image"],
+                           axis=study.geometry["axis"])
     if study.kind == "itk":
-        return write_itk_like(study.geometry["reference"], var, Path(f"{out_base}_uncertainty{study.geometry['ext']}"))
+        return write_itk_like(study.geometry["reference"], var, Path(f"{out_base}_uncertainty{study.geometry['ext']}"),
+                              study.geometry["axis"])
     affine = study.geometry.get("affine")
     if affine is None:
         affine = np.diag([*(study.spacing or (1.0, 1.0))[::-1], 1.0, 1.0])

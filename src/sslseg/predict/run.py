@@ -140,6 +140,7 @@ class Predictor:
         image_size: the training square size.
         in_channels, num_classes: the model's.
         intensity: the training reader's intensity option (for non-8-bit data).
+        axis: the voxel axis the training volumes were cut along; volumes to predict on are cut the same way.
         batch_size: frames (or windows) per forward pass.
         device: where the model runs.
         tta: horizontal-flip test-time augmentation, with an uncertainty map.
@@ -160,6 +161,7 @@ class Predictor:
     in_channels: int = 1
     num_classes: int = 2
     intensity: str = "scale"
+    axis: int = 2
     batch_size: int = 16
     device: str = "cpu"
     tta: bool = False
@@ -188,6 +190,8 @@ class Predictor:
             raise UserError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.axis not in (0, 1, 2):
+            raise UserError(f"slicing axis must be 0, 1 or 2, got {self.axis!r}")
         self.model.to(self.device).eval()
 
     @classmethod
@@ -206,6 +210,7 @@ class Predictor:
             in_channels=trained.in_channels,
             num_classes=trained.num_classes,
             intensity=trained.intensity,
+            axis=trained.axis,
             native_size=trained.native_size,
             trained_on=trained.frames,
             training_spacing=trained.spacing,
@@ -323,7 +328,7 @@ def predict_file(
     )
 
     path, out_base = Path(path), Path(out_base)
-    study: Study = read_study(path, predictor.in_channels)
+    study: Study = read_study(path, predictor.in_channels, predictor.axis)
     pred = predictor.predict(study.frames, where=str(path), echo=study.is_echo, spacing=study.spacing,
                              region=study.geometry.get("us_region"))
     res = FileResult(path, study.kind, study.num_frames, tuple(study.frames.shape[-2:]), study.spacing,
