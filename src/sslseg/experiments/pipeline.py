@@ -514,7 +514,7 @@ def _fit_finetune(cfg: RunConfig, fabric, task, data: LabelledSet, val_set: Labe
     ft = cfg.finetune
     model = task.model
     part = shard(ft.batch_size, fabric.global_rank, fabric.world_size)
-    n_unlabelled = int(getattr(task, "unlabelled_batch", None) or ft.batch_size)
+    n_unlabelled = int(task.unlabelled_batch or ft.batch_size)  # the mode's contract (sslseg.finetune.contract)
     part_u = shard(n_unlabelled, fabric.global_rank, fabric.world_size) if pool is not None else None
 
     def make_batch(step: int):
@@ -550,7 +550,7 @@ def _fit_finetune(cfg: RunConfig, fabric, task, data: LabelledSet, val_set: Labe
             desc=desc,
             validate=validate if val_set is not None else None,
             monitor="dice" if val_set is not None else None,
-            after_step=getattr(task, "after_step", None),
+            after_step=task.after_step,
             fabric=fabric,
         )
     if frozen > 0:

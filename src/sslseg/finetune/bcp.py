@@ -31,9 +31,10 @@ from torch import nn
 from ..augment.views import SegAugment
 from ..pretrain.ema import update_momentum
 from . import semi
+from .contract import FinetuneBase
 
 
-class BCP(nn.Module):
+class BCP(FinetuneBase):
     """``forward({"images", "masks", "unlabelled", "step"}) -> {"loss", ...}``; ``after_step`` moves the teacher.
 
     Args:

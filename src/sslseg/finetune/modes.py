@@ -1,13 +1,15 @@
 """Fine-tuning modes: supervised, or semi-supervised on the training split's unlabelled frames.
 
-A mode is a task for the shared loop (:func:`sslseg.engine.loop.fit`): an
-``nn.Module`` whose ``forward(batch)`` returns ``{"loss": ...}``, built as
-``cls(model, loss, augment, **options)``. A semi-supervised mode declares
-``needs_unlabelled = True``; its batch is then a dict ``{"images", "masks",
-"unlabelled", "step"}`` (the unlabelled frames drawn, like the labelled ones, as a
-pure function of (seed, step), so resume stays exact and N processes see what one
-would). It may take the run's ``steps`` and define ``after_step(step, total)``
-(BCP's teacher). It trains ``task.model``, the network that is saved.
+A mode is a task for the shared loop (:func:`sslseg.engine.loop.fit`) built as
+``cls(model, loss, augment, **options)``, read by the pipeline only through its
+contract (:class:`~sslseg.finetune.contract.FinetuneTask`): ``forward(batch)``
+returns ``{"loss": ...}``; a semi-supervised mode declares ``needs_unlabelled =
+True`` and its batch is then a dict ``{"images", "masks", "unlabelled", "step"}``
+(the unlabelled frames drawn, like the labelled ones, as a pure function of
+(seed, step), so resume stays exact and N processes see what one would), of
+``unlabelled_batch`` frames; ``after_step(step, total)`` runs after each step
+(BCP's teacher). It may take the run's ``steps``. It trains ``task.model``, the
+network that is saved.
 
 ``auto`` (the default) is :data:`AUTO_MODE` with at most :data:`AUTO_MAX_CASES`
 labelled cases where the training split holds unlabelled frames, else
@@ -24,6 +26,7 @@ from torch import nn
 from ..errors import UserError
 from ..registry import Registry
 from .bcp import BCP
+from .contract import FinetuneTask
 from .task import SupervisedTask
 from .unimatch import UniMatch
 
@@ -111,11 +114,11 @@ def resolve_mode(name: str, unlabelled_frames: int, labelled_cases: int = 1) -> 
 
 
 def needs_unlabelled(name: str) -> bool:
-    return bool(getattr(MODES.get(name), "needs_unlabelled", False))
+    return bool(MODES.get(name).needs_unlabelled)
 
 
 def build_task(name: str, model: nn.Module, loss: nn.Module, augment, steps: int, options: dict | None = None
-               ) -> nn.Module:
+               ) -> FinetuneTask:
     """The task of mode ``name`` (resolved: not ``auto``) around ``model``."""
     check_mode(name, options)
     cls = MODES.get(name)

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from ..augment.views import SegAugment
+from .contract import FinetuneBase
 
 
-class SupervisedTask(nn.Module):
+class SupervisedTask(FinetuneBase):
     """``forward((images, masks)) -> {"loss": ...}`` with batched augmentation on the device."""
 
     def __init__(self, model: nn.Module, loss: nn.Module, augment: SegAugment | None = None) -> None:

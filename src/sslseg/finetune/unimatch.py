@@ -32,9 +32,10 @@ from torch import nn
 
 from ..augment.views import SegAugment
 from . import semi
+from .contract import FinetuneBase
 
 
-class UniMatch(nn.Module):
+class UniMatch(FinetuneBase):
     """``forward({"images", "masks", "unlabelled"}) -> {"loss", ...}``.
 
     Args:
