@@ -40,7 +40,7 @@ def test_loss_finite_and_decreasing_over_20_steps(name):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if name != "global_local" and hasattr(method, "after_step"):
+        if name != "global_local":  # global_local would change stage half-way; its loss is another one then
             method.after_step(step, 20)
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
