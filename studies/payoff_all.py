@@ -182,17 +182,19 @@ def ismrm_overrides(tiny: bool) -> list[str]:
 def plan_ismrm(out: Path, tiny: bool, rates: dict, ft_run_s: float) -> dict:
     """Pending pretraining runs and fine-tuning runs of the sweep, as ``run_sweep`` will name them."""
     sys.path.insert(0, str(ROOT / "src"))
-    from sslseg.experiments import sweep
+    from sslseg.experiments.sweep_config import load_sweep_config
+    from sslseg.experiments.sweep_plan import plan, run_dir
 
     config = ROOT / "configs" / "synthetic_mri_ismrm.yaml"
-    sw = sweep.load_sweep_config(config, ismrm_overrides(tiny))
-    runs = sweep.plan(sw, n_train=10**6)  # the run names do not depend on the number of training cases
-    pending = [r for r in runs if not (out / "runs" / sweep.run_key(r) / "done.json").exists()]
-    pre = {(r["method"], r["arch"], r["seed"]) for r in pending if r["kind"] == "finetune" and r["method"] != "none"}
-    pre = {p for p in pre if not (out / "pretrain" / f"{p[0]}_{p[1]}_seed{p[2]}" / "checkpoint.pt").exists()}
+    sw = load_sweep_config(config, ismrm_overrides(tiny))
+    runs = plan(sw, n_train=10**6)  # the run names do not depend on the number of training cases
+    pending = [r for r in runs if not (run_dir(out, r) / "done.json").exists()]
+    # each pretraining run once (several fine-tuning runs share it), by the folder the sweep gives it
+    pre = {run_dir(out, r, "pretrain"): r["init"] for r in pending if r["kind"] == "finetune" and r["init"] != "none"}
+    pre = [m for folder, m in pre.items() if not (folder / "checkpoint.pt").exists()]
     steps = int(sw.pretrain.get("steps", 0))
     ft_steps = int(sw.finetune.get("steps", 300))
-    seconds = sum(steps * rates.get(m, PRETRAIN_STEP_S.get(m, 1.0)) * MRI_PIXELS for m, _, _ in pre)
+    seconds = sum(steps * rates.get(m, PRETRAIN_STEP_S.get(m, 1.0)) * MRI_PIXELS for m in pre)
     seconds += len(pending) * ft_run_s * MRI_PIXELS * ft_steps / 300
     cmd = python_cmd("-c", "import sys; from sslseg.cli import main; sys.exit(main(sys.argv[1:]))",
                      "sweep", str(config), "--out", str(out))

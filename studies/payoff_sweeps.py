@@ -93,7 +93,8 @@ def mri_config(strategy: str, tiny: bool) -> dict:
 
 def run(folder: Path, cfg: dict, reference: Path | None) -> None:
     """One sweep into ``folder``, with random init's finished runs copied from ``reference`` first."""
-    from sslseg.experiments.sweep import run_sweep, sweep_config
+    from sslseg.experiments.sweep import run_sweep
+    from sslseg.experiments.sweep_config import sweep_config
 
     if reference is not None:
         for src in sorted((reference / "runs").glob("none_*")):

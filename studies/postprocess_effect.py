@@ -18,7 +18,7 @@ import numpy as np
 
 from sslseg.experiments.demo import demo_config
 from sslseg.experiments.pipeline import load_cases, run_evaluate, run_finetune, select_labelled
-from sslseg.experiments.sweep import run_config
+from sslseg.experiments.sweep_config import run_config
 
 VARIANTS = {"raw": {"largest_component": False, "fill_holes": False},
             "largest_component": {"largest_component": True, "fill_holes": False},

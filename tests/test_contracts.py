@@ -277,3 +277,41 @@ def test_interrupted_checkpoint_write_leaves_the_previous_file(tmp_path, monkeyp
     assert path.read_bytes() == before
     assert ck.load_checkpoint(path)["stage"] == "pretrain"
     assert not [p for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]  # no temporary file left
+
+
+# layers that sit below others (DESIGN.md, "The flow"): a module of the first may not import the second
+LOWER_NEVER_IMPORTS = {"report": ("experiments", "cli")}
+
+
+def _imports(path: Path, package: str) -> list[tuple[int, str]]:
+    """``(line, absolute module)`` of every import in ``path`` (a module of ``package``), relative ones resolved."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    here = package.split(".")
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            out += [(node.lineno, module)] if node.module else [(node.lineno, f"{module}.{a.name}") for a in node.names]
+    return out
+
+
+@pytest.mark.parametrize("lower", sorted(LOWER_NEVER_IMPORTS))
+def test_a_lower_layer_never_imports_a_higher_one(lower):
+    import sslseg
+
+    root = Path(sslseg.__file__).parent
+    files = sorted((root / lower).rglob("*.py"))
+    assert files, f"no modules under sslseg/{lower}"
+    arrows = []
+    for path in files:
+        package = "sslseg." + ".".join(path.relative_to(root).parent.parts)
+        for line, module in _imports(path, package):
+            for higher in LOWER_NEVER_IMPORTS[lower]:
+                if module == f"sslseg.{higher}" or module.startswith(f"sslseg.{higher}."):
+                    arrows.append(f"{path.relative_to(root.parent)}:{line} imports {module}")
+    assert not arrows, "a lower layer imports a higher one: " + "; ".join(arrows)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sslseg.experiments import sweep
+from sslseg.experiments import sweep_config
 from sslseg.experiments.config import RunConfig, resolve_run_config
 
 
@@ -31,13 +31,13 @@ def test_one_line_errors(overrides, stage, where, message):
 
 
 def test_a_sweep_run_is_the_config_its_keys_name():
-    sw = sweep.SweepConfig(data=sweep.SweepData(image_size=64, split_seed=2), model=sweep.SweepModel({"depth": 3}),
+    sw = sweep_config.SweepConfig(data=sweep_config.SweepData(image_size=64, split_seed=2), model=sweep_config.SweepModel({"depth": 3}),
                            finetune={"steps": 9})
-    rc = sweep.run_config(sw, "unet", 1, ("synthetic-mri", {"num_cases": 4}), {"finetune.labels": "2"})
+    rc = sweep_config.run_config(sw, "unet", 1, ("synthetic-mri", {"num_cases": 4}), {"finetune.labels": "2"})
     expected = resolve_run_config(None, {"seed": 1, "data.spec": "synthetic-mri", "data.options": {"num_cases": 4},
                                          "data.image_size": 64, "data.split_seed": 2, "model.options": {"depth": 3},
                                          "finetune.steps": 9, "finetune.labels": "2"})
     assert rc == expected
     # a sweep's defaults are a run's
-    defaults = sweep.run_config(sweep.SweepConfig(), "unet", 0)
+    defaults = sweep_config.run_config(sweep_config.SweepConfig(), "unet", 0)
     assert defaults == resolve_run_config(None, {"data.spec": defaults.data.spec})

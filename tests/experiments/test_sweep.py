@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sslseg.experiments import pipeline, sweep
+from sslseg.experiments import pipeline, sweep, sweep_config, sweep_plan
 from sslseg.report.html import SECTIONS, write_report
 
 CONFIG = {
@@ -122,15 +122,15 @@ def test_bad_data_entries(tmp_path, bad, match):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(dict(CONFIG, **bad)))
     with pytest.raises(ValueError, match=match):
-        sweep.load_sweep_config(p)
+        sweep_config.load_sweep_config(p)
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    sw = sweep.load_sweep_config(path)
-    for data in sweep.datasets(sw):
+    sw = sweep_config.load_sweep_config(path)
+    for data in sweep_config.datasets(sw):
         for arch in sw.archs:
-            rc = sweep.run_config(sw, arch, sw.seeds[0], data)
+            rc = sweep_config.run_config(sw, arch, sw.seeds[0], data)
             assert rc.data.spec == data[0] and rc.model.arch == arch
 
 
@@ -156,7 +156,7 @@ def test_cli_sweep_then_report(tmp_path, capsys):
 def test_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
     from sslseg.experiments import demo
 
-    tiny = sweep.sweep_config(dict(CONFIG, budgets=[1]))
+    tiny = sweep_config.sweep_config(dict(CONFIG, budgets=[1]))
     monkeypatch.setattr(demo, "demo_config", lambda quick: tiny)
     rows = demo.run_demo(tmp_path / "demo", quick=True)
     assert {r["method"] for r in rows} == {"none", "simclr", "supervised"}
@@ -237,10 +237,10 @@ def test_shipped_configs_build_every_method(path):
     from sslseg.models.build import build_model
     from sslseg.pretrain.build import build_method, resolve_options
 
-    sw = sweep.load_sweep_config(path)
-    for data in sweep.datasets(sw):
+    sw = sweep_config.load_sweep_config(path)
+    for data in sweep_config.datasets(sw):
         for arch in sw.archs:
-            rc = sweep.run_config(sw, arch, sw.seeds[0], data)
+            rc = sweep_config.run_config(sw, arch, sw.seeds[0], data)
             axis = "time" if data[0].startswith(("echonet", "camus", "synthetic-echo")) else "slice"
             for method in sw.methods:
                 if method == "none":
@@ -267,7 +267,7 @@ def test_sweep_refuses_an_option_one_method_lacks_before_any_run(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(dict(CONFIG, methods=["none", "simclr", "byol"], pretrain={"options": {"temperature": 0.1}})))
     with pytest.raises(ValueError, match="method 'byol' takes no option 'temperature'"):
-        sweep.load_sweep_config(p)
+        sweep_config.load_sweep_config(p)
 
 
 def test_parallel_sweep_with_shared_pretraining_matches_sequential(tmp_path, monkeypatch):
@@ -299,30 +299,30 @@ def test_sweep_crosses_methods_with_modes_and_pairs_them_by_subset(tmp_path, mon
     from sslseg.report.tables import pretrained_alone, subset_gains
 
     # today auto is supervised (the measured best): listed with supervised, it adds no run
-    sw0 = sweep.validate(sweep.sweep_config({**CONFIG, "modes": ["supervised", "auto"]}))
-    assert modes.AUTO_MODE != "supervised" or len(sweep.plan(sw0, 5, lambda k: True)) == len(
-        sweep.plan(sweep.validate(sweep.sweep_config(CONFIG)), 5, lambda k: True))
+    sw0 = sweep_config.validate(sweep_config.sweep_config({**CONFIG, "modes": ["supervised", "auto"]}))
+    assert modes.AUTO_MODE != "supervised" or len(sweep_plan.plan(sw0, 5, lambda k: True)) == len(
+        sweep_plan.plan(sweep_config.validate(sweep_config.sweep_config(CONFIG)), 5, lambda k: True))
     AUTO_MODE = "unimatch"  # were a semi-supervised mode measured best
     monkeypatch.setattr(modes, "AUTO_MODE", AUTO_MODE)
 
-    sw = sweep.validate(sweep.sweep_config({**CONFIG, "methods": ["none", "simclr", "byol+bcp"],
+    sw = sweep_config.validate(sweep_config.sweep_config({**CONFIG, "methods": ["none", "simclr", "byol+bcp"],
                                                             "modes": ["supervised", "auto"], "budgets": [1]}))
-    runs = sweep.plan(sw, 5, lambda k: True)
+    runs = sweep_plan.plan(sw, 5, lambda k: True)
     fine = [(r["method"], r["init"], r["mode"]) for r in runs if r["kind"] == "finetune" and r["k"] == 1]
     assert fine == [("none", "none", "supervised"), (f"none+{AUTO_MODE}", "none", AUTO_MODE),
                     ("simclr", "simclr", "supervised"), (f"simclr+{AUTO_MODE}", "simclr", AUTO_MODE),
                     ("byol+bcp", "byol", "bcp")]
     # nothing unlabelled beside the labelled cases, or more labelled cases than auto's limit: auto is
     # supervised, listed once
-    assert [r["mode"] for r in sweep.plan(sw, 5, lambda k: False) if r["init"] == "none"] == ["supervised"] * 2
+    assert [r["mode"] for r in sweep_plan.plan(sw, 5, lambda k: False) if r["init"] == "none"] == ["supervised"] * 2
     sw.budgets = [AUTO_MAX_CASES + 1]
-    assert [r["mode"] for r in sweep.plan(sw, 5, lambda k: True) if r["method"] == "none" or r["init"] == "none"
+    assert [r["mode"] for r in sweep_plan.plan(sw, 5, lambda k: True) if r["method"] == "none" or r["init"] == "none"
             and r["kind"] == "finetune"] == ["supervised"]
     for bad, match in ((["supervised", "supervised"], "listed twice"), (["fixmatch"], "unknown fine-tuning mode")):
         with pytest.raises(ValueError, match=match):
-            sweep.validate(sweep.sweep_config({**CONFIG, "modes": bad}))
+            sweep_config.validate(sweep_config.sweep_config({**CONFIG, "modes": bad}))
     with pytest.raises(ValueError, match="sweep.finetune.mode has no effect"):
-        sweep.validate(sweep.sweep_config({**CONFIG, "finetune": {"mode": "bcp"}}))
+        sweep_config.validate(sweep_config.sweep_config({**CONFIG, "finetune": {"mode": "bcp"}}))
 
     rows = []
     for seed, (none, pre, semi) in enumerate([(0.5, 0.6, 0.8), (0.4, 0.6, 0.7), (0.6, 0.6, 0.9)]):

@@ -13,9 +13,10 @@ import pytest
 import torch
 import yaml
 
+from sslseg.environment import git_commit
 from sslseg.evaluate import inference
 from sslseg.experiments import sweep
-from sslseg.experiments.provenance import git_commit
+from sslseg.report import compare
 from sslseg.report.html import write_report
 
 CONFIG = {
@@ -46,7 +47,8 @@ def two_subsets(tmp_path_factory):
     cfg.write_text(yaml.safe_dump(CONFIG))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inference, "predict_frames", _dark_pixels)  # evaluation
-        mp.setattr(sweep, "predict_frames", _dark_pixels)  # the overlays' frames
+        mp.setattr(sweep, "predict_frames", _dark_pixels)  # the examples' frames
+        mp.setattr(compare, "predict_frames", _dark_pixels)  # the overlays' frames
         sweep.run_sweep(cfg, out / "run", write_report_at_end=False)
     return out / "run"
 

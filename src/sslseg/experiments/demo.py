@@ -24,7 +24,8 @@ from ..report.tables import (
     subset_gains,
     subset_means,
 )
-from .sweep import BaselineConfig, SweepConfig, SweepData, SweepModel, run_sweep
+from .sweep import run_sweep
+from .sweep_config import BaselineConfig, SweepConfig, SweepData, SweepModel
 
 #: the semi-supervised mode the demo adds on top of SimCLR, chosen on validation Dice at the demo's
 #: schedule (studies/semi_supervised.py, echo part, 5 subsets): SimCLR + bcp 0.822 / 0.877 at 1 / 4

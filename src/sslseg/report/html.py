@@ -348,7 +348,7 @@ def _env_html(out: Path) -> str:
     prov = _json(out / "provenance.json")
     note = ""
     if prov is None:
-        from ..experiments.provenance import environment
+        from ..environment import environment
 
         prov = environment()
         note = "<p class='note'>No provenance.json in this folder: the environment of this report's process.</p>"

@@ -266,7 +266,7 @@ def training_curves(
 def overlays(npz_path: Path, path: str | Path, title: str = "") -> Path | None:
     """Every method on the same frames: rows = frames (best, median, worst for the reference), columns = methods.
 
-    Reads a file written by :func:`sslseg.experiments.sweep.save_comparison`. Each
+    Reads a file written by :func:`sslseg.report.compare.save_comparison`. Each
     panel: the image, the ground-truth contour (sky blue, solid), the method's
     prediction (orange, dashed: a pair colour-blind readers tell apart, and told
     apart by line style too), titled with that frame's own Dice (mean over the
