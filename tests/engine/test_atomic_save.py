@@ -15,6 +15,7 @@ from cli_helpers import refused
 
 from sslseg.engine import checkpoint as ck
 from sslseg.engine.loop import LoopConfig, fit
+from sslseg.io import files
 
 TINY = ["--data", "synthetic-echo", "--image-size", "32", "--batch-size", "2", "--steps", "3",
         "--set", "model.options.base_channels=4", "--set", "model.options.depth=2",
@@ -84,16 +85,16 @@ def test_a_writer_killed_mid_write_leaves_a_temporary_the_next_write_removes(tmp
         ck.atomic_save({"w": 1}, path)
         os._exit(0)
     os.waitpid(pid, 0)
-    left = ck.temporaries(path)
+    left = files.temporaries(path)
     assert len(left) == 1 and left[0].stat().st_size == 0  # the zero-byte temporary of the issue
     ck.atomic_save({"w": 2}, path)
-    assert ck.temporaries(path) == []
+    assert files.temporaries(path) == []
     assert torch.load(path, weights_only=True) == {"w": 2}
 
 
 def test_only_dead_writers_temporaries_are_removed(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    host = ck._owner().rpartition("-")[0]
+    host = files.writer_id().rpartition("-")[0]
     dead = tmp_path / f".checkpoint.pt.{host}-{_dead_pid()}.abcd.tmp"
     alive = tmp_path / f".checkpoint.pt.{host}-{os.getppid()}.abcd.tmp"  # a live process may still be writing
     remote = tmp_path / ".checkpoint.pt.otherhost-1.abcd.tmp"  # another machine's writer, on shared storage
@@ -101,7 +102,7 @@ def test_only_dead_writers_temporaries_are_removed(tmp_path):
     for p in (dead, alive, remote, other):
         p.write_bytes(b"")
     ck.atomic_save({"w": 1}, path)
-    assert sorted(p.name for p in ck.temporaries(path)) == sorted([alive.name, remote.name])
+    assert sorted(p.name for p in files.temporaries(path)) == sorted([alive.name, remote.name])
     assert other.exists()
 
 
@@ -118,7 +119,7 @@ def test_a_completed_run_leaves_no_snapshot_temporary(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     # what a run killed inside a snapshot write left (an older naming too): the resumed run completes
-    stale = [out / f".last.pt.{ck._owner().rpartition('-')[0]}-{_dead_pid()}.x1y2.tmp", out / ".last.pt.k3j4l5m6.tmp"]
+    stale = [out / f".last.pt.{files.writer_id().rpartition('-')[0]}-{_dead_pid()}.x1y2.tmp", out / ".last.pt.k3j4l5m6.tmp"]
     for p in stale:
         p.write_bytes(b"")
     cfg = LoopConfig(steps=6, lr=0.1, weight_decay=0.0, log_every=2, save_every=2, accelerator="cpu")

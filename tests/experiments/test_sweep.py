@@ -43,7 +43,7 @@ def test_resume_after_kill_has_no_duplicate_or_missing_rows(tmp_path, monkeypatc
     rows were written but before its completion marker), then resumed with the same command."""
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
-    real_ft, real_fit, real_examples = pipeline.run_finetune, pipeline.fit, sweep.save_examples
+    real_ft, real_fit, real_write_json = pipeline.run_finetune, pipeline.fit, sweep.write_json
     fits, fts = [], []
 
     def fit(task, next_batch, *a, **k):
@@ -64,14 +64,14 @@ def test_resume_after_kill_has_no_duplicate_or_missing_rows(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real_ft(*a, **k)
 
-    def examples(*a, **k):
-        if kill_at == "before-done" and len(fts) == 2:
+    def write_json(path, obj):
+        if kill_at == "before-done" and len(fts) == 2 and Path(path).name == "done.json":
             raise KeyboardInterrupt  # rows.csv is written, done.json is not
-        return real_examples(*a, **k)
+        return real_write_json(path, obj)
 
     monkeypatch.setattr(pipeline, "fit", fit)
     monkeypatch.setattr(sweep, "run_finetune", finetune)
-    monkeypatch.setattr(sweep, "save_examples", examples)
+    monkeypatch.setattr(sweep, "write_json", write_json)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, tmp_path / "run")
     finished = {r["run"] for r in _results(tmp_path / "run")}
@@ -80,7 +80,7 @@ def test_resume_after_kill_has_no_duplicate_or_missing_rows(tmp_path, monkeypatc
         assert not (tmp_path / "run" / "pretrain" / "simclr_unet_seed0" / "checkpoint.pt").exists()
 
     monkeypatch.setattr(pipeline, "fit", real_fit)
-    monkeypatch.setattr(sweep, "save_examples", real_examples)
+    monkeypatch.setattr(sweep, "write_json", real_write_json)
     fts.clear()
     monkeypatch.setattr(sweep, "run_finetune", lambda *a, **k: (fts.append(1), real_ft(*a, **k))[1])
     sweep.run_sweep(cfg, tmp_path / "run")

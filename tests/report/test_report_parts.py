@@ -47,7 +47,6 @@ def two_subsets(tmp_path_factory):
     cfg.write_text(yaml.safe_dump(CONFIG))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inference, "predict_frames", _dark_pixels)  # evaluation
-        mp.setattr(sweep, "predict_frames", _dark_pixels)  # the examples' frames
         mp.setattr(compare, "predict_frames", _dark_pixels)  # the overlays' frames
         sweep.run_sweep(cfg, out / "run", write_report_at_end=False)
     return out / "run"

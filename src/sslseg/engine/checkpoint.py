@@ -23,12 +23,7 @@ The resume snapshot ``last.pt`` is another format (:mod:`sslseg.engine.resume`).
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import re
-import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,98 +31,16 @@ import torch
 
 from .. import __version__
 from ..errors import UserError
-from ..io.files import naming_disk_full
+from ..io.files import atomic_write
 
 FORMAT = "sslseg/1"
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _owner() -> str:
-    """``host-pid`` of this process, as its temporary files carry it (dots and dashes of the host name dropped)."""
-    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
-
-
-def temporaries(path: str | os.PathLike) -> list[Path]:
-    """The temporary files of ``path`` that :func:`atomic_save` writes (``.<name>.<host>-<pid>.<random>.tmp``)."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
-
-
-def _writer_gone(tmp: Path, name: str) -> bool:
-    """Whether the process that made ``tmp`` is known to be dead (this host, its pid no longer running)."""
-    owner = tmp.name[len(name) + 2 : -len(".tmp")].rpartition(".")[0]  # "<host>-<pid>"
-    host, _, pid = owner.rpartition("-")
-    if host != _owner().rpartition("-")[0] or not pid.isdigit():
-        return False  # another machine's writer (shared storage), or a name of another form: not ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # alive, another user's
-    return False
-
-
-def remove_temporaries(path: str | os.PathLike, only_dead: bool = False) -> list[Path]:
-    """Delete the temporaries of ``path`` left by writers killed mid-write (SIGKILL, a power cut).
-
-    Args:
-        only_dead: delete only those whose writer is known to be dead on this host;
-            False: every one (the caller owns the folder, so nobody else writes ``path``).
-
-    Returns:
-        the files deleted.
-    """
-    path = Path(path)
-    gone = []
-    for tmp in temporaries(path):
-        if only_dead and not _writer_gone(tmp, path.name):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            gone.append(tmp)
-    return gone
-
-
-def discard(path: str | os.PathLike) -> None:
-    """Delete ``path`` and every temporary of it (a finished run's ``last.pt``, superseded by its checkpoint)."""
-    Path(path).unlink(missing_ok=True)
-    remove_temporaries(path)
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``.
-
-    The file gets the permissions of any new file (0666 less the umask: 0644 usually), not ``mkstemp``'s 0600.
-    A failed or interrupted write removes its temporary and leaves the previous file as it was; a full disk
-    becomes one ``OSError`` naming ``path`` (:func:`sslseg.io.files.naming_disk_full`).  The temporary's
-    name carries its writer (``.<name>.<host>-<pid>.<random>.tmp``): one left by a writer killed
-    mid-write (SIGKILL) is deleted by the next successful write of the same file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with naming_disk_full(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
-        try:
-            if hasattr(os, "fchmod"):  # mkstemp's 0600 would hide the file from colleagues on shared storage
-                os.fchmod(fd, 0o666 & ~_umask())
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    remove_temporaries(path, only_dead=True)
+    """``torch.save`` all at once, synced to disk (:func:`sslseg.io.files.atomic_write`: the previous file
+    kept on any failure, a full disk named, dead writers' temporaries removed, permissions 0644)."""
+    with atomic_write(path, "wb", sync=True) as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(

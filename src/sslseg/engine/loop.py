@@ -23,9 +23,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..io.files import discard
 from ..io.tables import write_table
 from . import resume as resume_
-from .checkpoint import discard
 from .distributed import on_rank_zero
 from .progress import Progress
 

@@ -29,7 +29,7 @@ Layout::
     DIR/splits/splits.json     the per-case train/val/test split
     DIR/splits/labelled_<budget>_seed<s>.json   nested labelled subsets
     DIR/pretrain/<method>_<arch>_seed<s>/       pretraining runs
-    DIR/runs/<method>_<arch>_<budget>_seed<s>/  fine-tuning runs (rows.csv, done.json, examples.npz)
+    DIR/runs/<method>_<arch>_<budget>_seed<s>/  fine-tuning runs (rows.csv, done.json)
     DIR/results.csv, DIR/figures/*.png, DIR/report.html
 
 With several data sets (``data: [synthetic-echo, {spec: synthetic-mri, options:
@@ -49,14 +49,11 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.splits import labelled_subset, read_json, write_json
 from ..engine.checkpoint import load_checkpoint
-from ..engine.trained import open_trained
 from ..errors import UserError
-from ..evaluate.inference import predict_frames
 from ..evaluate.postprocess import parse_steps
 from ..io.tables import write_table
 from ..report.compare import save_comparison
@@ -238,7 +235,6 @@ def _run_one(sw: SweepConfig, r: dict, cases, labelled: list[str], folder: Path,
                  "budget": r["budget"], "labelled_cases": r["k"], "seed": r["seed"], **pc, "run": run_key(r),
                  "val_dice": val.get("dice", math.nan)} for pc in per_case]
         write_table(folder / "rows.csv", rows)
-        save_examples(ckpt, cases, per_case, folder / "examples.npz")
         write_json(folder / "done.json", {"rows": len(rows)})  # the completion marker, written last
 
 
@@ -409,28 +405,3 @@ def collect_results(out: str | Path, runs: set[str] | None = None) -> Path:
         with open(done.parent / "rows.csv", newline="") as f:
             rows.extend(csv.DictReader(f))
     return write_table(out / "results.csv", rows, RESULT_KEYS, extrasaction="ignore")
-
-
-def save_examples(ckpt_path: Path, cases, per_case: list[dict], path: Path) -> None:
-    """Image, ground truth and prediction of the best, median and worst test case (first labelled frame)."""
-    ok = [r for r in per_case if not math.isnan(r["dice"])]
-    if not ok:
-        return
-    ranked = sorted(ok, key=lambda r: r["dice"])
-    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
-    trained = open_trained(ckpt_path)
-    by_id = {c.case_id: c for c in cases}
-    arrays = {}
-    for name, r in picks.items():
-        case = by_id[r["case_id"]]
-        i = case.labelled_indices[0]
-        frame = np.asarray(case.frames[i : i + 1])
-        pred = predict_frames(trained.model, frame, trained.normalizer, trained.image_size)[0]
-        img = frame[0] if frame.ndim == 3 else frame[0, 0]
-        arrays[f"{name}_image"] = img.astype(np.float32)
-        arrays[f"{name}_gt"] = np.asarray(case.masks[i]).astype(np.uint8)
-        arrays[f"{name}_pred"] = pred.astype(np.uint8)
-        arrays[f"{name}_info"] = np.array([r["case_id"], str(i), f"{r['dice']:.4f}"])
-    tmp = path.with_name(".examples.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)

@@ -180,3 +180,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", sync: bool = False) -
                 os.unlink(tmp)
             raise
     remove_temporaries(path, only_dead=True)
+
+
+def discard(path: str | os.PathLike) -> None:
+    """Delete ``path`` and every temporary of it (a finished run's ``last.pt``, superseded by its checkpoint)."""
+    Path(path).unlink(missing_ok=True)
+    remove_temporaries(path)

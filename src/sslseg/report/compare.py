@@ -13,6 +13,7 @@ import numpy as np
 
 from ..engine.trained import open_trained
 from ..evaluate.inference import predict_frames
+from ..io.files import atomic_write
 
 
 def comparison_path(out: Path, runs: list[dict]) -> Path:
@@ -93,8 +94,6 @@ def save_comparison(out: Path, runs: list[dict], cases, postprocess: dict | None
             arrays[f"pred_{i}_{j}"] = pred[0].astype(np.uint8)
             arrays[f"dice_{i}_{j}"] = np.array(np.nanmean(d) if not np.isnan(d).all() else np.nan)
     path = comparison_path(out, runs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_write(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return path

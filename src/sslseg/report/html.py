@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
+from ..io.files import atomic_write
 from .plots import dice_vs_labels, overlays, subset_gains_figure, training_curves
 from .stats import VERDICTS, format_p
 from .tables import (
@@ -134,9 +135,8 @@ def write_report(sweep_dir: str | Path) -> Path:
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>sslseg report</title>"
             f"<style>{CSS}</style></head><body><main>{''.join(body)}</main></body></html>")
     path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write(page)
     return path
 
 
