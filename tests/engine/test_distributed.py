@@ -233,6 +233,10 @@ def run_pipeline(rank: int, root: Path) -> None:
                                   "finetune.steps=6", "finetune.batch_size=4", "finetune.freeze_encoder_steps=3",
                                   "finetune.val_every=3"])
     run_finetune(cfg, root / "finetune")
+    # a semi-supervised mode in the same processes (the real launcher runs BCP below)
+    cfg = apply_set(RunConfig(), [*tiny, f"finetune.init={root / 'simclr' / 'checkpoint.pt'}", "finetune.labels=2",
+                                  "finetune.steps=4", "finetune.batch_size=4", "finetune.mode=unimatch"])
+    run_finetune(cfg, root / "unimatch")
 
 
 def _session(rank: int, world: int, port: int, root: str) -> None:
@@ -347,10 +351,23 @@ def test_pipeline_on_two_processes(two_process_session, run):
 
 
 @needs_two_cores
-@pytest.mark.parametrize("mode", ["unimatch", "bcp"])
+def test_semi_supervised_mode_on_two_processes(two_process_session):
+    """UniMatch on 2 processes: the labelled and the unlabelled batch each split between the ranks."""
+    root, _ = two_process_session
+    lines = _log_lines(root / "unimatch" / "log.txt")
+    assert len(lines) == len(set(lines))
+    assert any("2 processes; first batch per rank" in ln for ln in lines)
+    resolved = json.loads((root / "unimatch" / "provenance.json").read_text())["resolved"]["finetune"]
+    assert resolved["mode"] == "unimatch" and resolved["unlabelled_frames"] > 0
+    assert len([ln for ln in lines if re.search(r" step \d+ loss ", ln)]) == 4
+
+
+@needs_two_cores
+@pytest.mark.parametrize("mode", ["bcp"])
 def test_cli_finetune_two_devices(two_process_session, tmp_path, mode):
-    """The real launcher: ``python -m sslseg.cli finetune --devices 2`` from a pretrained checkpoint, with each
-    semi-supervised mode (the unlabelled batch split between the ranks; BCP's teacher on each)."""
+    """The real launcher: ``python -m sslseg.cli finetune --devices 2`` from a pretrained checkpoint, with a
+    semi-supervised mode (the unlabelled batch split between the ranks; BCP's teacher on each; UniMatch runs
+    on 2 processes in the shared session above)."""
     root, _ = two_process_session
     out = tmp_path / "ft"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
