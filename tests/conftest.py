@@ -20,7 +20,7 @@ def disc_case(case_id: str, n_frames: int = 6, size: int = 32, seed: int = 0) ->
         frames.append(np.clip(img, 0, 255).astype(np.uint8))
         if t in (0, n_frames // 2):
             masks[t] = m.astype(np.int64)
-    return Case(case_id, np.stack(frames), masks, (0.5, 0.5), meta={"phase": {0: "ED", n_frames // 2: "ES"}})
+    return Case(case_id, np.stack(frames), masks, (0.5, 0.5), phases={0: "ED", n_frames // 2: "ES"})
 
 
 @pytest.fixture(scope="session")

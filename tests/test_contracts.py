@@ -122,7 +122,7 @@ class Oracle(torch.nn.Module):
 def _score(pred: np.ndarray, gt: np.ndarray, spacing, slice_mm, k: int = 2, **kw) -> dict:
     """Score a prediction ``pred`` (S, H, W) against ``gt`` through the evaluation path."""
     case = Case("v", pred.astype(np.float32), {i: gt[i] for i in range(gt.shape[0])}, spacing,
-                meta={"volume": True, "slice_spacing": slice_mm})
+                volume=True, slice_spacing=slice_mm)
     return score_cases(Oracle(k), [case], Normalizer(0.0, 1.0, 1.0), gt.shape[-1], k, **kw)[1][0]
 
 

@@ -98,7 +98,7 @@ def test_metaimage_release(tmp_path, data):
     assert isinstance(c.frames, MappedArray) and c.frames.dtype == np.uint8
     np.testing.assert_array_equal(np.asarray(c.frames), v["seq"])  # rows and columns as written
     assert c.spacing == pytest.approx(v["spacing"])
-    assert c.meta["phase"] == {0: "ED", 4: "ES"}
+    assert c.phases == {0: "ED", 4: "ES"}
     assert c.labelled_indices == [0, 4]
     np.testing.assert_array_equal(c.masks[4], v["gt"][4].astype(np.int64))
     assert c.masks[4].dtype == np.int64
@@ -114,7 +114,7 @@ def test_nifti_release_reads_the_same_pixels(tmp_path, data):
     v = data["4CH"]
     np.testing.assert_array_equal(np.asarray(c.frames), v["seq"][0:5])
     assert c.spacing == pytest.approx(v["spacing"])
-    assert c.meta["phase"] == {0: "ED", 4: "ES"}
+    assert c.phases == {0: "ED", 4: "ES"}
     np.testing.assert_array_equal(c.masks[0], v["gt"][0])
     assert c.meta["image_quality"] == "Medium" and c.meta["ef"] == 60.4
     (every,) = load_camus(tmp_path, labelled="all", labels="all")
@@ -130,7 +130,7 @@ def test_both_views_one_case_per_patient(tmp_path, data):
     assert c.spacing == pytest.approx(two["spacing"])  # the 2CH pixel size
     assert c.image_shape == (20, 16)
     np.testing.assert_array_equal(np.asarray(c.frames[:T]), two["seq"])
-    assert c.meta["phase"] == {1: "ED", 5: "ES", T + 0: "ED", T + 4: "ES"}
+    assert c.phases == {1: "ED", 5: "ES", T + 0: "ED", T + 4: "ES"}
     # the 4CH view, resampled by (0.15/0.3, 0.3/0.6) = 0.5: its LV keeps its area in mm2
     area_mm2 = (four["gt"][0] == 1).sum() * 0.15 * 0.3
     res = c.masks[T].sum() * 0.3 * 0.6
@@ -142,7 +142,7 @@ def test_patient_without_ground_truth_is_unlabelled(tmp_path, data):
     write_patient(tmp_path / "testing", "patient0451", "mhd", {"4CH": data["4CH"]}, gt=False)
     (c,) = load_camus(tmp_path)
     assert len(c.masks) == 0
-    assert c.num_frames == T and c.meta["phase"] == {0: "ED", 4: "ES"}
+    assert c.num_frames == T and c.phases == {0: "ED", 4: "ES"}
 
 
 def test_bad_labels_and_shapes_are_counted_skips(tmp_path, data):
@@ -154,7 +154,7 @@ def test_bad_labels_and_shapes_are_counted_skips(tmp_path, data):
     write_mhd(d / "patient0003_4CH_ES_gt.mhd", np.zeros((5, 5), np.uint8), (0.15, 0.3))
     cases = load_camus(tmp_path)
     assert [c.case_id for c in cases] == ["patient0001"]
-    skipped = cases[0].meta["dataset_skipped"]
+    skipped = cases.skipped
     assert len(skipped) == 2
     assert "patient0002" in skipped[0] and "patient0002_4CH_ED_gt.mhd: label value(s) [7]" in skipped[0]
     assert "patient0003" in skipped[1] and "mask size" in skipped[1]

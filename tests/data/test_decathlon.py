@@ -73,7 +73,8 @@ def test_slices_spacing_and_modality(task):
     expect = t2.transpose(2, 1, 0) / np.percentile(np.abs(t2), 99.5)  # slice k, rows j, columns i
     np.testing.assert_allclose(np.asarray(c.frames), expect, rtol=1e-5)
     assert c.spacing == pytest.approx((0.7, 0.6))
-    assert c.split is None and c.meta["volume"] and c.meta["label_names"] == {0: "background", 1: "PZ", 2: "TZ"}
+    assert c.split is None and c.volume and c.meta["label_names"] == {0: "background", 1: "PZ", 2: "TZ"}
+    assert c.modality == "MR" and c.channels == ("T2",)  # the channel chosen, by its dataset.json name
     assert c.labelled_indices == list(range(Z))
     np.testing.assert_array_equal(c.masks[3], lab[:, :, 3].T.astype(np.int64))
     assert c.masks[3].dtype == np.int64
@@ -135,11 +136,11 @@ def test_bad_cases_are_skipped_and_counted(tmp_path):
     cases = load_decathlon(root, modality="T2", include_test=True)
     assert [c.case_id for c in cases] == ["prostate_00", "prostate_90"]
     assert len(cases[1].masks) == 0  # a test image: unlabelled, for pretraining
-    skipped = "\n".join(cases[0].meta["dataset_skipped"])
+    skipped = "\n".join(cases.skipped)
     assert "p_shape.nii.gz: label shape (12, 10, 4) differs from image shape (12, 10, 8)" in skipped
     assert "p_nan.nii.gz: 1 NaN or Inf value(s)" in skipped
     assert "p_missing.nii.gz: image listed in dataset.json not found" in skipped
-    assert len(cases[0].meta["dataset_skipped"]) == 3
+    assert len(cases.skipped) == 3
 
 
 def test_label_value_outside_dataset_json_is_an_error(tmp_path):
@@ -157,7 +158,7 @@ def test_label_value_outside_dataset_json_is_an_error(tmp_path):
 
 def test_slice_spacing_recorded(task):
     c = load_decathlon(task[0], modality="T2")[0]
-    assert c.meta["slice_spacing"] == pytest.approx(ZOOMS[2])
+    assert c.slice_spacing == pytest.approx(ZOOMS[2])
 
 
 def test_errors(tmp_path, task):

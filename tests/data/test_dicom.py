@@ -100,18 +100,19 @@ def test_folder_of_files_series_and_skips(tmp_path):
     inst = [pydicom.dcmread(f).InstanceNumber for f in series]
     first = pydicom.dcmread(series[int(np.argmin(inst))]).pixel_array.astype(np.float32)
     np.testing.assert_allclose(ser.frames[0] / ser.frames[0].max(), first / first.max(), rtol=1e-5)
-    skipped = "\n".join(cases[0].meta["dataset_skipped"])
+    skipped = "\n".join(cases.skipped)
     assert "plan.dcm" in skipped and "notes.dcm: not a readable DICOM file" in skipped
     assert by["cine"].spacing == pytest.approx((0.5105, 0.5105), rel=1e-3)
-    assert by["cine"].meta["spacing_known"]
+    assert by["cine"].spacing_known
 
 
 def test_unknown_spacing_is_noted_and_spec_works(tmp_path):
     p = tmp_path / "rgb.dcm"
     shutil.copy(_data_file("examples_rgb_color.dcm"), p)
-    (c,) = load_dataset(f"dicom:{p}")
-    assert c.frames.dtype == np.uint8 and c.spacing == (1.0, 1.0)
-    assert any("spacing set to 1 pixel" in n for n in c.meta["dataset_notes"])
+    cases = load_dataset(f"dicom:{p}")
+    (c,) = cases
+    assert c.frames.dtype == np.uint8 and c.spacing == (1.0, 1.0) and not c.spacing_known
+    assert any("spacing set to 1 pixel" in n for n in cases.notes)
     with pytest.raises(ValueError, match="no usable DICOM image"):
         empty = tmp_path / "empty"
         empty.mkdir()

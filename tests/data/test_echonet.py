@@ -205,7 +205,7 @@ def test_reader_builds_cases_as_the_reference(tree):
     assert isinstance(a.frames, MappedArray) and a.frames.dtype == np.uint8 and a.frames.shape == (T, H, W)
     np.testing.assert_array_equal(np.asarray(a.frames), info["videos"]["0XA"])  # ffv1 is lossless
     # first traced frame listed = ES ("small"), last = ED ("large")
-    assert a.meta["phase"] == {7: "ES", 2: "ED"}
+    assert a.phases == {7: "ES", 2: "ED"}
     assert a.labelled_indices == [2, 7]
     for frame, rows in info["traces"]["0XA"]:
         r = np.array(rows)
@@ -216,9 +216,9 @@ def test_reader_builds_cases_as_the_reference(tree):
         np.testing.assert_array_equal(m, independent_fill(x, y, (H, W)).astype(np.int64))
     assert a.masks[2].sum() > a.masks[7].sum()  # ED larger than ES
     assert a.meta["ef"] == 55.0 and a.meta["edv"] == 50.0 and a.meta["esv"] == 20.0
-    assert a.spacing == (1.0, 1.0)
-    skipped = "\n".join(a.meta["dataset_skipped"])
-    assert len(a.meta["dataset_skipped"]) == 5, skipped
+    assert a.spacing == (1.0, 1.0) and not a.spacing_known and a.modality == "US" and not a.volume
+    skipped = "\n".join(cases.skipped)
+    assert len(cases.skipped) == 5, skipped
     for needle in ("0XONE: 1 traced frame", "0XTRUNC:", "0XBAD:", "0XMISSING: video file", "0XGHOST: tracings for a video that is not in FileList.csv"):
         assert needle in skipped
 

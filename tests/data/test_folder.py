@@ -68,10 +68,11 @@ def test_pictures_masks_unlabelled_and_skips(tmp_path):
     assert by["cine"].num_frames == 3 and by["cine"].labelled_indices == [0, 1, 2]
     np.testing.assert_array_equal(by["cine"].frames[2], pages[2])
     assert len(by["u"].masks) == 0
-    skipped = "\n".join(cases[0].meta["dataset_skipped"])
+    skipped = "\n".join(cases.skipped)
     assert "orphan.png: mask without an image" in skipped
     assert "wrong.png: mask shape (1, 10, 10) differs from its image's (1, 20, 24)" in skipped
-    assert any("pictures carry no pixel size" in n for n in cases[0].meta["dataset_notes"])
+    assert any("pictures carry no pixel size" in n for n in cases.notes)
+    assert not any(c.spacing_known for c in cases)  # 1 pixel = 1 "mm" is not a spacing the checkpoint records
 
 
 def test_volumes_in_mixed_formats_share_one_orientation(tmp_path):
@@ -89,7 +90,7 @@ def test_volumes_in_mixed_formats_share_one_orientation(tmp_path):
     assert c.frames.shape == (5, 10, 12) and c.spacing == pytest.approx((0.8, 0.5))
     np.testing.assert_allclose(c.frames[2], vox[:, :, 2].T)
     np.testing.assert_array_equal(c.masks[2], lab[:, :, 2].T)  # NIfTI image, MetaImage mask: aligned
-    assert c.meta["volume"]
+    assert c.volume
     (s,) = load_folder(tmp_path)  # default: divided by the 99.5th percentile
     np.testing.assert_allclose(s.frames[2], vox[:, :, 2].T / np.percentile(vox, 99.5), rtol=1e-5)
 
@@ -127,7 +128,7 @@ def test_dicom_image_with_png_mask_and_nan_volume(tmp_path):
     cases = load_folder(tmp_path)
     assert [c.case_id for c in cases] == ["mr"]
     assert cases[0].spacing == (0.3125, 0.3125) and cases[0].frames.dtype == np.float32
-    assert "bad.nii: 1 NaN or Inf value(s)" in "\n".join(cases[0].meta["dataset_skipped"])
+    assert "bad.nii: 1 NaN or Inf value(s)" in "\n".join(cases.skipped)
 
 
 def test_errors_and_export(tmp_path, capsys):

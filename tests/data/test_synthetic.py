@@ -27,7 +27,7 @@ def _sector(case: Case) -> np.ndarray:
 
 
 def _ed_es(case: Case) -> tuple[int, int]:
-    inv = {v: k for k, v in case.meta["phase"].items()}
+    inv = {v: k for k, v in case.phases.items()}
     return inv["ED"], inv["ES"]
 
 
@@ -52,8 +52,8 @@ def test_shapes_and_dtypes_default_size():
     assert 12.0 <= c.meta["depth_cm"] <= 18.0
     # the rows span the imaging depth
     assert c.spacing[0] == pytest.approx(c.meta["depth_cm"] * 10.0 / 112)
-    assert set(c.meta["phase"].values()) == {"ED", "ES"}
-    assert set(c.meta["phase"]) == set(c.masks)
+    assert set(c.phases.values()) == {"ED", "ES"}
+    assert set(c.phases) == set(c.masks)
     assert 0.0 < c.meta["ef"] < 100.0
     assert 40.0 <= c.meta["heart_rate"] <= 120.0
     assert c.frames.max() > 150  # bright tissue present

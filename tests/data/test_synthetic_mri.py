@@ -27,7 +27,7 @@ def test_shapes_dtypes_and_labels(cases):
         assert c.labelled_indices == list(range(S))  # per-slice labels, every slice
         assert all(m.dtype == np.int64 and set(np.unique(m)) <= {0, 1, 2} for m in c.masks.values())
         assert c.spacing[0] == c.spacing[1] and 120 / SIZE <= c.spacing[0] <= 150 / SIZE
-        assert c.meta["volume"] and c.meta["label_names"] == {0: "background", 1: "PZ", 2: "TZ"}
+        assert c.volume and c.meta["label_names"] == {0: "background", 1: "PZ", 2: "TZ"}
         fg = [int(c.masks[s].any()) for s in range(S)]
         assert fg[0] == 0 and fg[-1] == 0 and sum(fg) >= 3  # the gland ends inside the volume
 

@@ -30,8 +30,8 @@ class Fixed(torch.nn.Module):
 
 def _score(truth: np.ndarray, pred: np.ndarray, spacing, volume: bool = False, slice_mm: float = 1.0):
     frames = np.zeros((len(truth), S, S), np.uint8)
-    meta = {"volume": True, "slice_spacing": slice_mm} if volume else {}
-    case = Case("c", frames, {i: t.astype(np.int64) for i, t in enumerate(truth)}, spacing, "test", meta)
+    case = Case("c", frames, {i: t.astype(np.int64) for i, t in enumerate(truth)}, spacing, "test",
+                volume=volume, slice_spacing=slice_mm if volume else None)
     return score_cases(Fixed(pred), [case], Normalizer(0.0, 1.0), S, 2)
 
 

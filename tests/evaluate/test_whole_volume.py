@@ -77,4 +77,4 @@ def test_validation_sees_the_whole_volume_and_training_the_policy(task):
     np.testing.assert_array_equal(whole.masks[3], case.masks[3])
     assert not whole.masks[0].any()
     keep = load_decathlon(task)[0]
-    assert as_scored(keep) is keep and "scored_masks" not in keep.meta
+    assert as_scored(keep) is keep and keep.scored_masks is None

@@ -1,8 +1,10 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 
+from sslseg.data.sample import Case
 from sslseg.experiments.config import RunConfig
 from sslseg.experiments.pipeline import load_cases, run_finetune, run_pretrain
 from sslseg.models.build import build_model
@@ -127,8 +129,9 @@ def test_pipeline_pretrains_and_each_checkpoint_finetunes(name, tmp_path, tiny_c
 def test_cines_default_to_gr_and_volumes_keep_the_paper_default():
     from sslseg.pretrain.build import frame_axis, resolve_options
 
-    cine = [type("C", (), {"meta": {"volume": False}})()] * 2
-    vol = [type("C", (), {"meta": {"volume": True}})()] * 2
+    frames = np.zeros((2, 4, 4), np.uint8)
+    cine = [Case("c", frames)] * 2
+    vol = [Case("v", frames, volume=True)] * 2
     assert frame_axis(cine) == "time" and frame_axis(vol) == "slice" and frame_axis(cine + vol) is None
     for name in ("global_contrastive", "global_local"):
         opts, why = resolve_options(name, {}, "time")
@@ -148,7 +151,7 @@ def test_pretraining_on_cines_records_the_strategy_it_ran(tmp_path, tiny_cases):
     from sslseg.data.splits import apply_splits, assign_splits
 
     for c in tiny_cases:
-        c.meta["volume"] = False
+        c.volume = False
     apply_splits(tiny_cases, assign_splits(tiny_cases, 0.2, 0.2, 0))
     cfg = RunConfig()
     cfg.data.image_size = 32

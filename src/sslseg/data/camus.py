@@ -48,7 +48,7 @@ from ..errors import UserError
 from ..io.volumes import read_voxels, voxels_to_frames
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
 from .paths import check_inside
-from .sample import Case
+from .sample import Case, Cases
 
 __all__ = ["load_camus", "read_cfg"]
 
@@ -326,7 +326,6 @@ def load_camus(
         phase = {int(i): ("ED" if c % 10 == _ED else "ES") for i, c in table if c % 10 in (_ED, _ES)}
         vnames = [VIEWS[int(r[0])] for r in layout]
         meta = {
-            "phase": phase,
             "views": {VIEWS[int(r[0])]: (int(r[1]), int(r[2])) for r in layout},
             "image_quality": {v: cfgs[v].get("ImageQuality") for v in vnames},
             "ef": {v: cfgs[v].get("EF", cfgs[v].get("LVef")) for v in vnames},
@@ -335,14 +334,14 @@ def load_camus(
             "cfg": {v: cfgs[v] for v in vnames},
             "source": str(pdir),
             "label_names": dict(LABEL_NAMES) if labels == "all" else {0: "background", 1: "LV cavity"},
-            "volume": False,  # cine(s): frames run along time
         }
         if len(vnames) == 1:  # one view: plain values are easier to use
             for k in ("image_quality", "ef", "edv", "esv"):
                 meta[k] = meta[k][vnames[0]]
         sp = np.asarray(arrs["spacing"])
         masks = StackMasks(arrs["masks"], [int(i) for i in lab[:, 0]], list(range(len(lab))))
-        cases.append(Case(pid, arrs["frames"], masks, (float(sp[0]), float(sp[1])), None, meta))  # type: ignore[arg-type]
+        cases.append(Case(pid, arrs["frames"], masks, (float(sp[0]), float(sp[1])), None, meta,  # type: ignore[arg-type]
+                          modality="US", phases=phase))
     index.save()
     if not cases:
         reason = f"; e.g. {skipped[0]}" if skipped else ""
@@ -351,7 +350,4 @@ def load_camus(
     if len(want) == 2:
         notes.append("views=both: each patient's 4CH frames follow its 2CH frames, resampled to the 2CH "
                      "pixel size and placed on a common canvas (meta['views'] gives the frame ranges)")
-    for c in cases:
-        c.meta["dataset_skipped"] = skipped
-        c.meta["dataset_notes"] = notes
-    return cases
+    return Cases(cases, skipped, notes)

@@ -13,7 +13,7 @@ One volume is one case; its slices along ``axis`` (a voxel axis; 2 = the
 third, axial for Task05_Prostate) are the frames, all usable for pretraining,
 shown with the next-higher voxel axis as rows (see :mod:`sslseg.io`).
 Pixel spacing ``(row mm, column mm)`` comes from the NIfTI header, the slice
-spacing (``meta["slice_spacing"]``, for 3D scores) too.
+spacing (``Case.slice_spacing``, for 3D scores) too.
 
 Options:
 
@@ -27,7 +27,7 @@ Options:
   labelled) or a number ``r`` (all foreground slices and ``round(r x their
   number)`` background-only ones, evenly spaced through the volume).  Dropped
   slices stay in the frames for pretraining, and validation and test score
-  the whole volume whatever the policy (``meta["scored_masks"]``).
+  the whole volume whatever the policy (``Case.scored_masks``).
 * ``intensity``: ``"scale"`` (divide by the 99.5th percentile per case and
   channel: MR has no absolute scale), ``"zscore"`` or ``"none"``.
 """
@@ -47,7 +47,7 @@ from ..io.labels import mask_dtype
 from ..io.volumes import read_voxels, voxels_to_frames
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
 from .paths import entry_path
-from .sample import Case
+from .sample import Case, Cases
 
 __all__ = ["load_decathlon", "parse_merge", "select_empty"]
 
@@ -220,8 +220,12 @@ def load_decathlon(
         for v, n in sorted(label_names.items()):
             merged.setdefault(merge_map.get(v, v), []).append(n)
         label_names = {v: "+".join(ns) for v, ns in merged.items()}
+    chosen = list(range(len(names)))
     if modality is not None and names:
-        _channels(modality, names, len(names), str(spec_path))
+        chosen = _channels(modality, names, len(names), str(spec_path)) or []
+    # the MSD lists channel names ("T2", "FLAIR", "CT"); its CT tasks name their one channel CT
+    channels = tuple(names[i] for i in chosen if i in names)
+    acquired = "CT" if any(v.upper() == "CT" for v in names.values()) else ("MR" if names else "")
 
     entries: list[tuple[Path, Path | None]] = []
     skipped: list[str] = []
@@ -277,15 +281,13 @@ def load_decathlon(
         meta = {
             "source": str(img),
             "label_source": str(lab) if lab else None,
-            "volume": True,
-            "slice_spacing": float(sp[2]) if sp.size > 2 else 1.0,
             "axis": axis,
             "label_names": label_names,
-            "modality": names,
         }
-        if whole is not None and len(whole) != len(masks):
-            meta["scored_masks"] = whole
-        cases.append(Case(cid, arrs["frames"], masks, (float(sp[0]), float(sp[1])), None, meta))  # type: ignore[arg-type]
+        cases.append(Case(cid, arrs["frames"], masks, (float(sp[0]), float(sp[1])), None, meta,  # type: ignore[arg-type]
+                          volume=True, slice_spacing=float(sp[2]) if sp.size > 2 else None,
+                          modality=acquired, channels=channels,
+                          scored_masks=whole if whole is not None and len(whole) != len(masks) else None))
     index.save()
     if not cases:
         reason = f"; e.g. {skipped[0]}" if skipped else ""
@@ -296,7 +298,4 @@ def load_decathlon(
     notes = [f"slices along voxel axis {axis}; empty-slice policy: {empty_slices}"]
     if merge_map:
         notes.append(f"labels merged: {', '.join(f'{a}->{b}' for a, b in sorted(merge_map.items()))}")
-    for c in cases:
-        c.meta["dataset_skipped"] = skipped
-        c.meta["dataset_notes"] = notes
-    return cases
+    return Cases(cases, skipped, notes)

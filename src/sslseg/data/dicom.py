@@ -32,7 +32,7 @@ from ..io.files import safe_id
 from ..io.intensity import normalise_intensity
 from .cache import KeyIndex, cached_arrays, digest
 from .paths import check_inside
-from .sample import Case, common_dtype
+from .sample import Case, Cases, common_dtype
 
 __all__ = ["load_dicom"]
 
@@ -151,19 +151,17 @@ def load_dicom(
         meta = dict(members[0][1])
         meta.pop("slice_position", None)
         meta.pop("orientation", None)
-        meta.update(source=[str(f) for f in files], spacing_known=bool(sp[2]), volume=len(files) > 1)
+        modality = str(meta.pop("modality", ""))
+        meta.update(source=[str(f) for f in files])
         if prepare:
             # (top, left, side) of the square cut from the original frames
             meta["sector_box"] = [int(v) for v in np.asarray(arrs["sector"])]
         if not sp[2]:
             notes.append(f"{files[0]}: no pixel spacing tag or ultrasound calibration; spacing set to 1 pixel = 1.0 'mm'")
-        cases.append(Case(cid, arrs["frames"], {}, (float(sp[0]), float(sp[1])), None, meta))  # type: ignore[arg-type]
+        cases.append(Case(cid, arrs["frames"], {}, (float(sp[0]), float(sp[1])), None, meta,  # type: ignore[arg-type]
+                          volume=len(files) > 1, spacing_known=bool(sp[2]), modality=modality))
     index.save()
     if not cases:
         reason = f"; skipped: {skipped[0]}" if skipped else ""
         raise UserError(f"{root}: no usable DICOM image{reason}")
-    cases = common_dtype(cases, notes)
-    for c in cases:
-        c.meta["dataset_skipped"] = skipped
-        c.meta["dataset_notes"] = notes
-    return cases
+    return Cases(common_dtype(cases, notes), skipped, notes)

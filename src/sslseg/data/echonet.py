@@ -50,7 +50,7 @@ from ..io.tables import filelist_name, read_filelist, read_table
 from ..io.video import decode_video
 from .cache import KeyIndex, cached_arrays, digest
 from .paths import entry_path
-from .sample import Case
+from .sample import Case, Cases
 
 __all__ = [
     "TRACING_COLUMNS",
@@ -233,10 +233,10 @@ def load_echonet(
     Returns:
         Cases with ``frames`` uint8 ``(T, H, W)`` (memory-mapped), ``masks`` at
         the ES and ED frames (1 = LV cavity), ``spacing`` (1, 1) (pixels; no
-        calibration is published), ``split`` from the ``Split`` column and
-        ``meta`` with ``phase`` ``{ES index: "ES", ED index: "ED"}``, ``ef``,
-        ``edv``, ``esv``, ``fps``, ``traced_frames`` and ``source``.  Every
-        case's ``meta["dataset_skipped"]`` lists the skipped videos and why.
+        calibration is published, ``spacing_known`` False), ``split`` from the
+        ``Split`` column, ``phases`` ``{ES index: "ES", ED index: "ED"}`` and
+        ``meta`` with ``ef``, ``edv``, ``esv``, ``fps``, ``traced_frames`` and
+        ``source``.  ``Cases.skipped`` lists the skipped videos and why.
 
     Raises:
         ValueError: a missing CSV or column, a malformed number in the
@@ -324,7 +324,6 @@ def load_echonet(
             skipped.append(f"{name}: video is {h}x{w}, FileList.csv says {int(fh)}x{int(fw)}")
             continue
         meta = {
-            "phase": {es: "ES", ed: "ED"},
             "ef": _number(row.get("EF", "")),
             "edv": _number(row.get("EDV", "")),
             "esv": _number(row.get("ESV", "")),
@@ -333,10 +332,10 @@ def load_echonet(
             "source": str(video),
             "split_source": "FileList.csv Split",
             "label_names": {0: "background", 1: "LV cavity"},
-            "volume": False,  # a cine: frames run along time
         }
         masks = TracedMasks({es: traced[es], ed: traced[ed]}, (h, w))
-        cases.append(Case(name, arr, masks, (1.0, 1.0), split, meta))  # type: ignore[arg-type]
+        cases.append(Case(name, arr, masks, (1.0, 1.0), split, meta,  # type: ignore[arg-type]
+                          spacing_known=False, modality="US", phases={es: "ES", ed: "ED"}))
     bar.close()
     index.save()
     if not cases:
@@ -346,7 +345,4 @@ def load_echonet(
         "EchoNet-Dynamic publishes no pixel calibration (videos resampled to 112x112): "
         "spacing is 1 pixel = 1.0 'mm', so HD95 and other distances are in pixels"
     ]
-    for c in cases:
-        c.meta["dataset_skipped"] = skipped
-        c.meta["dataset_notes"] = notes
-    return cases
+    return Cases(cases, skipped, notes)

@@ -42,7 +42,7 @@ from ..io.labels import as_labels, mask_dtype
 from ..io.volumes import IMAGE_FILES, read_voxels, voxels_to_frames
 from .cache import KeyIndex, StackMasks, cached_arrays, digest
 from .paths import check_inside, entry_path
-from .sample import SPLITS, Case, common_dtype
+from .sample import SPLITS, Case, Cases, common_dtype
 
 __all__ = ["IMAGE_EXTENSIONS", "check_label_values", "load_folder"]
 
@@ -223,9 +223,11 @@ def load_folder(
             masks=StackMasks(arrs["masks"], lab),  # type: ignore[arg-type]
             spacing=tuple(float(v) for v in (spacing or parts[0, :2])),  # type: ignore[arg-type]
             split=fixed.get(cid),
-            meta={"source": [str(img) for img, _ in srcs], "mask_source": [str(m) for _, m in srcs if m],
-                  "volume": any(split_name(img)[1] in VOLUMES for img, _ in srcs),
-                  "slice_spacing": float(parts[0, 4])},
+            meta={"source": [str(img) for img, _ in srcs], "mask_source": [str(m) for _, m in srcs if m]},
+            volume=any(split_name(img)[1] in VOLUMES for img, _ in srcs),
+            slice_spacing=float(parts[0, 4]),
+            # pictures carry no pixel size: 1 pixel = 1 "mm" unless the spacing option gives it
+            spacing_known=spacing is not None or not all(split_name(img)[1] in PICTURES for img, _ in srcs),
         ))
     index.save()
     if not cases:
@@ -238,13 +240,10 @@ def load_folder(
         notes.append(f"{len(no_mask)} image(s) in images/ have no mask (e.g. {no_mask[0]!r}); used unlabelled")
     check_label_values(cases, labels)
     cases = common_dtype(cases, notes)
-    if spacing is None and all(split_name(p)[1] in PICTURES for c in cases for p in c.meta["source"]):
+    if not any(c.spacing_known for c in cases):
         notes.append("pictures carry no pixel size: spacing is 1 pixel = 1.0 'mm' "
                      "(set data.options.spacing=MM, or [ROW_MM, COL_MM])")
-    for c in cases:
-        c.meta["dataset_skipped"] = skipped
-        c.meta["dataset_notes"] = notes
-    return cases
+    return Cases(cases, skipped, notes)
 
 
 def _build_case(srcs: list[tuple[Path, Path | None]], cid: str, axis: int, intensity: str) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..errors import UserError
 from ..registry import Registry
-from .sample import Case
+from .sample import Case, Cases
 
 #: name -> reader ``(path or nothing, **options) -> cases``; ``info["needs_path"]``: whether the spec is ``NAME:PATH``
 DATASETS: Registry[Callable[..., list[Case]]] = Registry(
@@ -18,8 +18,10 @@ def check_spec(spec: str) -> None:
     DATASETS.check(spec.partition(":")[0], given=spec)
 
 
-def load_dataset(spec: str, **options) -> list[Case]:
+def load_dataset(spec: str, **options) -> Cases:
     """Load the cases named by ``spec`` (e.g. ``synthetic-echo``, ``echonet:/data/EchoNet``).
+
+    Returns the cases with the reader's skipped files and notes (:class:`Cases`), said once.
 
     Raises:
         ValueError: unknown name, a missing path, or bad data (message names the file).
@@ -34,7 +36,7 @@ def load_dataset(spec: str, **options) -> list[Case]:
     cases = _call_reader(fn, name, path, **options) if needs_path else _call_reader(fn, name, **options)
     if not cases:
         raise UserError(f"data set {spec!r} holds no usable case")
-    return cases
+    return cases if isinstance(cases, Cases) else Cases(cases)
 
 
 @DATASETS.register("synthetic-echo",

@@ -9,6 +9,8 @@ between training and test.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,11 @@ import numpy as np
 from ..errors import UserError
 
 SPLITS = ("train", "val", "test")
+#: keys ``Case.meta`` refuses: facts that change what the pipeline does are typed fields, and
+#: what a reader says of the whole data set is said once (:class:`Cases`)
+NOT_META = {"volume": "volume", "slice_spacing": "slice_spacing", "spacing_known": "spacing_known",
+            "modality": "modality", "phase": "phases", "scored_masks": "scored_masks",
+            "dataset_skipped": "Cases.skipped", "dataset_notes": "Cases.notes"}
 
 
 @dataclass
@@ -33,15 +40,41 @@ class Case:
             or a read-only mapping that draws masks on demand (large data sets).
         spacing: pixel size in mm as ``(row, column)``.
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (assigned later).
-        meta: free-form per-case metadata (EF, phase names, source file, ...).
+        meta: descriptive metadata for people and reports (EF, label names,
+            source files, views ...). Nothing in sslseg decides anything from
+            it: every fact that changes what the pipeline does is a field below.
+        volume: the frames are slices of one volume (MRI, CT, a DICOM series),
+            not instants of a cine. Decides the evaluation convention (3D scores)
+            and which pretraining methods apply (partitions share anatomy only
+            across slices, :func:`sslseg.pretrain.build.check_volumes`).
+        slice_spacing: mm between slices of a volume (3D HD95); None: unknown
+            or not a volume (1 mm is then assumed).
+        spacing_known: ``spacing`` was read from the files (False: a reader fell
+            back to 1 pixel = 1 mm); only known spacings go into the checkpoint.
+        modality: acquisition modality in the DICOM sense (``"US"``, ``"MR"``,
+            ``"CT"``), upper case, ``""`` when unknown. Echo readers set ``US``.
+        channels: the names of the frames' channels where the data set gives
+            them (Decathlon's ``"T2"``, ``"ADC"``), in channel order.
+        phases: ``{frame index: phase name}`` of labelled frames of a cine
+            (``"ED"``, ``"ES"``); scores are reported per phase.
+        scored_masks: the masks validation and test score, when a reader option
+            narrowed ``masks`` for training (Decathlon's ``empty_slices``); None:
+            ``masks`` themselves (:func:`sslseg.evaluate.inference.scored_masks`).
     """
 
     case_id: str
     frames: np.ndarray
-    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    masks: Mapping[int, np.ndarray] = field(default_factory=dict)
     spacing: tuple[float, float] = (1.0, 1.0)
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    volume: bool = False
+    slice_spacing: float | None = None
+    spacing_known: bool = True
+    modality: str = ""
+    channels: tuple[str, ...] = ()
+    phases: dict[int, str] = field(default_factory=dict)
+    scored_masks: Mapping[int, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.frames.ndim not in (3, 4):
@@ -63,6 +96,15 @@ class Case:
                 )
         if self.split is not None and self.split not in SPLITS:
             raise UserError(f"case {self.case_id!r}: split must be one of {SPLITS}, got {self.split!r}")
+        misplaced = sorted(k for k in self.meta if k in NOT_META)
+        if misplaced:  # a caller's mistake, not the user's: a TypeError with its traceback
+            k = misplaced[0]
+            raise TypeError(f"case {self.case_id!r}: meta[{k!r}] would be ignored; it is {NOT_META[k]} "
+                            "(sslseg.data.sample.Case)")
+        self.modality = str(self.modality).upper()
+        self.phases = {int(k): str(v) for k, v in self.phases.items()}
+        if self.slice_spacing is not None:
+            self.slice_spacing = float(self.slice_spacing)
 
     @property
     def num_frames(self) -> int:
@@ -90,6 +132,26 @@ def common_dtype(cases: list[Case], notes: list[str]) -> list[Case]:
     for c in cases:
         if c.frames.dtype == np.uint8:
             frames = np.asarray(c.frames).astype(np.float32) / 255.0
-            c = Case(c.case_id, frames, c.masks, c.spacing, c.split, c.meta)
+            c = dataclasses.replace(c, frames=frames)
         out.append(c)
     return out
+
+
+class Cases(list):
+    """The cases of one data set, and what its reader has to say about the set once.
+
+    A ``list`` of :class:`Case` (filter, sort and index it as one) carrying
+
+    * ``skipped``: one line per file or item the reader left out and why
+      (unreadable, wrong shape, NaN), shown by ``sslseg data`` and warned about
+      by every run (:func:`sslseg.experiments.pipeline.load_cases`);
+    * ``notes``: facts about the whole set a user should read (spacing assumed,
+      8-bit images rescaled, views placed on one canvas).
+
+    Slicing or filtering returns a plain ``list``: the notes belong to what was read.
+    """
+
+    def __init__(self, cases: Iterable[Case] = (), skipped: Iterable[str] = (), notes: Iterable[str] = ()) -> None:
+        super().__init__(cases)
+        self.skipped = list(skipped)
+        self.notes = list(notes)

@@ -670,7 +670,6 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
     ef = 100.0 * (vol(ed) - vol(es)) / vol(ed)
     fac = 100.0 * float(areas[ed] - areas[es]) / float(areas[ed])
     meta = {
-        "phase": {ed: "ED", es: "ES"},
         "ef": ef,
         "fac": fac,
         "depth_cm": P["depth_cm"],
@@ -679,7 +678,6 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
         "beats": P["beats"],
         "lv_area_px": [int(a) for a in areas],
         "synthetic": True,
-        "volume": False,  # frames run along time (partitions are not shared anatomy)
         "n_shrink": P.get("n_shrink", 0),
     }
     return Case(
@@ -689,6 +687,8 @@ def make_echo_case(index: int, seed: int = 0, num_frames: int = 32, size: int = 
         spacing=(float(P["dy"]), float(P["dx"])),
         split=None,
         meta=meta,
+        modality="US",
+        phases={ed: "ED", es: "ES"},
     )
 
 
@@ -710,6 +710,6 @@ def synthetic_echo(
     cases = [make_echo_case(i, seed=seed, num_frames=num_frames, size=size) for i in range(num_cases)]
     for i in range(num_cases, num_cases + unlabelled):
         case = make_echo_case(i, seed=seed, num_frames=num_frames, size=size)
-        case.masks = {}
+        case.masks, case.phases = {}, {}
         cases.append(case)
     return cases

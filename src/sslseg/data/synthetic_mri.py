@@ -216,16 +216,16 @@ def make_mri_case(index: int, seed: int = 0, num_slices: int = 20, size: int = 9
     meta = {
         "label_names": dict(LABEL_NAMES),
         "synthetic": True,
-        "volume": True,
         "slice_thickness": thick,
-        "slice_spacing": thick,  # contiguous slices: spacing = thickness
         "fov_mm": fov,
         "noise_fraction": sigma / ref,  # Rician sigma relative to the median tissue signal
         "pz_tz_contrast": t2["pz"] / t2["tz"],
         "lesion": bool(lesion),
         "bias_coil": coil,
     }
-    return Case(f"synth_mri_{index:04d}", img, masks, (dxy, dxy), None, meta)
+    # contiguous slices: their spacing is the thickness
+    return Case(f"synth_mri_{index:04d}", img, masks, (dxy, dxy), None, meta,
+                volume=True, slice_spacing=thick, modality="MR", channels=("T2",))
 
 
 def synthetic_mri(num_cases: int = 16, seed: int = 0, num_slices: int = 20, size: int = 96) -> list[Case]:

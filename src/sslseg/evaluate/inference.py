@@ -178,7 +178,7 @@ HD95_EMPTY = ("diagonal", "nan")
 def case_convention(case: Case, convention: str = "auto") -> str:
     """``"volume"`` (3D metrics of the stacked labelled slices) or ``"frame"`` (mean of 2D frame metrics).
 
-    ``auto``: volume for cases whose frames are slices (``meta["volume"]``, set
+    ``auto``: volume for cases whose frames are slices (``Case.volume``, set
     by the readers), frame for cines and pictures.
 
     Raises:
@@ -186,7 +186,7 @@ def case_convention(case: Case, convention: str = "auto") -> str:
     """
     if convention not in CONVENTIONS:
         raise UserError(f"evaluation convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
-    is_volume = bool(case.meta.get("volume"))
+    is_volume = case.volume
     if convention == "auto":
         return "volume" if is_volume else "frame"
     if convention == "volume" and not is_volume:
@@ -199,12 +199,11 @@ def scored_masks(case: Case) -> Mapping[int, np.ndarray]:
     """The masks that validation and test score: every labelled frame of the case.
 
     A reader whose option narrows the labelled frames for training (Decathlon's
-    ``empty_slices``) keeps the whole label stack in ``meta["scored_masks"]``: a
+    ``empty_slices``) keeps the whole label stack in ``Case.scored_masks``: a
     volume is scored whole whatever the training policy, so the same predictions
     get the same 3D Dice and HD95 under every policy.
     """
-    whole = case.meta.get("scored_masks")
-    return case.masks if whole is None else whole
+    return case.masks if case.scored_masks is None else case.scored_masks
 
 
 def as_scored(case: Case) -> Case:
@@ -274,7 +273,6 @@ def score_cases(
         if postprocess and any(postprocess.values()):
             pred = clean(pred, num_classes, **postprocess)
         gt = np.stack([np.asarray(masks[i]) for i in idx]).astype(np.int64)
-        phases = case.meta.get("phase", {})
         sp2 = tuple(float(s) for s in case.spacing)
         diag2 = image_diagonal(gt.shape[1:], sp2)
         rows = []
@@ -286,7 +284,7 @@ def score_cases(
                 p_empty, g_empty = not (pred[j] == c).any(), not (gt[j] == c).any()
                 inter, total = overlap_counts(pred[j], gt[j], [c])
                 rows.append({
-                    "case_id": case.case_id, "index": i, "phase": phases.get(i, phases.get(str(i), "")),
+                    "case_id": case.case_id, "index": i, "phase": case.phases.get(i, ""),
                     "class": c, "dice": d, "hd95": hd, "truth_empty": int(g_empty), "pred_empty": int(p_empty),
                     "hd95_undefined": int(p_empty != g_empty), "hd95_penalised": int(p_empty != g_empty and pen is not None),
                     "overlap": inter, "total": total,
@@ -306,8 +304,7 @@ def score_cases(
             "empty_truth_fp": sum(1 for r in rows if r["truth_empty"] and not r["pred_empty"]),
         }
         if conv == "volume":
-            slice_mm = case.meta.get("slice_spacing")
-            sp3 = (float(slice_mm) if slice_mm else 1.0,) + sp2
+            sp3 = (case.slice_spacing or 1.0,) + sp2
             pen3 = image_diagonal(gt.shape, sp3) if hd95_empty == "diagonal" else None
             d3 = dice_per_class(pred, gt, classes, empty_truth="score")
             h3 = hd95_per_class(pred, gt, classes, sp3, penalty=pen3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.batches import frames_to_tensor, masks_to_tensor
-from ..data.sample import Case
+from ..data.sample import Case, Cases
 from ..io.tables import write_table
 from ..io.volumes import write_nifti
 
@@ -30,7 +30,7 @@ def _class_fractions(cases: list[Case]) -> tuple[dict[int, float], int]:
     return {int(k): counts[k] / max(1, total) for k in np.flatnonzero(counts)}, n
 
 
-def summarise(spec: str, cases: list[Case]) -> str:
+def summarise(spec: str, cases: Cases) -> str:
     """A few lines on a loaded data set: cases, frames, labels, classes, splits, spacing, skips, notes."""
     n_frames = sum(c.num_frames for c in cases)
     n_lab = sum(len(c.masks) for c in cases)
@@ -45,7 +45,7 @@ def summarise(spec: str, cases: list[Case]) -> str:
     shapes = Counter(c.image_shape for c in cases)
     channels = Counter(1 if c.frames.ndim == 3 else int(c.frames.shape[1]) for c in cases)
     dtypes = Counter(str(np.dtype(c.frames.dtype)) for c in cases)
-    kind = "slices" if all(c.meta.get("volume") for c in cases) else "frames"
+    kind = "slices" if all(c.volume for c in cases) else "frames"
     split_how = f"from the data set ({', '.join(sources)})" if sources else "drawn per case (seeded)"
     lines = [
         f"data set: {spec}",
@@ -60,7 +60,7 @@ def summarise(spec: str, cases: list[Case]) -> str:
         + (", ".join(f"{k} {names[k]}: {v:.3f}" if k in names else f"{k}: {v:.3f}" for k, v in sorted(fractions.items()))
            or "none (no labelled frame)"),
     ]
-    skipped = list(cases[0].meta.get("dataset_skipped", [])) if cases else []
+    skipped = cases.skipped
     if skipped:
         lines.append(f"skipped: {len(skipped)} item(s)")
         lines += [f"  - {s}" for s in skipped[:_MAX_LISTED]]
@@ -68,7 +68,7 @@ def summarise(spec: str, cases: list[Case]) -> str:
             lines.append(f"  ... and {len(skipped) - _MAX_LISTED} more")
     else:
         lines.append("skipped: none")
-    for note in cases[0].meta.get("dataset_notes", []) if cases else []:
+    for note in cases.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
 
@@ -84,7 +84,7 @@ def export_dataset(cases: list[Case], out_dir: str | Path, image_size: int) -> i
 
     2D data: ``images/<case>_<frame>.png`` (min-max scaled to 0..255; one file
     per channel, ``_c<k>``, for multi-channel frames) and ``masks/<case>_<frame>.png``
-    (label values).  Volumes (``meta["volume"]``): ``images/<case>.nii.gz`` and
+    (label values).  Volumes (``Case.volume``): ``images/<case>.nii.gz`` and
     ``masks/<case>.nii.gz`` holding the labelled slices in order, as resized for
     the model (float32 values before the data set's mean/std normalisation),
     with the resized pixel size.  ``index.csv`` lists every exported frame.
@@ -103,13 +103,13 @@ def export_dataset(cases: list[Case], out_dir: str | Path, image_size: int) -> i
         idx = c.labelled_indices
         if not idx:
             continue
-        phase = c.meta.get("phase") or {}
+        phase = c.phases
         h, w = c.image_shape
-        if c.meta.get("volume"):
+        if c.volume:
             imgs = frames_to_tensor(np.stack([c.frames[i] for i in idx]), image_size).numpy()
             masks = masks_to_tensor(np.stack([c.masks[i] for i in idx]), image_size).numpy()
             imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs
-            sp = (c.spacing[0] * h / image_size, c.spacing[1] * w / image_size, float(c.meta.get("slice_thickness", 1.0)))
+            sp = (c.spacing[0] * h / image_size, c.spacing[1] * w / image_size, c.slice_spacing or 1.0)
             affine = np.diag([sp[1], sp[0], sp[2], 1.0])  # voxels (i = column, j = row, k = slice)
             write_nifti(out / "images" / f"{c.case_id}.nii.gz", imgs.astype(np.float32), affine)
             write_nifti(out / "masks" / f"{c.case_id}.nii.gz", masks.astype(np.int16), affine)

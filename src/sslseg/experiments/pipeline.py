@@ -28,7 +28,7 @@ from ..data.batches import (
 )
 from ..data.memory import check_batch_fits
 from ..data.registry import load_dataset
-from ..data.sample import Case
+from ..data.sample import Case, Cases
 from ..data.splits import labelled_subset, read_json, resolve_budget, splits_for, write_json
 from ..engine import distributed
 from ..engine.checkpoint import save_checkpoint
@@ -59,14 +59,14 @@ from .provenance import resolved_options, write_provenance
 log = logging.getLogger("sslseg")
 
 
-def load_cases(cfg: RunConfig, out_dir: str | Path | None = None, splits_path: str | Path | None = None) -> list[Case]:
+def load_cases(cfg: RunConfig, out_dir: str | Path | None = None, splits_path: str | Path | None = None) -> Cases:
     """Read the data set and apply the per-case split (drawn once, saved, reused).
 
     Files the reader skipped (unreadable, wrong shape, NaN) are named on the console, not only in
     ``sslseg data``: a run must not train on less than its user thinks without a word.
     """
     cases = load_dataset(cfg.data.spec, **cfg.data.options)
-    skipped = list(cases[0].meta.get("dataset_skipped", [])) if cases else []
+    skipped = cases.skipped
     if skipped and distributed.is_rank_zero():
         shown = "; ".join(str(s) for s in skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         log.warning("%s: %d file(s) skipped, not trained on: %s (sslseg data %s lists them all)",
@@ -569,9 +569,9 @@ def _finetune_preprocess(cfg: RunConfig, chosen: list[Case], normalizer: Normali
     # what the frames were (echo sectors, native-scale slices, resized pictures): prediction prepares
     # new inputs the same way (sslseg.predict.run.choose_preparation)
     frames_kind = training_frames(cfg.data.spec, native, cfg.data.image_size,
-                                  {str(c.meta.get("modality", "")).upper() for c in chosen},
+                                  {c.modality for c in chosen},
                                   bool((cfg.data.options or {}).get("sector")))
-    known = [c.spacing for c in chosen if c.spacing is not None and c.meta.get("spacing_known", True)]
+    known = [c.spacing for c in chosen if c.spacing is not None and c.spacing_known]
     options = cfg.data.options or {}
     # how the readers cut volumes and scaled intensities: prediction reads new volumes the same way
     return {"normalizer": normalizer.to_dict(), "image_size": cfg.data.image_size,

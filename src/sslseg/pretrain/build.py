@@ -140,9 +140,9 @@ def _range_text(lo, hi, open_low: bool) -> str:
 def frame_axis(cases) -> str | None:
     """What a case's frame index runs along: ``"slice"`` (volumes), ``"time"`` (cines), or None (unknown/mixed).
 
-    Read from each case's ``meta["volume"]``, which the readers set.
+    Read from each case's ``Case.volume``, which the readers set.
     """
-    flags = {c.meta.get("volume") for c in cases}
+    flags = {c.volume for c in cases}
     if flags == {True}:
         return "slice"
     if flags == {False}:
