@@ -96,21 +96,34 @@ def test_old_echo_checkpoint_learns_its_frames_from_the_data_spec(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "spec, native, modalities, prepared, expected",
+    "spec, native, modalities, options, expected",
     [
-        ("synthetic-echo", (112, 112), None, False, "echo-sector"),
-        ("echonet:/d", (112, 112), None, False, "echo-sector"),
-        ("camus:/d", (843, 512), None, False, "echo-sector"),
-        ("dicom:/d", (112, 112), {"US"}, True, "echo-sector"),  # cines prepared by the reader
-        ("dicom:/d", (480, 640), {"US"}, False, "resized"),  # whole screens, squeezed
-        ("synthetic-mri", (96, 96), None, False, "native"),
-        ("decathlon:/d", (320, 320), None, False, "resized"),
-        ("folder:/d", None, None, False, "resized"),
+        ("synthetic-echo", (112, 112), None, None, "echo-sector"),
+        ("echonet:/d", (112, 112), None, None, "echo-sector"),
+        ("camus:/d", (843, 512), None, None, "echo-sector"),
+        ("dicom:/d", (112, 112), {"US"}, {"sector": True}, "echo-sector"),  # cines prepared by the reader
+        ("dicom:/d", (112, 112), {"US", "MR"}, {"sector": True}, "native"),  # not all ultrasound
+        ("dicom:/d", (480, 640), {"US"}, {}, "resized"),  # whole screens, squeezed
+        ("synthetic-mri", (96, 96), None, None, "native"),
+        ("decathlon:/d", (320, 320), None, {"sector": True}, "resized"),  # no echo_sectors option of its own
+        ("folder:/d", None, None, None, "resized"),
     ],
 )
-def test_what_the_checkpoint_records(spec, native, modalities, prepared, expected):
+def test_what_the_checkpoint_records(spec, native, modalities, options, expected):
     image_size = 112 if native == (112, 112) else 96
-    assert training_frames(spec, native, image_size, modalities, prepared) == expected
+    assert training_frames(spec, native, image_size, modalities, options) == expected
+
+
+def test_a_registered_data_set_states_its_frames_there():
+    # the fact lives in the registry: a new echo reader says so once, no list of names to extend
+    from sslseg.data.registry import DATASETS
+
+    DATASETS.add("echo-test", lambda: [], "test echo reader", needs_path=False, echo_sectors=True)
+    try:
+        assert training_frames("echo-test", (96, 96), 96) == "echo-sector"
+    finally:
+        DATASETS.remove("echo-test")
+    assert training_frames("echo-test", (96, 96), 96) == "native"
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,10 @@ from ..errors import UserError
 from ..registry import Registry
 from .sample import Case, Cases
 
-#: name -> reader ``(path or nothing, **options) -> cases``; ``info["needs_path"]``: whether the spec is ``NAME:PATH``
+#: name -> reader ``(path or nothing, **options) -> cases``. Facts of each data set, in ``info``:
+#: ``needs_path``: whether the spec is ``NAME:PATH``; ``echo_sectors``: its frames are echo sectors
+#: filling a square, as EchoNet-Dynamic's (True), or are when the option it names is on (ultrasound
+#: only); what prediction prepares new inputs like (:func:`sslseg.engine.trained.training_frames`)
 DATASETS: Registry[Callable[..., list[Case]]] = Registry(
     "data set", shown=lambda name, entry: f"{name}:PATH" if entry.info["needs_path"] else name)
 
@@ -41,7 +44,7 @@ def load_dataset(spec: str, **options) -> Cases:
 
 @DATASETS.register("synthetic-echo",
                    "built-in synthetic apical four-chamber echo videos (112x112)",
-                   needs_path=False)
+                   needs_path=False, echo_sectors=True)
 def _synthetic_echo(*, num_cases: int = 40, seed: int = 0, num_frames: int = 32, size: int = 112,
                     unlabelled: int = 0) -> list[Case]:
     from .synthetic import synthetic_echo
@@ -97,7 +100,7 @@ def _synthetic_mri(*, num_cases: int = 16, seed: int = 0, num_slices: int = 20, 
 
 @DATASETS.register("echonet",
                    "EchoNet-Dynamic: FileList.csv, VolumeTracings.csv, Videos/*.avi (official splits)",
-                   needs_path=True)
+                   needs_path=True, echo_sectors=True)
 def _echonet(path: str, **options) -> list[Case]:
     from .echonet import load_echonet
 
@@ -106,7 +109,7 @@ def _echonet(path: str, **options) -> list[Case]:
 
 @DATASETS.register("camus",
                    "CAMUS 2CH/4CH echo, MetaImage or NIfTI release (options: labels, views, labelled)",
-                   needs_path=True)
+                   needs_path=True, echo_sectors=True)
 def _camus(path: str, **options) -> list[Case]:
     from .camus import load_camus
 
@@ -131,7 +134,8 @@ def _folder(path: str, **options) -> list[Case]:
     return _call_reader(load_folder, "folder", path, **options)
 
 
-@DATASETS.register("dicom", "DICOM files or cines (unlabelled), spacing from the tags", needs_path=True)
+@DATASETS.register("dicom", "DICOM files or cines (unlabelled), spacing from the tags", needs_path=True,
+                   echo_sectors="sector")
 def _dicom(path: str, **options) -> list[Case]:
     from .dicom import load_dicom
 

@@ -24,23 +24,29 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 
 #: what the training frames were, as a fine-tuned checkpoint records it (``preprocess["frames"]``)
 TRAINING_FRAMES = ("echo-sector", "native", "resized")
-#: data sets whose frames are echo sectors filling a square, as EchoNet-Dynamic's
-ECHO_DATASETS = ("synthetic-echo", "echonet", "camus")
 
 
 def training_frames(spec: str, native_size: tuple[int, int] | None, image_size: int,
-                    modalities: set[str] | None = None, prepared: bool = False) -> str:
+                    modalities: set[str] | None = None, options: dict | None = None) -> str:
     """What a model's training frames were, for the checkpoint: ``"echo-sector"``, ``"native"`` or ``"resized"``.
+
+    Whether a data set's frames are echo sectors filling a square is the data
+    set's registered fact (``echo_sectors`` in :data:`sslseg.data.registry.DATASETS`):
+    True for the echo sets; the name of the option that prepares them for a
+    reader that does so on request (``dicom``'s ``sector``, ultrasound only).
 
     Args:
         spec: the data spec (``synthetic-echo``, ``echonet:PATH``, ``dicom:PATH`` ...).
         native_size: the training frames' size before resizing when they share one.
         image_size: the training square size.
-        modalities: DICOM modalities of the training cases (``dicom:`` data).
-        prepared: the DICOM reader's ``sector`` option was on.
+        modalities: the training cases' modalities (``Case.modality``).
+        options: the data reader's options.
     """
+    from ..data.registry import DATASETS
+
     name = spec.partition(":")[0]
-    if name in ECHO_DATASETS or (name == "dicom" and prepared and modalities == {"US"}):
+    sectors = DATASETS.entry(name).info.get("echo_sectors", False) if name in DATASETS else False
+    if sectors is True or (isinstance(sectors, str) and (options or {}).get(sectors) and modalities == {"US"}):
         return "echo-sector"
     if native_size is not None and tuple(native_size) == (image_size, image_size):
         return "native"

@@ -569,8 +569,7 @@ def _finetune_preprocess(cfg: RunConfig, chosen: list[Case], normalizer: Normali
     # what the frames were (echo sectors, native-scale slices, resized pictures): prediction prepares
     # new inputs the same way (sslseg.predict.run.choose_preparation)
     frames_kind = training_frames(cfg.data.spec, native, cfg.data.image_size,
-                                  {c.modality for c in chosen},
-                                  bool((cfg.data.options or {}).get("sector")))
+                                  {c.modality for c in chosen}, cfg.data.options)
     known = [c.spacing for c in chosen if c.spacing is not None and c.spacing_known]
     options = cfg.data.options or {}
     # how the readers cut volumes and scaled intensities: prediction reads new volumes the same way
