@@ -193,7 +193,7 @@ def run_epoch(arch: str, kind: str, pool, source, args, fabric) -> dict:
             if sampler is not None:
                 sampler.start()
 
-    cfg = LoopConfig(steps=total, lr=1e-3, log_every=max(1, total), warmup_steps=0)
+    cfg = LoopConfig(steps=total, lr=1e-3, weight_decay=1e-4, log_every=max(1, total), warmup_steps=0)
     if resident:
         fit(method, make, cfg, after_step=after_step, fabric=fabric, desc=f"{arch} {kind}")
     else:

@@ -94,7 +94,7 @@ def check_byol_target(rank: int, world: int, fabric) -> dict:
     before = torch.cat([p.detach().double().flatten() for p in method.target_encoder.parameters()])
     g = torch.Generator().manual_seed(100 + rank)  # every rank its own images
     fit(method, lambda s: torch.randn(4, 1, 32, 32, generator=g),
-        LoopConfig(steps=3, lr=1e-2, log_every=1, sync_batchnorm=True, find_unused_parameters=find_unused),
+        LoopConfig(steps=3, weight_decay=0.0, lr=1e-2, log_every=1, sync_batchnorm=True, find_unused_parameters=find_unused),
         after_step=method.after_step, fabric=fabric)
     state = [t.detach().double() for t in
              [*method.target_encoder.state_dict().values(), *method.target_projector.state_dict().values()]]
@@ -125,7 +125,7 @@ def check_resume(rank: int, world: int, fabric, root: Path) -> dict:
 
     from sslseg.engine.loop import LoopConfig, fit
 
-    cfg = LoopConfig(steps=6, lr=0.05, log_every=1, save_every=2)
+    cfg = LoopConfig(steps=6, weight_decay=0.0, lr=0.05, log_every=1, save_every=2)
 
     def run(out: Path, stop: int | None = None):
         torch.manual_seed(0)  # as every rank's command does before its first step
@@ -177,7 +177,7 @@ def check_batchnorm_by_default(rank: int, world: int, fabric) -> dict:
     def next_batch(step: int):  # each rank its own data, shifted apart
         return torch.randn(4, 6, generator=torch.Generator().manual_seed(10 * step + rank)) + 3 * rank
 
-    fit(Task(), next_batch, LoopConfig(steps=2, lr=0.01, log_every=1), fabric=fabric)
+    fit(Task(), next_batch, LoopConfig(steps=2, weight_decay=0.0, lr=0.01, log_every=1), fabric=fabric)
     stats = torch.cat([net[1].running_mean, net[1].running_var])
     every = [torch.empty_like(stats) for _ in range(world)]
     dist.all_gather(every, stats)
@@ -208,7 +208,7 @@ def check_rank_zero_failures(rank: int, world: int, fabric) -> dict:
 
     t = time.perf_counter()
     try:
-        fit(_Noisy(), lambda s: torch.randn(4, 4), LoopConfig(steps=3, log_every=1, val_every=1), validate=validate,
+        fit(_Noisy(), lambda s: torch.randn(4, 4), LoopConfig(steps=3, lr=0.01, weight_decay=0.0, log_every=1, val_every=1), validate=validate,
             fabric=fabric)
         out["validate"] = "no error"
     except Exception as err:  # noqa: BLE001

@@ -1,5 +1,6 @@
 import csv
 
+import pytest
 import torch
 from torch import nn
 
@@ -53,7 +54,7 @@ def test_resume_continues_from_last_snapshot(tmp_path):
 
 
 def test_warmup_then_cosine():
-    cfg = LoopConfig(steps=100, warmup_steps=10)
+    cfg = LoopConfig(steps=100, lr=0.01, weight_decay=0.0, warmup_steps=10)
     assert lr_lambda(0, cfg) == 0.1 and lr_lambda(9, cfg) == 1.0
     assert abs(lr_lambda(55, cfg) - 0.5) < 1e-9 and lr_lambda(100, cfg) == 0.0
 
@@ -75,9 +76,23 @@ def test_best_weights_restored():
 
 def test_a_warmup_as_long_as_the_run_is_said(caplog):
     """Issue 28 item 6: 20 steps with 50 warm-up steps never reach the set learning rate; say so."""
-    fit(Quadratic(), lambda s: torch.zeros(2), LoopConfig(steps=20, warmup_steps=50, accelerator="cpu"))
+    fit(Quadratic(), lambda s: torch.zeros(2), LoopConfig(steps=20, lr=0.01, weight_decay=0.0, warmup_steps=50, accelerator="cpu"))
     assert any("warm-up of 50 steps is as long as the run (20 steps)" in r.getMessage() and r.levelname == "WARNING"
                for r in caplog.records)
     caplog.clear()
-    fit(Quadratic(), lambda s: torch.zeros(2), LoopConfig(steps=20, warmup_steps=5, accelerator="cpu"))
+    fit(Quadratic(), lambda s: torch.zeros(2), LoopConfig(steps=20, lr=0.01, weight_decay=0.0, warmup_steps=5, accelerator="cpu"))
     assert not [r for r in caplog.records if "warm-up" in r.getMessage()]
+
+
+def test_the_loop_holds_no_opinion_of_a_stages_optimiser():
+    from sslseg.experiments.config import RunConfig
+    from sslseg.experiments.pipeline import _loop_cfg
+
+    with pytest.raises(TypeError, match="weight_decay"):
+        LoopConfig(steps=10, lr=0.1)  # the stage configs own steps, lr and weight decay
+    cfg = RunConfig()
+    for stage in (cfg.pretrain, cfg.finetune):
+        loop = _loop_cfg(cfg, stage, 7)
+        assert (loop.steps, loop.lr, loop.weight_decay, loop.warmup_steps) == \
+            (7, stage.lr, stage.weight_decay, stage.warmup_steps)
+    assert cfg.pretrain.weight_decay != cfg.finetune.weight_decay  # two stages, two settings, one place each

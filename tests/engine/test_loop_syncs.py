@@ -62,7 +62,7 @@ def _batches(counts: dict[int, int]):
 def test_no_device_reads_between_logging_steps():
     counts: dict[int, int] = {}
     OnDevice.reads.clear()
-    res = fit(Task(), _batches(counts), LoopConfig(steps=12, lr=0.01, log_every=4, accelerator="cpu"))
+    res = fit(Task(), _batches(counts), LoopConfig(steps=12, weight_decay=0.0, lr=0.01, log_every=4, accelerator="cpu"))
     counts[11] = len(OnDevice.reads)
     print("device reads per step:", [counts[s] for s in range(12)])
     logging_steps = {3, 7, 11}  # steps 4, 8 and 12 (1-based) write a row
@@ -81,7 +81,7 @@ def test_logged_means_are_the_per_step_means():
             seen.append({k: float(v.detach()) for k, v in out.items()})
             return out
 
-    res = fit(Recording(), _batches({}), LoopConfig(steps=10, lr=0.01, log_every=4, accelerator="cpu"))
+    res = fit(Recording(), _batches({}), LoopConfig(steps=10, weight_decay=0.0, lr=0.01, log_every=4, accelerator="cpu"))
     spans = [(0, 4), (4, 8), (8, 10)]  # the last row: the 2 steps since the previous one
     for row, (a, b) in zip(res.history, spans, strict=True):
         for key in ("loss", "aux"):
@@ -92,7 +92,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     # nan at loop step 5 (the 6th step); read at the next logging step, 8
     with pytest.raises(ValueError, match=r"^fit: the loss was not finite at step 6 .*lower the learning rate "
                                          r"\(now 0\.01\)") as err:
-        fit(Task(poison_at=5), _batches({}), LoopConfig(steps=20, lr=0.01, log_every=8, accelerator="cpu"),
+        fit(Task(poison_at=5), _batches({}), LoopConfig(steps=20, weight_decay=0.0, lr=0.01, log_every=8, accelerator="cpu"),
             desc="fit")
     assert "\n" not in str(err.value)
 
@@ -100,7 +100,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
 def test_non_finite_loss_is_never_saved_for_resume(tmp_path):
     # a snapshot every step: the check runs before each one, so the nan of step 3 is caught at step 3
     with pytest.raises(ValueError, match="at step 3 "):
-        fit(Task(poison_at=2), _batches({}), LoopConfig(steps=20, lr=0.01, log_every=10, save_every=1,
+        fit(Task(poison_at=2), _batches({}), LoopConfig(steps=20, weight_decay=0.0, lr=0.01, log_every=10, save_every=1,
                                                          accelerator="cpu"), out_dir=tmp_path)
     snap = torch.load(tmp_path / "last.pt", weights_only=True)
     assert snap["step"] == 2 and all(torch.isfinite(v).all() for v in snap["task"].values())
@@ -109,4 +109,4 @@ def test_non_finite_loss_is_never_saved_for_resume(tmp_path):
 def test_a_tiny_temperature_is_named_as_the_cause():
     with pytest.raises(ValueError, match=r"temperature \(now 1e-40\).*raise it"):
         fit(Task(poison_at=1, temperature=1e-40), _batches({}),
-            LoopConfig(steps=4, lr=0.01, log_every=2, accelerator="cpu"))
+            LoopConfig(steps=4, weight_decay=0.0, lr=0.01, log_every=2, accelerator="cpu"))

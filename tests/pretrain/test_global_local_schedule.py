@@ -21,7 +21,7 @@ def test_restart_is_the_first_local_step(steps, fraction):
 
 
 def test_each_stage_gets_its_own_warmup_and_cosine():
-    cfg = LoopConfig(steps=100, warmup_steps=10, restarts=(60,))
+    cfg = LoopConfig(steps=100, lr=0.01, weight_decay=0.0, warmup_steps=10, restarts=(60,))
     lr = [lr_lambda(s, cfg) for s in range(100)]
     assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)  # global stage: warm-up over 10 steps
     assert lr[59] < 0.01  # decayed to ~0 at the end of the global stage
@@ -29,8 +29,8 @@ def test_each_stage_gets_its_own_warmup_and_cosine():
     t = (80 - 70) / 30  # then its own cosine over the 30 remaining steps
     assert lr[80] == pytest.approx(0.5 * (1 + math.cos(math.pi * t)))
     # without restarts: the one schedule as before
-    assert [lr_lambda(s, LoopConfig(steps=100, warmup_steps=10)) for s in range(100)] == \
-        [lr_lambda(s, LoopConfig(steps=100, warmup_steps=10, restarts=())) for s in range(100)]
+    assert [lr_lambda(s, LoopConfig(steps=100, lr=0.01, weight_decay=0.0, warmup_steps=10)) for s in range(100)] == \
+        [lr_lambda(s, LoopConfig(steps=100, lr=0.01, weight_decay=0.0, warmup_steps=10, restarts=())) for s in range(100)]
 
 
 def test_pipeline_passes_the_restart_to_the_loop(tmp_path, monkeypatch):

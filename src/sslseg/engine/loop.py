@@ -32,9 +32,13 @@ from .progress import Progress
 log = logging.getLogger("sslseg")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoopConfig:
     """Optimisation settings shared by both stages.
+
+    ``steps``, ``lr`` and ``weight_decay`` have no default here: each stage's
+    config owns them (:class:`sslseg.experiments.config.PretrainConfig` and
+    ``FinetuneConfig``), so the loop cannot hold a third opinion of them.
 
     Args:
         steps: optimiser steps.
@@ -62,9 +66,9 @@ class LoopConfig:
             comes at the first logging step after them).
     """
 
-    steps: int = 1000
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    steps: int
+    lr: float
+    weight_decay: float
     warmup_steps: int = 0
     final_lr_ratio: float = 0.0
     log_every: int = 10
