@@ -106,7 +106,7 @@ def test_evaluation_scores_the_cleaned_prediction(monkeypatch, tiny_cases):
         return np.stack(out)
 
     monkeypatch.setattr(inference, "predict_frames", predict)
-    raw = inference.evaluate_cases(None, [case], None, 32, 2)
-    clean = inference.evaluate_cases(None, [case], None, 32, 2, postprocess=parse_steps("all"))
+    raw = inference.score_cases(None, [case], None, 32, 2)[0]
+    clean = inference.score_cases(None, [case], None, 32, 2, postprocess=parse_steps("all"))[0]
     assert all(r["dice"] < 1 and r["hd95"] > 0 for r in raw)
     assert all(r["dice"] == pytest.approx(1.0) and r["hd95"] == pytest.approx(0.0) for r in clean)

@@ -7,9 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from sslseg.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from sslseg.finetune.transfer import freeze_encoder, is_frozen, transfer_weights
+from sslseg.finetune.transfer import _HOOK, freeze_encoder, transfer_weights
 from sslseg.models.build import MODELS, build_model
 from sslseg.models.segmentation import PARTS, SegmentationModel
+
+
+def is_frozen(model) -> bool:
+    """Whether freeze_encoder holds the encoder frozen (its BatchNorm hook is in place)."""
+    return getattr(model.encoder, _HOOK, None) is not None
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:

@@ -16,8 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslseg.finetune.transfer import load_torchvision_state_dict, read_init, transfer_weights
+from sslseg.finetune.transfer import match_input_channels, read_init, strip_prefix, transfer_weights
 from sslseg.models.build import build_model
+
+
+def load_torchvision_state_dict(model, state_dict: dict) -> list[str]:
+    """A torchvision ``deeplabv3_resnet50`` state_dict into our DeepLabV3, strictly: the keys adapted."""
+    state_dict, adapted = match_input_channels(model, strip_prefix(dict(state_dict)))
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"the state_dict does not fit this DeepLabV3: {err}") from None
+    return adapted
 
 MANIFEST = json.loads((Path(__file__).parent / "deeplabv3_resnet50_manifest.json").read_text())
 

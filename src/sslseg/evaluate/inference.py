@@ -317,16 +317,3 @@ def score_cases(
                        hd95_penalised=sum(r["hd95_penalised"] for r in rows))
         case_rows.append(row)
     return frame_rows, case_rows
-
-
-def evaluate_cases(
-    model: torch.nn.Module,
-    cases: list[Case],
-    normalizer: Normalizer,
-    image_size: int,
-    num_classes: int,
-    device: torch.device | str = "cpu",
-    postprocess: dict | None = None,
-) -> list[dict]:
-    """Per labelled frame and foreground class: Dice and HD95 (mm), on the native grid (see :func:`score_cases`)."""
-    return score_cases(model, cases, normalizer, image_size, num_classes, device, postprocess=postprocess)[0]

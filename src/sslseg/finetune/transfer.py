@@ -223,26 +223,6 @@ def read_init(path: str | os.PathLike) -> dict:
     }
 
 
-def load_torchvision_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Load a torchvision ``deeplabv3_resnet50`` state_dict into our DeepLabV3, strictly.
-
-    ``module.`` prefixes are removed and, for a 1-channel model, the first
-    convolution is summed over its input channels (:func:`match_input_channels`).
-
-    Returns:
-        the keys that were adapted.
-
-    Raises:
-        ValueError: missing, unexpected or mis-shaped keys (e.g. another number of classes).
-    """
-    state_dict, adapted = match_input_channels(model, strip_prefix(dict(state_dict)))
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"the state_dict does not fit this DeepLabV3: {err}") from None
-    return adapted
-
-
 def freeze_encoder(model: nn.Module, frozen: bool) -> None:
     """Freeze (or release) ``model.encoder``: no gradients, and BatchNorm kept in eval mode.
 
@@ -271,11 +251,6 @@ def freeze_encoder(model: nn.Module, frozen: bool) -> None:
         for m in encoder.modules():
             if isinstance(m, _BATCH_NORMS):
                 m.train(encoder.training)
-
-
-def is_frozen(model: nn.Module) -> bool:
-    """Whether :func:`freeze_encoder` holds ``model.encoder`` frozen."""
-    return getattr(model.encoder, _HOOK, None) is not None
 
 
 def _norms_to_eval(module: nn.Module, _args: tuple) -> None:

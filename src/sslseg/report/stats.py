@@ -71,25 +71,6 @@ VERDICTS = {"gain": "clear gain", "loss": "clear loss", "unclear": "no clear dif
             "single": "one subset: no interval"}
 
 
-def paired_test(a, b, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Paired comparison of ``a`` against ``b`` (same test cases, same seeds, matched order).
-
-    Returns the mean difference ``a - b`` with its bootstrap 95% interval, the
-    Wilcoxon signed-rank p-value (two-sided; NaN when fewer than 2 non-zero
-    differences), the number of pairs and how many pairs ``a`` wins.
-    """
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    keep = ~(np.isnan(a) | np.isnan(b))
-    d = a[keep] - b[keep]
-    mean, lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
-    p = math.nan
-    if np.count_nonzero(d) >= 2:
-        p = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-    return {"mean_diff": mean, "ci_low": lo, "ci_high": hi, "p_value": p, "n": int(d.size),
-            "wins": int((d > 0).sum())}
-
-
 def t_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
     """Mean and Student-t ``1 - alpha`` interval of the mean (NaNs dropped).
 
