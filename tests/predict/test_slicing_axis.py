@@ -91,3 +91,35 @@ def test_checkpoint_without_axis_keeps_cutting_along_k(tmp_path):
     res = predict_file(Predictor.from_checkpoint(tmp_path / "old.pt", device="cpu"), tmp_path / "v.nii.gz",
                        tmp_path / "o" / "v")
     assert (res.frames, res.shape) == (SHAPE[2], (SHAPE[1], SHAPE[0]))
+
+
+def _multiframe_mr(path, vox) -> None:
+    """An enhanced-style multi-frame MR DICOM holding ``vox`` (i, j, k): frames along k, j as rows."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("MR_small.dcm", download=False)
+    if src is None:
+        pytest.skip("pydicom test file MR_small.dcm is not available offline")
+    ds = pydicom.dcmread(src)
+    frames = np.ascontiguousarray(vox.transpose(2, 1, 0)).astype(np.int16)  # (k, j, i)
+    ds.NumberOfFrames, ds.Rows, ds.Columns = frames.shape
+    ds.PixelSpacing = [ZOOMS[1], ZOOMS[0]]  # row mm (j), column mm (i)
+    ds.SliceThickness = ZOOMS[2]
+    ds.PixelData = frames.tobytes()
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_multiframe_dicom_volume_is_cut_along_the_training_axis(tmp_path, threshold, axis):
+    vox = np.where(_volume() >= 52, 200.0, 0.0).astype(np.float32)  # two grey values: any intensity scaling keeps them
+    _multiframe_mr(tmp_path / "v.dcm", vox)
+    study = read_study(tmp_path / "v.dcm", axis=axis)
+    want, spacing = voxels_to_frames(vox, ZOOMS, axis)
+    np.testing.assert_array_equal(study.frames, want)  # the training reader's cut of the same voxels
+    assert study.spacing == pytest.approx(spacing)
+    res = predict_file(threshold(tile=True, axis=axis), tmp_path / "v.dcm", tmp_path / "o" / "v")
+    assert res.frames == SHAPE[axis]
+    # the mask goes back onto the file's frames: voxel (i, j, k) of the NIfTI is voxel (i, j, k) of the DICOM
+    mask = np.asarray(nib.load(res.outputs["mask"]).dataobj)
+    np.testing.assert_array_equal(mask, vox > 0)

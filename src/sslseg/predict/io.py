@@ -39,8 +39,10 @@ Orientation convention: volumes are cut by the training readers' own function
 (:func:`sslseg.io.volumes.voxels_to_frames`): along ``k``, slice by slice with
 ``j`` as rows and ``i`` as columns; along another axis, the higher remaining
 axis as rows.  The masks go back through its inverse
-(:func:`sslseg.io.volumes.frames_to_voxels`) along the same axis.  Pictures,
-DICOM and videos are frames already: the axis does not apply to them.
+(:func:`sslseg.io.volumes.frames_to_voxels`) along the same axis.  A
+multi-frame DICOM volume (MR, CT; frames along ``k``) is cut the same way, and
+its masks go back onto its frames.  Pictures, single-frame DICOM, ultrasound
+cines and videos are frames already: the axis does not apply to them.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ from ..io.files import (
 from ..io.pictures import luma, read_picture, write_pages, write_png_sequence
 from ..io.video import read_video, write_video
 from ..io.volumes import (
+    frames_to_voxels,
     itk_grid,
     itk_slices,
     read_itk,
@@ -199,7 +202,7 @@ def read_study(path: str | os.PathLike, channels: int = 1, axis: int = 2) -> Stu
         study = _read_itk(path, channels, axis)
     elif ext in DICOM or (ext == "" and is_dicom_file(path)):
         try:
-            study = _read_dicom(path, channels)
+            study = _read_dicom(path, channels, axis)
         except corrupt_dicom_errors() as err:  # e.g. a geometry tag whose text is not a number
             msg = " ".join(str(err).split())
             raise UserError(msg if str(path) in msg else f"{path}: unreadable DICOM ({msg})") from None
@@ -268,7 +271,7 @@ def _read_itk(path: Path, channels: int, axis: int) -> Study:
     return Study(path, "itk", np.ascontiguousarray(frames), spacing, None, geometry)
 
 
-def _read_dicom(path: Path, channels: int) -> Study:
+def _read_dicom(path: Path, channels: int, axis: int = 2) -> Study:
     ds = open_dicom(path)
     arr = dicom_pixels(ds, path, channels)
     spacing, source = dicom_spacing(ds)
@@ -277,9 +280,30 @@ def _read_dicom(path: Path, channels: int) -> Study:
     notes = [f"pixel spacing from {source}" if spacing else "pixel spacing unknown: areas in pixels"]
     region = ultrasound_region(ds)
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
-    geometry = {"affine": dicom_affine(ds, spacing), "multiframe": nframes > 1,
-                "modality": str(ds.get("Modality", "")), "us_region": region["box"] if region else None}
+    modality = str(ds.get("Modality", ""))
+    affine = dicom_affine(ds, spacing)
+    geometry = {"affine": affine, "multiframe": nframes > 1, "modality": modality,
+                "us_region": region["box"] if region else None, "axis": 2}
+    if nframes > 1 and axis != 2 and modality.upper() != "US":
+        # a multi-frame volume (enhanced MR or CT) for a model trained on volumes cut along another
+        # voxel axis: its frames are k, so it is cut as the training reader cut (sslseg.io.volumes)
+        if arr.ndim != 3:
+            raise UserError(f"{path}: a {arr.shape[1]}-channel volume cannot be cut along voxel axis {axis}; "
+                            "the model was trained on one-channel slices")
+        zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
+        arr, cut = voxels_to_frames(arr.transpose(2, 1, 0), zooms, axis)  # frames (k, j, i) -> voxels (i, j, k)
+        spacing = cut if spacing else None
+        geometry.update(axis=axis, multiframe=False)  # slices of a volume, not instants of a cine
+        notes.append(f"volume cut along voxel axis {axis}, as in training")
     return Study(path, "dicom", arr, spacing, dicom_fps(ds), geometry, notes)
+
+
+def _on_input_frames(study: Study, arr: np.ndarray) -> np.ndarray:
+    """Maps ``(N, H, W)`` on the study's frames back onto its file's frames (a DICOM volume cut along another axis)."""
+    axis = study.geometry.get("axis", 2)
+    if study.kind != "dicom" or axis == 2:
+        return arr
+    return frames_to_voxels(arr, axis).transpose(2, 1, 0)  # voxels (i, j, k) -> the file's frames (k, j, i)
 
 
 def _read_video(path: Path, channels: int) -> Study:
@@ -323,6 +347,7 @@ def write_mask(study: Study, labels: np.ndarray, out_base: Path, num_classes: in
         out["mask"] = write_itk_like(study.geometry["reference"], labels, Path(f"{out_base}_mask{study.geometry['ext']}"),
                                      study.geometry["axis"])
     elif study.kind == "dicom":
+        labels = _on_input_frames(study, labels)
         if dicom_masks == "png":
             out["mask"] = write_png_sequence(labels, Path(f"{out_base}_mask"))
         elif dicom_masks == "nifti":
@@ -350,7 +375,7 @@ def write_uncertainty(study: Study, var: np.ndarray, out_base: Path) -> Path:
     affine = study.geometry.get("affine")
     if affine is None:
         affine = np.diag([*(study.spacing or (1.0, 1.0))[::-1], 1.0, 1.0])
-    return write_nifti(Path(f"{out_base}_uncertainty.nii.gz"), var, affine)
+    return write_nifti(Path(f"{out_base}_uncertainty.nii.gz"), _on_input_frames(study, var), affine)
 
 
 def write_overlay(study: Study, labels: np.ndarray, out_base: Path, num_classes: int) -> Path | None:
