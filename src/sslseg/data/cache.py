@@ -228,10 +228,6 @@ class MappedArray:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
     def __len__(self) -> int:
         return self.shape[0]
 
