@@ -222,7 +222,7 @@ def load_decathlon(
         label_names = {v: "+".join(ns) for v, ns in merged.items()}
     chosen = list(range(len(names)))
     if modality is not None and names:
-        chosen = _channels(modality, names, len(names), str(spec_path)) or []
+        chosen = _channels(modality, names, len(names), str(spec_path))
     # the MSD lists channel names ("T2", "FLAIR", "CT"); its CT tasks name their one channel CT
     channels = tuple(names[i] for i in chosen if i in names)
     acquired = "CT" if any(v.upper() == "CT" for v in names.values()) else ("MR" if names else "")

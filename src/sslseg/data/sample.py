@@ -46,7 +46,7 @@ class Case:
         volume: the frames are slices of one volume (MRI, CT, a DICOM series),
             not instants of a cine. Decides the evaluation convention (3D scores)
             and which pretraining methods apply (partitions share anatomy only
-            across slices, :func:`sslseg.pretrain.build.check_volumes`).
+            across slices, :func:`sslseg.pretrain.build.frame_axis`).
         slice_spacing: mm between slices of a volume (3D HD95); None: unknown
             or not a volume (1 mm is then assumed).
         spacing_known: ``spacing`` was read from the files (False: a reader fell

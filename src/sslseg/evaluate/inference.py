@@ -186,10 +186,9 @@ def case_convention(case: Case, convention: str = "auto") -> str:
     """
     if convention not in CONVENTIONS:
         raise UserError(f"evaluation convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
-    is_volume = case.volume
     if convention == "auto":
-        return "volume" if is_volume else "frame"
-    if convention == "volume" and not is_volume:
+        return "volume" if case.volume else "frame"
+    if convention == "volume" and not case.volume:
         raise UserError(f"case {case.case_id!r}: its frames run along time, not slices; "
                         "the volume convention needs slices (use frame or auto)")
     return convention
